@@ -1,0 +1,189 @@
+"""Dataclass configs (model / data / train), YAML in and out, and named presets."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+from pixelsail.tokens import DEFAULT_NUM_VP_TOKENS
+
+
+@dataclass
+class DistillConfig:
+    """Vision-expert distillation: teacher feature maps regressed from the student's features."""
+
+    enabled: bool = False
+    # teacher name -> (channels, which student feature: "upsampled" | "vision_tokens")
+    teachers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    weight: float = 0.5
+
+
+@dataclass
+class PixelSailConfig:
+    """Everything that defines the model's architecture (saved beside its weights as config.json)."""
+
+    # backbone: a Qwen2-family decoder, built from these fields unless loaded with PixelSail.from_llm
+    vocab_size: int = 1024
+    hidden_size: int = 256
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    intermediate_size: int = 1024
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-6
+    max_position_embeddings: int = 8192
+    tie_word_embeddings: bool = True
+    attn_implementation: str = "sdpa"
+    # vision input
+    patch_size: int = 16
+    max_image_size: int = 1024
+    image_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    image_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    # improvement 1: learnable upsampling (False: the plain baseline's stride-P features)
+    upsample: bool = True
+    upsample_stride: int = 4
+    upsample_max_width: int = 1024
+    mask_dim: int = 512
+    # improvement 2: visual-prompt injection (False: the baseline's pooled patch embeddings)
+    vp_injection: bool = True
+    num_vp_tokens: int = DEFAULT_NUM_VP_TOKENS
+    # improvement 3: vision-expert distillation
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    # losses (PAPER.md)
+    mask_bce_weight: float = 2.0
+    mask_dice_weight: float = 0.5
+    mask_num_points: int = 12544
+    mask_oversample_ratio: float = 3.0
+    mask_importance_ratio: float = 0.75
+    lm_weight_with_masks: float = 0.1
+    lm_weight_without_masks: float = 1.0
+    # ids of the special tokens, filled in when the tokenizer is attached
+    token_ids: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class DatasetSpec:
+    """One entry of the training mixture."""
+
+    name: str                      # registry name, e.g. "shapes", "refcoco", "grefcoco", "jsonl"
+    weight: float = 1.0            # relative sampling weight (the paper's repeat factors)
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataConfig:
+    datasets: list[DatasetSpec] = field(default_factory=lambda: [DatasetSpec("shapes")])
+    max_length: int = 8192
+    num_workers: int = 0
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/default"
+    seed: int = 0
+    max_steps: int = 1000
+    batch_size: int = 8               # per process, per micro-step
+    grad_accum: int = 1
+    lr: float = 4e-5
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.05
+    warmup_ratio: float = 0.05
+    grad_clip: float = 1.0
+    precision: str = "bf16"           # "bf16" autocast | "fp32"
+    gradient_checkpointing: bool = False
+    parallel: str = "ddp"             # "ddp" | "fsdp" (used when launched with torchrun)
+    length_grouped: bool = True
+    save_every: int = 200
+    log_every: int = 10
+    tensorboard: bool = False
+    init_from: str | None = None      # a pixelsail checkpoint dir or a local HF LLM dir
+    tokenizer: str | None = None      # local tokenizer dir (default: the LLM's, or the built-in tiny one)
+
+
+@dataclass
+class RunConfig:
+    model: PixelSailConfig = field(default_factory=PixelSailConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# generic dataclass <-> dict / YAML
+
+
+def to_dict(obj: Any) -> Any:
+    if is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(x) for x in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Build dataclass ``cls`` from a plain dict, recursing into nested dataclasses; unknown keys are an error."""
+    if not isinstance(data, dict):
+        raise TypeError(f"{cls.__name__}: expected a mapping, got {type(data).__name__}")
+    hints = get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = set(data) - known
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown field(s) {sorted(unknown)}; known: {sorted(known)}")
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _coerce(hints[name], value)
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any) -> Any:
+    origin = getattr(tp, "__origin__", None)
+    if is_dataclass(tp) and isinstance(value, dict):
+        return from_dict(tp, value)
+    if origin is list:
+        (inner,) = tp.__args__
+        return [_coerce(inner, v) for v in value]
+    if origin is tuple and isinstance(value, (list, tuple)):
+        return tuple(value)
+    return value
+
+
+def load_yaml(path: str | Path, cls: type = RunConfig) -> Any:
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    return from_dict(cls, data)
+
+
+def save_yaml(obj: Any, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(obj), sort_keys=False))
+
+
+def apply_overrides(obj: Any, overrides: list[str]) -> Any:
+    """Apply ``section.field=value`` overrides (value parsed as YAML), e.g. ``train.lr=1e-4``."""
+    data = to_dict(obj)
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form key.path=value")
+        key, raw = item.split("=", 1)
+        node = data
+        parts = key.split(".")
+        for p in parts[:-1]:
+            if not isinstance(node, dict) or p not in node:
+                raise ValueError(f"override {item!r}: no such section {p!r}")
+            node = node[p]
+        if parts[-1] not in node:
+            raise ValueError(f"override {item!r}: no such field {parts[-1]!r}")
+        node[parts[-1]] = yaml.safe_load(raw)
+    return from_dict(type(obj), data)
+
+
+def to_json(obj: Any) -> str:
+    return json.dumps(to_dict(obj), indent=2)
+
+
+def replace(obj: Any, **changes: Any) -> Any:
+    return dataclasses.replace(obj, **changes)

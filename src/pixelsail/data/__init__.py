@@ -1,0 +1,3 @@
+from pixelsail.data.sample import TASKS, Sample
+
+__all__ = ["Sample", "TASKS"]

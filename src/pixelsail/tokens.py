@@ -1,0 +1,61 @@
+"""Special tokens and the chat layout shared by the processor, the model and the data.
+
+A training/inference sequence is::
+
+    <vision> <vpatch>*N </vision> <|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n{answer}<|im_end|>\n ...
+
+The image comes first so that its (bidirectional) prefix can be cached and reused for every turn.
+"""
+from __future__ import annotations
+
+import re
+
+VISION_START = "<vision>"
+VPATCH = "<vpatch>"
+VISION_END = "</vision>"
+SEG = "[SEG]"
+PHRASE_START = "<p>"
+PHRASE_END = "</p>"
+TURN_START = "<|im_start|>"
+TURN_END = "<|im_end|>"
+PAD = "<|endoftext|>"
+
+DEFAULT_NUM_VP_TOKENS = 16
+NO_TARGET_ANSWER = "No target."
+
+_VP_RE = re.compile(r"<vp_(\d+)>")
+
+
+def vp_token(k: int) -> str:
+    return f"<vp_{k}>"
+
+
+def vp_tokens(num_vp_tokens: int = DEFAULT_NUM_VP_TOKENS) -> list[str]:
+    return [vp_token(k) for k in range(num_vp_tokens)]
+
+
+def special_tokens(num_vp_tokens: int = DEFAULT_NUM_VP_TOKENS) -> list[str]:
+    """The tokens pixelsail adds to any tokenizer (each must stay a single id)."""
+    return [VISION_START, VPATCH, VISION_END, SEG, PHRASE_START, PHRASE_END, *vp_tokens(num_vp_tokens)]
+
+
+def vp_indices(text: str) -> list[int]:
+    """The k of every ``<vp_k>`` mentioned in ``text``, in order of first appearance."""
+    seen: list[int] = []
+    for m in _VP_RE.finditer(text):
+        k = int(m.group(1))
+        if k not in seen:
+            seen.append(k)
+    return seen
+
+
+def user_turn(text: str) -> str:
+    return f"{TURN_START}user\n{text}{TURN_END}\n"
+
+
+def assistant_header() -> str:
+    return f"{TURN_START}assistant\n"
+
+
+def assistant_turn(text: str) -> str:
+    return f"{assistant_header()}{text}{TURN_END}\n"
