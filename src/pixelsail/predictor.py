@@ -1,0 +1,298 @@
+"""The high-level API: load a model once, then segment / ask / describe / chat about many images.
+
+    from pixelsail import Predictor
+    p = Predictor()                                   # the shipped shapes model
+    r = p.segment("scene.png", "the red circle")      # r.text, r.masks, r.overlay()
+    r = p.ask("scene.png", "What colour is <vp_0>?", prompts=[(10, 10, 40, 40)])
+    chat = p.chat("scene.png"); chat.send("Please segment the red circle."); chat.send("What colour is <vp_0>?", prompts=[(20, 30)])
+
+Everything a user hands in is validated here (through :func:`pixelsail.imageio.load_image` and
+:mod:`pixelsail.prompts`) and every problem becomes an :class:`InputError` with a message a person can act on.
+The vision prefix of an (image, prompts) pair is computed once and kept in a small LRU cache, so follow-up
+questions about the same image only pay for the text.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from pixelsail.imageio import DEFAULT_MAX_PIXELS, ImageInputError, ImageSource, load_image
+from pixelsail.prompts import as_prompt_mask
+from pixelsail.tokens import NO_TARGET_ANSWER, vp_indices, vp_token
+from pixelsail.viz import draw_prompts, overlay_masks
+
+SHIPPED_MODEL = "shapes-tiny"
+SEGMENT_TEMPLATE = "Please segment {expression}."
+DESCRIBE_TEMPLATE = "Please describe {vp} in detail."
+DEFAULT_MAX_QUESTION_TOKENS = 256
+
+
+class InputError(ValueError):
+    """A request the predictor refuses; the message names the problem."""
+
+
+def shipped_model_dir(name: str = SHIPPED_MODEL) -> Path:
+    """Directory of a model shipped inside the package (``pixelsail/assets/<name>``)."""
+    return Path(str(importlib.resources.files("pixelsail") / "assets" / name))
+
+
+def mask_to_rle(mask: np.ndarray) -> dict:
+    """(H, W) bool -> COCO compressed RLE with ``counts`` as str (JSON-ready)."""
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+@dataclass
+class Result:
+    """One answer. ``masks`` are (H, W) bool at the input image's size, one per ``[SEG]`` in ``text``."""
+
+    text: str
+    masks: list[np.ndarray]
+    mask_scores: list[float]
+    image: np.ndarray
+    prompts: dict[int, np.ndarray] = field(default_factory=dict)
+    question: str = ""
+    seconds: float = 0.0
+    prefix_reused: bool = False
+
+    @property
+    def no_target(self) -> bool:
+        return not self.masks and self.text.strip().startswith(NO_TARGET_ANSWER)
+
+    def overlay(self, alpha: float = 0.5, show_prompts: bool = True) -> np.ndarray:
+        """The image with the answer's masks blended in (and the visual prompts outlined and tagged)."""
+        out = overlay_masks(self.image, self.masks, alpha=alpha)
+        if show_prompts and self.prompts:
+            out = draw_prompts(out, self.prompts, alpha=0.0)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: text, timing and each mask as COCO RLE with its area, box (x0, y0, x1, y1) and score."""
+        masks = []
+        for m, s in zip(self.masks, self.mask_scores):
+            ys, xs = np.nonzero(m)
+            box = [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1] if xs.size else None
+            masks.append({"rle": mask_to_rle(m), "area": int(m.sum()), "box": box, "score": float(s)})
+        return {"question": self.question, "text": self.text, "masks": masks, "seconds": round(self.seconds, 4),
+                "prefix_reused": self.prefix_reused, "image_size": list(self.image.shape[:2])}
+
+
+def _digest(image: np.ndarray, prompts: Mapping[int, np.ndarray]) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    h.update(repr(image.shape).encode())
+    h.update(np.ascontiguousarray(image).data)
+    for k in sorted(prompts):
+        h.update(f"<vp_{k}>".encode())
+        h.update(np.packbits(prompts[k]).data)
+    return h.hexdigest()
+
+
+class Predictor:
+    """Load a model once, answer many requests. Thread-safe: requests are served one at a time."""
+
+    def __init__(self, model_dir: str | Path | None = None, device: str = "cpu", *, model: Any = None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS, max_new_tokens: int = 64,
+                 max_question_tokens: int = DEFAULT_MAX_QUESTION_TOKENS, prefix_cache_size: int = 4):
+        if model is None:
+            model = self._load(model_dir, device)
+        self.model = model
+        self.device = device
+        self.max_pixels = max_pixels
+        self.max_new_tokens = max_new_tokens
+        self.max_question_tokens = max_question_tokens
+        self.prefix_cache_size = prefix_cache_size
+        self._prefixes: OrderedDict[str, Any] = OrderedDict()
+        self._lock = threading.RLock()
+
+    @staticmethod
+    def _load(model_dir: str | Path | None, device: str) -> Any:
+        path = Path(model_dir) if model_dir is not None else shipped_model_dir()
+        if not (path / "config.json").is_file():
+            hint = "" if model_dir is not None else " (the shipped model is missing; pass --model DIR / model_dir=)"
+            raise InputError(f"no pixelsail model in {path}: config.json not found{hint}")
+        from pixelsail.model import PixelSail
+
+        model = PixelSail.from_pretrained(str(path))
+        model.to(device)
+        model.eval()
+        return model
+
+    # ------------------------------------------------------------------------------------------------ properties
+    @property
+    def num_vp_tokens(self) -> int:
+        return int(self.model.config.num_vp_tokens)
+
+    @property
+    def vision_prefill_count(self) -> int:
+        return int(self.model.vision_prefill_count)
+
+    # ------------------------------------------------------------------------------------------------ validation
+    def load_image(self, image: ImageSource) -> np.ndarray:
+        try:
+            return load_image(image, max_pixels=self.max_pixels)
+        except ImageInputError as e:
+            raise InputError(str(e)) from None
+
+    def number_prompts(self, image: np.ndarray, question: str,
+                       prompts: Sequence[Any] | Mapping[int, Any] | None) -> dict[int, np.ndarray]:
+        """Turn user prompts into {k: (H, W) bool mask}.
+
+        A mapping keeps its keys. A list is numbered in order: onto the ``<vp_k>`` the question names (in order of
+        first mention), then onto the smallest unused k; with no ``<vp_k>`` in the question, simply 0, 1, 2, ...
+        """
+        h, w = image.shape[:2]
+        named = vp_indices(question)
+        n_vp = self.num_vp_tokens
+        for k in named:
+            if k >= n_vp:
+                raise InputError(f"unknown visual prompt <vp_{k}>: this model has <vp_0>..<vp_{n_vp - 1}>")
+        if prompts is None:
+            prompts = []
+        if isinstance(prompts, Mapping):
+            items = [(int(k), p) for k, p in prompts.items()]
+            for k, _ in items:
+                if not 0 <= k < n_vp:
+                    raise InputError(f"unknown visual prompt <vp_{k}>: this model has <vp_0>..<vp_{n_vp - 1}>")
+        else:
+            prompts = list(prompts)
+            if len(prompts) > n_vp:
+                raise InputError(f"too many visual prompts: {len(prompts)} given, this model has {n_vp} "
+                                 f"(<vp_0>..<vp_{n_vp - 1}>)")
+            free = [k for k in range(n_vp) if k not in named]
+            order = (named + free)[: len(prompts)]
+            items = list(zip(order, prompts))
+        out: dict[int, np.ndarray] = {}
+        for k, p in items:
+            try:
+                out[k] = as_prompt_mask(p, h, w)
+            except ValueError as e:
+                raise InputError(f"visual prompt {vp_token(k)}: {e}") from None
+        missing = [k for k in named if k not in out]
+        if missing:
+            names = ", ".join(vp_token(k) for k in missing)
+            raise InputError(f"the question names {names} but no visual prompt was given for it "
+                             f"({len(out)} prompt(s) given)")
+        return out
+
+    def check_question(self, question: str, image: np.ndarray, history: Sequence[tuple[str, str]] = ()) -> str:
+        if not isinstance(question, str):
+            raise InputError(f"the question must be text, got {type(question).__name__}")
+        question = question.strip()
+        if not question:
+            raise InputError("the question is empty")
+        processor = self.model.processor
+        n_q = len(processor.encode(question))
+        if n_q > self.max_question_tokens:
+            raise InputError(f"the question is too long: {n_q} tokens, the limit is {self.max_question_tokens}")
+        cfg = self.model.config
+        from pixelsail.processing import target_size
+
+        th, tw = target_size(*image.shape[:2], cfg.patch_size, cfg.max_image_size)
+        n_vision = (th // cfg.patch_size) * (tw // cfg.patch_size) + 2
+        n_text = len(processor.prompt_ids(question, list(history)))
+        total = n_vision + n_text + self.max_new_tokens
+        if total > cfg.max_position_embeddings:
+            raise InputError(f"the conversation is too long: {n_vision} image + {n_text} text + "
+                             f"{self.max_new_tokens} answer tokens = {total}, the model's limit is "
+                             f"{cfg.max_position_embeddings} (start a new chat or shorten the question)")
+        return question
+
+    # ------------------------------------------------------------------------------------------------ core
+    def _prefix(self, image: np.ndarray, prompts: dict[int, np.ndarray]) -> tuple[Any, bool]:
+        key = _digest(image, prompts)
+        if key in self._prefixes:
+            self._prefixes.move_to_end(key)
+            return self._prefixes[key], True
+        prefix = self.model.prefill_image(image, prompts=prompts or None)
+        self._prefixes[key] = prefix
+        while len(self._prefixes) > self.prefix_cache_size:
+            self._prefixes.popitem(last=False)
+        return prefix, False
+
+    def _answer(self, image: np.ndarray, question: str, prompts: dict[int, np.ndarray],
+                history: Sequence[tuple[str, str]] = (), max_new_tokens: int | None = None) -> Result:
+        question = self.check_question(question, image, history)
+        with self._lock:
+            t0 = time.perf_counter()
+            prefix, reused = self._prefix(image, prompts)
+            resp = self.model.respond(prefix, question, history=list(history),
+                                      max_new_tokens=max_new_tokens or self.max_new_tokens)
+            seconds = time.perf_counter() - t0
+        masks = [np.asarray(m, dtype=bool) for m in resp.masks]
+        return Result(text=resp.text, masks=masks, mask_scores=[float(s) for s in resp.mask_scores], image=image,
+                      prompts=prompts, question=question, seconds=seconds, prefix_reused=reused)
+
+    def clear_cache(self) -> None:
+        with self._lock:
+            self._prefixes.clear()
+
+    # ------------------------------------------------------------------------------------------------ tasks
+    def segment(self, image: ImageSource, text: str) -> Result:
+        """Referring segmentation: ``text`` is an expression ("the red circle") or a full instruction."""
+        if not isinstance(text, str) or not text.strip():
+            raise InputError("the referring expression is empty")
+        img = self.load_image(image)
+        expression = text.strip()
+        if vp_indices(expression):
+            raise InputError("segment() takes a plain referring expression; use ask() for questions naming <vp_k>")
+        question = expression if expression.lower().startswith(("please", "segment")) else \
+            SEGMENT_TEMPLATE.format(expression=expression.rstrip(".?! "))
+        return self._answer(img, question, {})
+
+    def ask(self, image: ImageSource, question: str, prompts: Sequence[Any] | Mapping[int, Any] | None = None,
+            history: Sequence[tuple[str, str]] = ()) -> Result:
+        """Any question, optionally about visual prompts (masks, boxes (x0, y0, x1, y1) or points (x, y))."""
+        img = self.load_image(image)
+        if not isinstance(question, str):
+            raise InputError(f"the question must be text, got {type(question).__name__}")
+        numbered = self.number_prompts(img, question, prompts)
+        return self._answer(img, question, numbered, history)
+
+    def describe(self, image: ImageSource, prompt: Any) -> Result:
+        """Detailed description of one region (a mask, a box or a point), asked about as ``<vp_0>``."""
+        img = self.load_image(image)
+        if prompt is None:
+            raise InputError("describe() needs a region: a mask, a box (x0, y0, x1, y1) or a point (x, y)")
+        question = DESCRIBE_TEMPLATE.format(vp=vp_token(0))
+        return self._answer(img, question, self.number_prompts(img, question, [prompt]))
+
+    def chat(self, image: ImageSource) -> ChatSession:
+        return ChatSession(self, self.load_image(image))
+
+
+class ChatSession:
+    """A conversation about one image: keeps the history and reuses the image's vision prefix every turn."""
+
+    def __init__(self, predictor: Predictor, image: np.ndarray):
+        self.predictor = predictor
+        self.image = image
+        self.history: list[tuple[str, str]] = []
+        self.prompts: dict[int, np.ndarray] = {}
+
+    def send(self, text: str, prompts: Sequence[Any] | Mapping[int, Any] | None = None) -> Result:
+        """Ask the next question. ``prompts`` (if given) replace the session's visual prompts from now on."""
+        if not isinstance(text, str):
+            raise InputError(f"the question must be text, got {type(text).__name__}")
+        if prompts is not None:
+            new_prompts = self.predictor.number_prompts(self.image, text, prompts)
+        else:
+            named = [k for k in vp_indices(text) if k not in self.prompts]
+            new_prompts = self.predictor.number_prompts(self.image, text, self.prompts) if named else self.prompts
+        result = self.predictor._answer(self.image, text, new_prompts, self.history)
+        self.prompts = new_prompts
+        self.history.append((result.question, result.text))
+        return result
+
+    def reset(self) -> None:
+        self.history.clear()
+        self.prompts = {}
