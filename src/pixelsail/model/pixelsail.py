@@ -1,0 +1,408 @@
+"""The assembled Pixel-SAIL: one decoder over [image patches + text] that answers in text and masks."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_model, save_model
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerBase, Qwen2Config, Qwen2ForCausalLM
+
+from pixelsail.config import DistillConfig, PixelSailConfig, from_dict, to_dict
+from pixelsail.model.backbone import AttentionLayout, Backbone, KVCache
+from pixelsail.model.distill import DistillAdapters
+from pixelsail.model.mask_head import SegQuery, mask_logits, mask_losses
+from pixelsail.model.patch_embed import PatchEmbed, PromptInjector, pooled_prompts
+from pixelsail.model.upsampler import MaskFeatures
+from pixelsail.processing import IGNORE_INDEX, ImageInputs, Processor
+from pixelsail.tokenizer import add_pixelsail_tokens, load_tokenizer
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+@dataclass
+class PixelSailOutput:
+    loss: torch.Tensor
+    losses: dict[str, torch.Tensor]
+
+
+@dataclass
+class ImagePrefix:
+    """An image (with its visual prompts) run once through the model; reused for every question about it."""
+
+    image: ImageInputs
+    prompts: tuple[int, ...]
+    cache: KVCache
+    features: torch.Tensor               # (1, mask_dim, h, w) per-pixel mask embeddings
+    pooled: dict[int, torch.Tensor]      # baseline prompt representations {k: (C,)}
+    next_position: int                   # 1-D position of the first text token
+    length: int                          # tokens in the cache
+
+
+@dataclass
+class Response:
+    text: str
+    masks: list[np.ndarray] = field(default_factory=list)       # (H, W) bool at the original image size
+    mask_scores: list[float] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list)
+
+
+def vision_positions(grid: tuple[int, int], device: torch.device | None = None) -> tuple[torch.Tensor, int]:
+    """(3, 2 + gh*gw) positions of ``<vision> patches </vision>`` and the first free 1-D position after them.
+
+    <vision> sits at 0 on every axis, patch (r, c) at (t=1, h=1+r, w=1+c), </vision> one past the largest row/column.
+    """
+    gh, gw = grid
+    rows = torch.arange(gh, device=device).repeat_interleave(gw) + 1
+    cols = torch.arange(gw, device=device).repeat(gh) + 1
+    end = 1 + max(gh, gw)
+    t = torch.cat([torch.zeros(1, dtype=torch.long, device=device), torch.ones(gh * gw, dtype=torch.long, device=device),
+                   torch.full((1,), end, device=device)])
+    h = torch.cat([torch.zeros(1, dtype=torch.long, device=device), rows, torch.full((1,), end, device=device)])
+    w = torch.cat([torch.zeros(1, dtype=torch.long, device=device), cols, torch.full((1,), end, device=device)])
+    return torch.stack([t, h, w]), end + 1
+
+
+def text_positions(start: int, length: int, device: torch.device | None = None) -> torch.Tensor:
+    return torch.arange(start, start + length, device=device).expand(3, length)
+
+
+def build_llm(config: PixelSailConfig) -> Qwen2ForCausalLM:
+    llm_cfg = Qwen2Config(
+        vocab_size=config.vocab_size, hidden_size=config.hidden_size, num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads, num_key_value_heads=config.num_key_value_heads,
+        intermediate_size=config.intermediate_size, rope_theta=config.rope_theta, rms_norm_eps=config.rms_norm_eps,
+        max_position_embeddings=config.max_position_embeddings, tie_word_embeddings=config.tie_word_embeddings,
+    )
+    return Qwen2ForCausalLM._from_config(llm_cfg, attn_implementation="sdpa")
+
+
+class PixelSail(nn.Module):
+    """Pixel-SAIL. ``config.upsample`` / ``config.vp_injection`` / ``config.distill.enabled`` switch the paper's three
+    improvements; all off is the plain baseline of the ablation."""
+
+    def __init__(self, config: PixelSailConfig, tokenizer: PreTrainedTokenizerBase, llm: nn.Module | None = None):
+        super().__init__()
+        add_pixelsail_tokens(tokenizer, config.num_vp_tokens)
+        self.processor = Processor(tokenizer, config)
+        config.token_ids = dict(self.processor.ids)
+        if llm is None:
+            config.vocab_size = max(config.vocab_size, len(tokenizer))
+            llm = build_llm(config)
+        elif llm.get_input_embeddings().num_embeddings < len(tokenizer):
+            raise ValueError(f"the LLM has {llm.get_input_embeddings().num_embeddings} embeddings but the tokenizer "
+                             f"has {len(tokenizer)} tokens; resize the embeddings first")
+        self.config = config
+        self.backbone = Backbone(llm, config.attn_implementation)
+        hidden = self.backbone.hidden_size
+        self.patch_embed = PatchEmbed(patch_size=config.patch_size, hidden_size=hidden)
+        self.prompt_injector = PromptInjector(hidden_size=hidden) if config.vp_injection else None
+        self.mask_features = MaskFeatures(hidden_size=hidden, patch_size=config.patch_size, mask_dim=config.mask_dim,
+                                          upsample=config.upsample, stride=config.upsample_stride,
+                                          max_width=config.upsample_max_width)
+        self.seg_query = SegQuery(hidden_size=hidden, mask_dim=config.mask_dim)
+        self.distill = (DistillAdapters(teachers=config.distill.teachers, mask_dim=config.mask_dim, hidden_size=hidden)
+                        if config.distill.enabled else None)
+        self.vision_prefill_count = 0
+        self.inference_dtype: torch.dtype | None = None  # e.g. torch.bfloat16 to autocast generation
+
+    # ----------------------------------------------------------------------------------------------- helpers
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        return self.processor.tokenizer
+
+    @property
+    def device(self) -> torch.device:
+        return self.patch_embed.proj.weight.device
+
+    def gradient_checkpointing_enable(self) -> None:
+        self.backbone.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    def _patch_embeds(self, image: ImageInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (embeddings to add to the <vpatch> tokens (N, C), raw patch embeddings (N, C))."""
+        dev = self.device
+        raw = self.patch_embed(image.patches.to(dev, self.patch_embed.proj.weight.dtype))
+        if self.prompt_injector is None or image.prompt_ids.numel() == 0:
+            return raw, raw
+        vp_ids = torch.tensor([self.processor.ids[f"vp_{k}"] for k in range(self.config.num_vp_tokens)], device=dev)
+        injected = self.prompt_injector(raw, image.prompt_ids.to(dev), image.prompt_cover.to(dev),
+                                        self.backbone.embed(vp_ids))
+        return injected, raw
+
+    def _add_pooled_prompts(self, embeds: torch.Tensor, ids: torch.Tensor, pooled: dict[int, torch.Tensor]) -> torch.Tensor:
+        """Baseline prompts: add the pooled patch embedding of <vp_k> to every <vp_k> text token (ids (L,))."""
+        if not pooled:
+            return embeds
+        add = torch.zeros_like(embeds)
+        for k, vec in pooled.items():
+            add[ids == self.processor.ids[f"vp_{k}"]] = vec.to(embeds.dtype)
+        return embeds + add
+
+    def _vision_grid(self, hidden: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """hidden (L, C) of one sequence -> its patch states as a (C, gh, gw) map."""
+        gh, gw = grid
+        return hidden[1:1 + gh * gw].transpose(0, 1).reshape(-1, gh, gw)
+
+    # ----------------------------------------------------------------------------------------------- training
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, lengths: torch.Tensor, images: list,
+                masks: list[torch.Tensor], teacher_features: list[dict] | None = None) -> PixelSailOutput:
+        dev = self.device
+        input_ids, labels = input_ids.to(dev), labels.to(dev)
+        b, seq_len = input_ids.shape
+        embeds = self.backbone.embed(input_ids)
+        positions = torch.zeros(3, b, seq_len, dtype=torch.long, device=dev)
+        vision_lens = torch.zeros(b, dtype=torch.long)
+        rows = []
+        for i, image in enumerate(images):
+            row = embeds[i]
+            start = 0
+            if image is not None:
+                n = image.grid[0] * image.grid[1]
+                inject, raw = self._patch_embeds(image)
+                row = torch.cat([row[:1], row[1:1 + n] + inject, row[1 + n:]])
+                if self.prompt_injector is None and image.prompt_ids.numel():
+                    pooled = pooled_prompts(raw, image.prompt_ids.to(dev), image.prompt_cover.to(dev))
+                    row = torch.cat([row[:n + 2], self._add_pooled_prompts(row[n + 2:], input_ids[i, n + 2:], pooled)])
+                pos, start = vision_positions(image.grid, dev)
+                positions[:, i, :n + 2] = pos
+                vision_lens[i] = n + 2
+            v = int(vision_lens[i])
+            positions[:, i, v:] = text_positions(start, seq_len - v, dev)
+            rows.append(row)
+        embeds = torch.stack(rows)
+        hidden = self.backbone(embeds, positions, AttentionLayout(vision_lens))
+
+        # language modelling: next-token loss on answer tokens only (logits only where needed)
+        shift_labels = labels[:, 1:]
+        supervised = shift_labels != IGNORE_INDEX
+        logits = self.backbone.logits(hidden[:, :-1][supervised])
+        lm = F.cross_entropy(logits.float(), shift_labels[supervised]) if supervised.any() else logits.sum() * 0.0
+
+        # masks: one query per [SEG] in the answers, dotted with its image's per-pixel features
+        losses: dict[str, torch.Tensor] = {}
+        seg = (input_ids == self.processor.ids["seg"]) & (labels != IGNORE_INDEX)
+        has_image = [i for i, im in enumerate(images) if im is not None]
+        features = self._mask_features_batch(hidden, images, has_image)
+        num_masks = sum(int(m.shape[0]) for m in masks)
+        touch = sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0  # every parameter in the graph (DDP)
+        if num_masks:
+            seg_b, seg_t = seg.nonzero(as_tuple=True)
+            counts = seg.sum(dim=1).tolist()
+            for i, m in enumerate(masks):
+                if counts[i] != m.shape[0]:
+                    raise ValueError(f"sample {i}: {counts[i]} [SEG] tokens in the answer but {m.shape[0]} masks")
+            queries = self.seg_query(hidden[seg_b, seg_t])
+            feats = torch.stack([features[int(j)] for j in seg_b.tolist()])
+            logits_m = mask_logits(queries, feats)
+            targets = [m.to(dev) for m in masks if m.shape[0]]
+            bce_sum, dice_sum = 0.0, 0.0
+            offset = 0
+            for tgt in targets:  # per image: targets of one image share a resolution
+                k = tgt.shape[0]
+                bce, dice = mask_losses(logits_m[offset:offset + k], tgt, num_points=self.config.mask_num_points,
+                                        oversample=self.config.mask_oversample_ratio,
+                                        importance=self.config.mask_importance_ratio, num_masks=num_masks)
+                bce_sum, dice_sum = bce_sum + bce, dice_sum + dice
+                offset += k
+            losses["mask_bce"], losses["mask_dice"] = bce_sum, dice_sum
+            lm_weight = self.config.lm_weight_with_masks
+        else:
+            lm_weight = self.config.lm_weight_without_masks
+        losses["lm"] = lm
+        total = lm_weight * lm + touch
+        if num_masks:
+            total = total + self.config.mask_bce_weight * losses["mask_bce"] + self.config.mask_dice_weight * losses["mask_dice"]
+        if self.distill is not None and teacher_features:
+            for i in has_image:
+                if not teacher_features[i]:
+                    continue
+                student = {"upsampled": features[i], "vision_tokens": self._vision_grid(hidden[i], images[i].grid)}
+                for name, value in self.distill(student, teacher_features[i]).items():
+                    losses[f"distill_{name}"] = losses.get(f"distill_{name}", 0.0) + value / len(has_image)
+            for name in list(losses):
+                if name.startswith("distill_"):
+                    total = total + self.config.distill.weight * losses[name]
+        return PixelSailOutput(loss=total, losses={k: torch.as_tensor(v).detach() for k, v in losses.items()})
+
+    def _mask_features_batch(self, hidden: torch.Tensor, images: list, idx: list[int]) -> dict[int, torch.Tensor]:
+        """Upsampled features per image index; images sharing a grid are run as one batch."""
+        by_grid: dict[tuple[int, int], list[int]] = {}
+        for i in idx:
+            by_grid.setdefault(images[i].grid, []).append(i)
+        out = {}
+        for grid, members in by_grid.items():
+            maps = torch.stack([self._vision_grid(hidden[i], grid) for i in members])
+            feats = self.mask_features(maps)
+            out.update({i: feats[j] for j, i in enumerate(members)})
+        return out
+
+    # ----------------------------------------------------------------------------------------------- inference
+    def _autocast(self):
+        if self.inference_dtype is None:
+            return torch.autocast(self.device.type, enabled=False)
+        return torch.autocast(self.device.type, dtype=self.inference_dtype)
+
+    def _vision_inputs(self, image: ImageInputs) -> tuple[torch.Tensor, torch.Tensor, int, dict[int, torch.Tensor]]:
+        dev = self.device
+        ids = torch.tensor(self.processor.vision_block_ids(image.grid), device=dev)
+        n = image.grid[0] * image.grid[1]
+        embeds = self.backbone.embed(ids)
+        inject, raw = self._patch_embeds(image)
+        embeds = torch.cat([embeds[:1], embeds[1:1 + n] + inject, embeds[1 + n:]])
+        pooled = {}
+        if self.prompt_injector is None and image.prompt_ids.numel():
+            pooled = pooled_prompts(raw, image.prompt_ids.to(dev), image.prompt_cover.to(dev))
+        pos, next_pos = vision_positions(image.grid, dev)
+        return embeds, pos, next_pos, pooled
+
+    @torch.no_grad()
+    def prefill_image(self, image: np.ndarray, prompts: dict[int, np.ndarray] | None = None) -> ImagePrefix:
+        """Run ``<vision> patches </vision>`` once (bidirectionally) and keep its KV cache and mask features."""
+        inputs = self.processor.image_inputs(image, prompts)
+        with self._autocast():
+            embeds, pos, next_pos, pooled = self._vision_inputs(inputs)
+            cache = KVCache()
+            v = embeds.shape[0]
+            hidden = self.backbone(embeds[None], pos[:, None], AttentionLayout(torch.tensor([v])), cache)
+            features = self.mask_features(self._vision_grid(hidden[0], inputs.grid)[None])
+        self.vision_prefill_count += 1
+        return ImagePrefix(inputs, tuple(sorted((prompts or {}).keys())), cache, features, pooled, next_pos, v)
+
+    @torch.no_grad()
+    def respond(self, prefix: ImagePrefix, question: str, history: list[tuple[str, str]] = (),
+                max_new_tokens: int = 64, answer_prefix: str = "", use_cache: bool = True) -> Response:
+        """Greedy answer to ``question`` about the prefixed image; one mask per [SEG] in the answer."""
+        proc = self.processor
+        dev = self.device
+        ids = proc.prompt_ids(question, history, answer_prefix)
+        answer_start = len(ids) - len(proc.encode(answer_prefix)) if answer_prefix else len(ids)
+        seg_id, end_id = proc.ids["seg"], proc.ids["turn_end"]
+        seg_hidden: list[torch.Tensor] = []
+        try:
+            with self._autocast():
+                fed_from, new = 0, ids
+                for step in range(max_new_tokens + 1):
+                    hidden = self._run_text(prefix, ids, fed_from, use_cache)  # (len(new), C)
+                    seg_hidden += [hidden[j] for j, tok in enumerate(new)
+                                   if tok == seg_id and fed_from + j >= answer_start]
+                    nxt = int(self.backbone.logits(hidden[-1:]).argmax(-1))
+                    if nxt == end_id or step == max_new_tokens:
+                        break
+                    fed_from, new = len(ids), [nxt]
+                    ids = ids + new
+                masks, scores = self._masks_from(seg_hidden, prefix)
+        finally:
+            prefix.cache.truncate(prefix.length)
+        answer_ids = ids[answer_start:]
+        text = proc.tokenizer.decode(answer_ids, skip_special_tokens=False)
+        return Response(text=text, masks=masks, mask_scores=scores, token_ids=answer_ids)
+
+    def _run_text(self, prefix: ImagePrefix, ids: list[int], fed_from: int, use_cache: bool) -> torch.Tensor:
+        """Hidden states (T, C) of the text tokens ``ids[fed_from:]`` that follow the image.
+
+        With the cache only those tokens are computed; without it the whole sequence, image included, is recomputed
+        (the reference the cached path must match).
+        """
+        dev = self.device
+        start = fed_from if use_cache else 0
+        ids_t = torch.tensor(ids[start:], device=dev)
+        embeds = self._add_pooled_prompts(self.backbone.embed(ids_t), ids_t, prefix.pooled)
+        pos = text_positions(prefix.next_position + start, len(ids_t), dev)
+        if use_cache:
+            layout = AttentionLayout(torch.tensor([prefix.length]), past_len=len(prefix.cache))
+            return self.backbone(embeds[None], pos[:, None], layout, prefix.cache)[0]
+        v_embeds, v_pos, _, _ = self._vision_inputs(prefix.image)
+        full = torch.cat([v_embeds, embeds])[None]
+        full_pos = torch.cat([v_pos, pos], dim=1)[:, None]
+        hidden = self.backbone(full, full_pos, AttentionLayout(torch.tensor([prefix.length])))[0]
+        return hidden[prefix.length + fed_from:]
+
+    def _masks_from(self, seg_hidden: list[torch.Tensor], prefix: ImagePrefix) -> tuple[list[np.ndarray], list[float]]:
+        if not seg_hidden:
+            return [], []
+        h, w = prefix.image.orig_size
+        queries = self.seg_query(torch.stack(seg_hidden))
+        feats = prefix.features.expand(len(seg_hidden), -1, -1, -1)
+        logits = mask_logits(queries, feats).float()
+        probs = F.interpolate(logits[:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0].sigmoid()
+        masks = probs > 0.5
+        scores = [float(p[m].mean()) if m.any() else 0.0 for p, m in zip(probs, masks)]
+        return [m.cpu().numpy() for m in masks], scores
+
+    @torch.no_grad()
+    def text_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Logits of a plain text batch (B, L) with 1-D positions and causal attention (no image)."""
+        input_ids = input_ids.to(self.device)
+        b, seq_len = input_ids.shape
+        pos = text_positions(0, seq_len, self.device)[:, None].expand(3, b, seq_len)
+        hidden = self.backbone(self.backbone.embed(input_ids), pos, AttentionLayout(torch.zeros(b, dtype=torch.long)))
+        return self.backbone.logits(hidden)
+
+    # ----------------------------------------------------------------------------------------------- save / load
+    def save_pretrained(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        meta = {"pixelsail": to_dict(self.config), "llm": self.backbone.llm.config.to_dict()}
+        (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+        save_model(self, str(directory / WEIGHTS_FILE))
+        self.tokenizer.save_pretrained(str(directory))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, *, device: str | torch.device = "cpu",
+                        attn_implementation: str | None = None) -> "PixelSail":
+        directory = Path(directory)
+        cfg_path = directory / CONFIG_FILE
+        if not cfg_path.is_file():
+            raise FileNotFoundError(f"{directory} is not a pixelsail checkpoint: {CONFIG_FILE} is missing")
+        meta = json.loads(cfg_path.read_text())
+        if "pixelsail" not in meta:
+            raise ValueError(f"{cfg_path} is not a pixelsail config (no 'pixelsail' section); "
+                             "to start from a plain LLM use PixelSail.from_llm")
+        config = from_dict(PixelSailConfig, meta["pixelsail"])
+        if attn_implementation:
+            config.attn_implementation = attn_implementation
+        llm_meta = dict(meta["llm"])
+        llm_cfg = AutoConfig.for_model(llm_meta.pop("model_type"), **llm_meta)
+        llm = AutoModelForCausalLM.from_config(llm_cfg, attn_implementation="sdpa")
+        tokenizer = load_tokenizer(directory, config.num_vp_tokens)
+        model = cls(config, tokenizer, llm)
+        weights = directory / WEIGHTS_FILE
+        if not weights.is_file():
+            raise FileNotFoundError(f"{weights} is missing")
+        missing, unexpected = load_model(model, str(weights), strict=False)
+        if missing or unexpected:
+            raise ValueError(f"{weights} does not match the config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        return model.to(device).eval()
+
+    @classmethod
+    def from_llm(cls, path: str | Path, config: PixelSailConfig | None = None, *,
+                 dtype: torch.dtype = torch.float32) -> "PixelSail":
+        """Start from a local Hugging Face decoder checkpoint (config.json, safetensors, tokenizer files)."""
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path} has no config.json: not a local Hugging Face model directory")
+        config = config or PixelSailConfig()
+        llm = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, attn_implementation="sdpa",
+                                                   dtype=dtype)
+        tokenizer = load_tokenizer(path, config.num_vp_tokens)
+        rows = llm.get_input_embeddings().num_embeddings
+        if rows < len(tokenizer):
+            llm.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+        c = llm.config
+        config.vocab_size = llm.get_input_embeddings().num_embeddings
+        config.hidden_size = c.hidden_size
+        config.num_hidden_layers = c.num_hidden_layers
+        config.num_attention_heads = c.num_attention_heads
+        config.num_key_value_heads = getattr(c, "num_key_value_heads", c.num_attention_heads)
+        config.intermediate_size = c.intermediate_size
+        config.rms_norm_eps = getattr(c, "rms_norm_eps", config.rms_norm_eps)
+        config.tie_word_embeddings = bool(getattr(c, "tie_word_embeddings", config.tie_word_embeddings))
+        return cls(config, tokenizer, llm)
+
+
+__all__ = ["PixelSail", "PixelSailOutput", "ImagePrefix", "Response", "DistillConfig"]
