@@ -12,6 +12,7 @@ _FACTORIES: dict[str, Callable[..., Any]] = {}
 
 # modules that register datasets when imported (kept lazy so optional formats cost nothing until used)
 DATASET_MODULES: list[str] = [
+    "coco_panoptic", "gcg", "region", "llava", "muse", "jsonl",
 ]
 
 
