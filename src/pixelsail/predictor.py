@@ -158,16 +158,17 @@ class Predictor:
                 raise InputError(f"unknown visual prompt <vp_{k}>: this model has <vp_0>..<vp_{n_vp - 1}>")
         if prompts is None:
             prompts = []
+        if not isinstance(prompts, Mapping):
+            prompts = list(prompts)
+        if len(prompts) > n_vp:
+            raise InputError(f"too many visual prompts: {len(prompts)} given, this model has {n_vp} "
+                             f"(<vp_0>..<vp_{n_vp - 1}>)")
         if isinstance(prompts, Mapping):
             items = [(int(k), p) for k, p in prompts.items()]
             for k, _ in items:
                 if not 0 <= k < n_vp:
                     raise InputError(f"unknown visual prompt <vp_{k}>: this model has <vp_0>..<vp_{n_vp - 1}>")
         else:
-            prompts = list(prompts)
-            if len(prompts) > n_vp:
-                raise InputError(f"too many visual prompts: {len(prompts)} given, this model has {n_vp} "
-                                 f"(<vp_0>..<vp_{n_vp - 1}>)")
             free = [k for k in range(n_vp) if k not in named]
             order = (named + free)[: len(prompts)]
             items = list(zip(order, prompts))
