@@ -1,0 +1,247 @@
+"""Real-data readers on tiny fixtures written in each published format (tests/realdata_fixtures.py)."""
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+from realdata_fixtures import (GCG_CAPTION, H, W, mask_a, mask_b, polygon_a, rle, write_all, write_coco_panoptic,
+                               write_gcg, write_llava, write_muse, write_osprey)
+
+from pixelsail.data.annotations import FormatError, decode_segmentation, seg_answer
+from pixelsail.data.coco_panoptic import category_phrase
+from pixelsail.data.gcg import GCG_QUESTION, grounded_caption
+from pixelsail.data.region import regions_to_vp
+from pixelsail.data.registry import available_datasets, build_dataset
+from pixelsail.tokens import SEG, vp_indices
+
+
+def vp_of(text: str) -> int:
+    (k,) = vp_indices(text)
+    return k
+
+
+def test_every_format_is_registered_and_yields_valid_deterministic_samples(tmp_path):
+    specs = write_all(tmp_path)
+    assert set(specs) <= set(available_datasets())
+    for name, args in specs.items():
+        ds = build_dataset(name, **args)
+        assert len(ds) >= 1, name
+        for i in range(len(ds)):
+            s = ds[i]
+            s.validate()
+            again = ds[i]
+            assert again.turns == s.turns and len(again.masks) == len(s.masks), name
+            assert all((a == b).all() for a, b in zip(again.masks, s.masks)), name
+        with pytest.raises(IndexError):
+            ds[len(ds)]
+
+
+def test_seg_answer_and_category_names():
+    assert seg_answer(0) == "No target."
+    assert seg_answer(1) == "Sure, [SEG]."
+    assert seg_answer(3) == "Sure, [SEG], [SEG] and [SEG]."
+    assert category_phrase("wall-other-merged") == "wall"
+    assert category_phrase("tree-merged") == "tree"
+    assert category_phrase("playingfield") == "playingfield"
+    assert category_phrase("dining table") == "dining table"
+
+
+def test_decode_segmentation_polygon_and_rle_agree_and_errors_are_classified():
+    assert (decode_segmentation(polygon_a(), H, W, "x") == mask_a()).all()
+    assert (decode_segmentation(rle(mask_b()), H, W, "x") == mask_b()).all()
+    uncompressed = {"size": [H, W], "counts": [H * 8, H * 2, H * (W - 10)]}   # columns 8 and 9 set
+    expected = np.zeros((H, W), bool)
+    expected[:, 8:10] = True
+    assert (decode_segmentation(uncompressed, H, W, "x") == expected).all()
+    cases = {"mask_size": rle(np.zeros((10, 10), bool)), "mask_decode": [[1, 2, 3]],
+             "polygon_bounds": [[0, 0, W + 5, 0, W + 5, 10]]}
+    for kind, seg in cases.items():
+        with pytest.raises(FormatError, match="record 7") as e:
+            decode_segmentation(seg, H, W, "file.json: record 7", check_bounds=True)
+        assert e.value.kind == kind
+
+
+def test_coco_panoptic_semantic_masks_and_questions(tmp_path):
+    write_coco_panoptic(tmp_path)
+    ds = build_dataset("coco_panoptic", root=str(tmp_path), split="val2017", max_objects=None)
+    s = ds[0]
+    by_name = {q: m for (q, a), m in zip(s.turns, s.masks)}
+    assert set(by_name) == {"Please segment box.", "Please segment ball.", "Please segment wall."}
+    assert all(a == "Sure, [SEG]." for _, a in s.turns) and s.task == "res"
+    assert (by_name["Please segment box."] == mask_a()).all()
+    assert (by_name["Please segment ball."] == mask_b()).all()
+    assert (by_name["Please segment wall."] == ~(mask_a() | mask_b())).all()
+    assert len(build_dataset("coco_panoptic", root=str(tmp_path), split="val2017", max_objects=2)[0].turns) == 2
+
+
+def test_coco_panoptic_instance_mode_gives_one_seg_per_instance_top_to_bottom(tmp_path):
+    ann = write_coco_panoptic(tmp_path)
+    data = json.loads(ann.read_text())
+    data["categories"][1]["name"] = "box"                                  # ball -> a second 'box' category id 2
+    for seg in data["annotations"][0]["segments_info"]:
+        if seg["id"] == 300:
+            seg["category_id"] = 1                                          # two instances of category 1
+    ann.write_text(json.dumps(data))
+    ds = build_dataset("coco_panoptic", root=str(tmp_path), split="val2017", mode="instance", max_objects=None)
+    s = ds[0]
+    turn = s.turns.index(("Please segment box.", "Sure, [SEG] and [SEG]."))
+    first = sum(a.count(SEG) for _, a in s.turns[:turn])
+    assert (s.masks[first] == mask_a()).all() and (s.masks[first + 1] == mask_b()).all()   # A is above B
+    assert s.task == "gres"
+
+
+def test_coco_panoptic_missing_png_folder_and_bad_category_are_named(tmp_path):
+    with pytest.raises(FormatError, match="panoptic_val2017"):
+        build_dataset("coco_panoptic", root=str(tmp_path), split="val2017")
+    ann = write_coco_panoptic(tmp_path)
+    data = json.loads(ann.read_text())
+    data["annotations"][0]["segments_info"][0]["category_id"] = 99
+    ann.write_text(json.dumps(data))
+    with pytest.raises(FormatError, match=r"panoptic_val2017\.json: annotation 0"):
+        build_dataset("coco_panoptic", root=str(tmp_path), split="val2017")
+
+
+def test_grounded_caption_markup_keeps_text_and_drops_overlaps():
+    text, kept = grounded_caption("a dog and a cat", [(10, 15), (0, 5), (2, 8)])
+    assert text == "<p> a dog </p> [SEG] and <p> a cat </p> [SEG]"
+    assert kept == [1, 0]
+
+
+def test_gcg_three_published_shapes(tmp_path):
+    files = write_gcg(tmp_path)
+    images = str(tmp_path / "images")
+    s = build_dataset("gcg", annotation_file=str(files["grandf"]), image_dir=images)[0]
+    assert s.turns == [(GCG_QUESTION, "<p> A red box </p> [SEG] sits above <p> a blue ball </p> [SEG].")]
+    assert s.task == "gcg" and (s.masks[0] == mask_a()).all() and (s.masks[1] == mask_b()).all()
+    s = build_dataset("gcg", annotation_file=str(files["refcocog"]), image_dir=images)[0]
+    assert s.turns[0][1] == "<p> A red box </p> [SEG] sits above a blue ball."      # 'a green cat' is not in it
+    assert len(s.masks) == 1 and (s.masks[0] == mask_a()).all()
+    s = build_dataset("gcg", annotation_file=str(files["flickr"]), image_dir=images)[0]
+    assert s.turns[0][1] == "A red box sits above <p> a blue ball </p> [SEG]."
+    assert (s.masks[0] == mask_b()).all()
+
+
+def test_gcg_malformed_records_name_file_and_record(tmp_path):
+    files = write_gcg(tmp_path)
+    data = json.loads(files["grandf"].read_text())
+    data[0]["groundings"]["A red box"]["token_positives"] = [0, 400]
+    files["grandf"].write_text(json.dumps(data))
+    with pytest.raises(FormatError, match=r"GranDf_HA_GCG_train\.json: record 0.*outside the caption"):
+        build_dataset("gcg", annotation_file=str(files["grandf"]), image_dir=str(tmp_path / "images"))
+    del data[0]["caption"]
+    files["grandf"].write_text(json.dumps(data))
+    with pytest.raises(FormatError, match=r"record 0: missing field 'caption'"):
+        build_dataset("gcg", annotation_file=str(files["grandf"]), image_dir=str(tmp_path / "images"))
+    with pytest.raises(FormatError, match="GCG annotation file not found: .*nope.json"):
+        build_dataset("gcg", annotation_file=str(tmp_path / "nope.json"), image_dir=str(tmp_path))
+
+
+def test_regions_to_vp_handles_every_osprey_reference_style():
+    assert regions_to_vp("<image>\nIs <region2> left of region1?", [4, 9], "w") == "Is <vp_9> left of <vp_4>?"
+    assert regions_to_vp("There are: region1<mask><pos>, region2<mask><pos>.", [4, 9], "w") == \
+        "There are: <vp_4>, <vp_9>."
+    assert regions_to_vp("<mask><pos> and <mask><pos>", [4, 9], "w") == "<vp_4> and <vp_9>"
+    with pytest.raises(FormatError, match="record 3: text mentions region3 but the record has 2 regions"):
+        regions_to_vp("what is region3?", [4, 9], "f.json: record 3")
+
+
+def test_osprey_conversation_maps_each_region_to_its_prompt(tmp_path):
+    files = write_osprey(tmp_path)
+    ds = build_dataset("osprey", annotation_file=str(files["conversation"]), image_dir=str(tmp_path / "images"),
+                       absent_prob=0.0)
+    seen_ids = set()
+    for seed in range(4):
+        ds.seed = seed
+        s = ds[0]
+        assert s.task == "vp_qa" and len(s.turns) == 2 and not s.masks
+        k1 = vp_of(s.turns[0][0])                                     # "What colour is <region1>?"
+        k2 = vp_of(s.turns[0][1])                                     # "... unlike region2."
+        assert vp_of(s.turns[1][0]) == k2                             # "And region2<mask><pos>?"
+        assert (s.prompts[k1] == mask_a()).all() and (s.prompts[k2] == mask_b()).all()
+        assert "<mask>" not in s.turns[1][0] and "region" not in " ".join(q + a for q, a in s.turns)
+        seen_ids.add((k1, k2))
+    assert len(seen_ids) > 1                                          # ids are drawn per sample
+
+
+def test_osprey_description_and_absent_prompt(tmp_path):
+    files = write_osprey(tmp_path)
+    ds = build_dataset("osprey", annotation_file=str(files["description"]), image_dir=str(tmp_path / "images"),
+                       absent_prob=1.0)
+    s = ds[0]
+    assert s.task == "region_caption"
+    answers = {vp_of(q): a for q, a in s.turns}
+    absent = [k for k in answers if k not in s.prompts]
+    assert len(absent) == 1 and answers[absent[0]] == f"<vp_{absent[0]}> is not in the image."
+    caption_of = {k: answers[k] for k in s.prompts}
+    for k, m in s.prompts.items():
+        expected = "A red box with sharp corners." if (m == mask_a()).all() else "A blue ball."
+        assert caption_of[k] == f"<vp_{k}>: {expected}"
+
+
+def test_osprey_size_mismatch_and_missing_image_are_named(tmp_path):
+    files = write_osprey(tmp_path)
+    data = json.loads(files["conversation"].read_text())
+    data[0]["height"] = 99
+    files["conversation"].write_text(json.dumps(data))
+    ds = build_dataset("osprey", annotation_file=str(files["conversation"]), image_dir=str(tmp_path / "images"))
+    with pytest.raises(FormatError, match=r"record 11: record says height x width \(99, 64\)"):
+        ds[0]
+    ds = build_dataset("osprey", annotation_file=str(files["description"]), image_dir=str(tmp_path / "elsewhere"))
+    with pytest.raises(FormatError, match=r"record 12: image file not found: .*elsewhere"):
+        ds[0]
+
+
+def test_pixel2cap_samples_up_to_max_objects_regions(tmp_path):
+    files = write_osprey(tmp_path)
+    ds = build_dataset("pixel2cap", annotation_file=str(files["pixel2cap"]), image_dir=str(tmp_path / "images"),
+                       max_objects=2, absent_prob=0.0)
+    s = ds[0]
+    assert len(s.turns) == 2 and len(s.prompts) == 2 and s.task == "region_caption"
+    for q, a in s.turns:
+        k = vp_of(q)
+        assert q == f"Please describe <vp_{k}> in detail."
+        expected = {"a red box", "the same red box"} if (s.prompts[k] == mask_a()).all() else {"a blue ball"}
+        assert re.fullmatch(rf"<vp_{k}>: (.*)", a).group(1) in expected
+
+
+def test_llava_strips_image_tag_and_marks_text_only(tmp_path):
+    ds = build_dataset("llava", annotation_file=str(write_llava(tmp_path)), image_dir=str(tmp_path))
+    with_image, text_only = ds[0], ds[1]
+    assert with_image.turns == [("What is in the picture?", "Two shapes."), ("Which is red?", "The box.")]
+    assert with_image.image.shape == (H, W, 3) and not with_image.meta.get("text_only")
+    assert text_only.meta["text_only"] is True and text_only.turns == [("Say hi.", "Hi.")]
+    assert build_dataset("llava", annotation_file=str(write_llava(tmp_path)), image_dir=str(tmp_path),
+                         max_turns=1)[0].turns == [("What is in the picture?", "Two shapes.")]
+
+
+def test_llava_bad_roles_are_named(tmp_path):
+    path = write_llava(tmp_path)
+    data = json.loads(path.read_text())
+    data[1]["conversations"][1]["from"] = "human"
+    path.write_text(json.dumps(data))
+    with pytest.raises(FormatError, match=r"record 'b': message 1 must be \{'from': 'gpt'"):
+        build_dataset("llava", annotation_file=str(path), image_dir=str(tmp_path))
+
+
+def test_muse_placeholders_take_masks_in_order_and_images_are_searched(tmp_path):
+    path = write_muse(tmp_path)
+    dirs = [str(tmp_path / "val2017"), str(tmp_path / "train2017")]
+    s = build_dataset("muse", annotation_file=str(path), image_dirs=dirs)[0]
+    assert s.turns[0][1] == "You could kick the ball [SEG] and stack things on the box [SEG]."
+    assert (s.masks[0] == mask_b()).all() and (s.masks[1] == mask_a()).all() and s.task == "gres"
+    with pytest.raises(FormatError, match=r"record 0: image 'm1.png' not found; tried .*val2017"):
+        build_dataset("muse", annotation_file=str(path), image_dirs=dirs[:1])[0]
+    data = json.loads(path.read_text())
+    data[0]["ann_list"].pop()
+    path.write_text(json.dumps(data))
+    with pytest.raises(FormatError, match="record 0: answer has 2 .SEG. placeholders but the record has 1 masks"):
+        build_dataset("muse", annotation_file=str(path), image_dirs=dirs)
+
+
+def test_broken_json_file_is_named(tmp_path):
+    bad = tmp_path / "MUSE_train.json"
+    bad.write_text('[{"file_name": "x.png",')
+    with pytest.raises(FormatError, match=r"MUSE_train\.json: not valid JSON \(line 1"):
+        build_dataset("muse", annotation_file=str(bad), image_dirs=[str(tmp_path)])
