@@ -12,6 +12,7 @@ app = typer.Typer(help="Pixel-SAIL: one transformer for pixel-grounded understan
 COMMAND_MODULES: list[str] = [
     "shapes",
     "data",
+    "use",
 ]
 
 

@@ -25,13 +25,13 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from pixelsail.imageio import DEFAULT_MAX_PIXELS, ImageInputError, ImageSource, load_image
-from pixelsail.prompts import as_prompt_mask
+from pixelsail.prompts import as_prompt_mask, box_to_mask, point_to_mask
 from pixelsail.tokens import NO_TARGET_ANSWER, vp_indices, vp_token
 from pixelsail.viz import draw_prompts, overlay_masks
 
 SHIPPED_MODEL = "shapes-tiny"
 SEGMENT_TEMPLATE = "Please segment {expression}."
-DESCRIBE_TEMPLATE = "Please describe {vp} in detail."
+DESCRIBE_TEMPLATE = "Please describe {vp}."
 DEFAULT_MAX_QUESTION_TOKENS = 256
 
 
@@ -87,6 +87,18 @@ class Result:
                 "prefix_reused": self.prefix_reused, "image_size": list(self.image.shape[:2])}
 
 
+def _prompt_mask(prompt: Any, h: int, w: int) -> np.ndarray:
+    """Boxes and points as plain float tuples (so error messages show the numbers as typed), masks as arrays."""
+    if isinstance(prompt, (list, tuple)) and len(prompt) in (2, 4) and all(np.isscalar(v) for v in prompt):
+        try:
+            values = tuple(float(v) for v in prompt)
+        except (TypeError, ValueError):
+            values = None
+        if values is not None:
+            return box_to_mask(values, h, w) if len(values) == 4 else point_to_mask(values, h, w)
+    return as_prompt_mask(prompt, h, w)
+
+
 def _digest(image: np.ndarray, prompts: Mapping[int, np.ndarray]) -> str:
     h = hashlib.blake2b(digest_size=16)
     h.update(repr(image.shape).encode())
@@ -122,10 +134,10 @@ class Predictor:
             raise InputError(f"no pixelsail model in {path}: config.json not found{hint}")
         from pixelsail.model import PixelSail
 
-        model = PixelSail.from_pretrained(str(path))
-        model.to(device)
-        model.eval()
-        return model
+        try:
+            return PixelSail.from_pretrained(path, device=device)
+        except (FileNotFoundError, ValueError) as e:
+            raise InputError(f"cannot load the model in {path}: {e}") from None
 
     # ------------------------------------------------------------------------------------------------ properties
     @property
@@ -175,7 +187,7 @@ class Predictor:
         out: dict[int, np.ndarray] = {}
         for k, p in items:
             try:
-                out[k] = as_prompt_mask(p, h, w)
+                out[k] = _prompt_mask(p, h, w)
             except ValueError as e:
                 raise InputError(f"visual prompt {vp_token(k)}: {e}") from None
         missing = [k for k in named if k not in out]

@@ -1,0 +1,101 @@
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools import mask as mask_utils
+from typer.testing import CliRunner
+
+import pixelsail.commands.use as use
+from fake_pixelsail import FakePixelSail, scene
+from pixelsail.cli import app
+from pixelsail.predictor import Predictor
+
+runner = CliRunner()
+
+
+@pytest.fixture()
+def fake(monkeypatch):
+    predictor = Predictor(model=FakePixelSail())
+    monkeypatch.setattr(use, "_predictor", lambda model, device: predictor)
+    return predictor
+
+
+@pytest.fixture()
+def image_path(tmp_path):
+    p = tmp_path / "scene.png"
+    Image.fromarray(scene()).save(p)
+    return p
+
+
+def test_segment_writes_overlay_rle_json_and_mask_pngs(fake, image_path, tmp_path):
+    out, js, d = tmp_path / "out.png", tmp_path / "m.json", tmp_path / "masks"
+    res = runner.invoke(app, ["segment", str(image_path), "the red square", "-o", str(out), "--masks-json", str(js),
+                              "--mask-png-dir", str(d)])
+    assert res.exit_code == 0, res.output
+    assert "Sure, [SEG]." in res.stdout and "mask 0: 256 px" in res.stdout
+    assert np.array(Image.open(out)).shape == (48, 64, 3)
+    record = json.loads(js.read_text())
+    rle = record["masks"][0]["rle"]
+    assert mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()}).sum() == 256
+    png = np.array(Image.open(d / "mask_0.png"))
+    assert png.dtype == np.uint8 and set(np.unique(png)) == {0, 255} and (png[8:24, 4:20] == 255).all()
+
+
+def test_ask_numbers_boxes_then_points_then_masks(fake, image_path, tmp_path):
+    mask = np.zeros((48, 64), np.uint8)
+    mask[30:42, 30:46] = 255
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    args = ["ask", str(image_path), "What colour is <vp_0>?", "--point", "40,35", "--box", "4,8,20,24",
+            "--mask", str(tmp_path / "m.png")]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert res.stdout.strip() == "<vp_0>: red."  # the box is <vp_0> although the point was given first
+    res = runner.invoke(app, args[:3] + ["--mask", str(tmp_path / "m.png")])
+    assert res.stdout.strip() == "<vp_0>: blue."
+
+
+def test_describe_needs_exactly_one_region(fake, image_path):
+    res = runner.invoke(app, ["describe", str(image_path), "--point", "10,12"])
+    assert res.exit_code == 0 and res.stdout.strip() == "<vp_0>: red."
+    res = runner.invoke(app, ["describe", str(image_path)])
+    assert res.exit_code == 2 and "error: describe needs exactly one of --box, --point or --mask (got 0)" in res.output
+
+
+def test_chat_reads_piped_stdin_and_reuses_the_prefix(fake, image_path, tmp_path):
+    script = "Please segment the red square.\n:box 30,30,46,42\nWhat colour is <vp_0>?\nAnd <vp_0>?\n:bogus\n" \
+             "What is <vp_5>?\n:quit\nnever asked\n"
+    res = runner.invoke(app, ["chat", str(image_path), "--save-dir", str(tmp_path / "turns")], input=script)
+    assert res.exit_code == 0, res.output
+    lines = [ln for ln in res.stdout.splitlines() if not ln.startswith("  ")]
+    assert lines == ["Sure, [SEG].", "<vp_0>: blue.", "<vp_0>: blue."]
+    assert "error: unknown command ':bogus'" in res.output
+    assert "error: unknown visual prompt <vp_5>: this model has <vp_0>..<vp_3>" in res.output
+    assert sorted(p.name for p in (tmp_path / "turns").iterdir()) == ["turn_0.png", "turn_1.png", "turn_2.png"]
+    assert fake.vision_prefill_count == 2   # one prefix without prompts, one with <vp_0>
+
+
+@pytest.mark.parametrize("args, message", [
+    (["segment", "IMG", ""], "error: the referring expression is empty"),
+    (["segment", "/no/such.png", "the red square"], "error: image file not found: /no/such.png"),
+    (["ask", "IMG", "What is <vp_0>?", "--box", "1,2,3"], "error: --box '1,2,3' must be 4 comma-separated numbers"),
+    (["ask", "IMG", "What is <vp_0>?", "--point", "500,5"], "error: visual prompt <vp_0>: point (500.0, 5.0) lies "
+                                                            "outside the 64x48 image"),
+    (["ask", "IMG", "What is <vp_1>?", "--point", "10,12"], None),
+    (["ask", "IMG", "Hi", "--mask", "/no/mask.png"], "error: mask file not found: /no/mask.png"),
+])
+def test_errors_are_one_line_and_exit_2(fake, image_path, args, message):
+    args = [str(image_path) if a == "IMG" else a for a in args]
+    res = runner.invoke(app, args)
+    if message is None:  # a named prompt with a list of one: numbered onto it, so it works
+        assert res.exit_code == 0 and res.stdout.strip() == "<vp_1>: red."
+        return
+    assert res.exit_code == 2
+    errors = [ln for ln in res.output.splitlines() if ln.startswith("error:")]
+    assert errors == [message]
+
+
+def test_missing_model_dir_is_a_one_line_error(image_path, tmp_path):
+    res = runner.invoke(app, ["segment", str(image_path), "the red square", "--model", str(tmp_path / "none")])
+    assert res.exit_code == 2
+    assert res.output.strip().startswith(f"error: no pixelsail model in {tmp_path / 'none'}")
