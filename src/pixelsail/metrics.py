@@ -316,9 +316,11 @@ def coco_caption_scores(predictions: dict[str, str], references: dict[str, list[
     missing = [k for k in keys if k not in references]
     if missing:
         raise ValueError(f"no reference captions for sample(s) {missing[:5]}")
-    tok = PTBTokenizer()
-    res = tok.tokenize({k: [{"caption": predictions[k]}] for k in keys})
-    gts = tok.tokenize({k: [{"caption": r} for r in references[k]] for k in keys})
+    # one tokenizer run (one JVM start) for predictions and references; the tokenizer works line by line
+    both = PTBTokenizer().tokenize({**{("res", k): [{"caption": predictions[k]}] for k in keys},
+                                    **{("gts", k): [{"caption": r} for r in references[k]] for k in keys}})
+    res = {k: both[("res", k)] for k in keys}
+    gts = {k: both[("gts", k)] for k in keys}
     # an empty prediction makes METEOR's Java process hang on an empty line; score it as one unknown word
     res = {k: [v[0] if v and v[0].strip() else "<empty>"] for k, v in res.items()}
     out: dict[str, float] = {}

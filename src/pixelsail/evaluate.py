@@ -1,0 +1,422 @@
+"""Evaluation: run a model over an evaluation set, write predictions, score them as the field does, report.
+
+Pipeline: ``predict`` (model needed) -> predictions JSONL -> ``score_records`` (no model: every record carries its
+ground truth as RLE / text) -> results JSON + Markdown + a rich table, and a gallery of best / worst samples.
+
+The image prefix (vision tokens + KV cache) is computed once per image and prompt set and reused for every question
+about that image: samples are visited grouped by image.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Protocol, Sequence
+
+import numpy as np
+
+from pixelsail.data.annotations import decode_segmentation
+from pixelsail.data.sample import Sample
+from pixelsail.metrics import (CaptionMetric, LisaMaskMetric, McqMetric, RelaMaskMetric, perbench_overall,
+                               predicted_no_target, sample_iou, union_mask)
+from pixelsail.predictor import mask_to_rle
+from pixelsail.tokens import SEG
+
+VTRES_RETRY_PREFIX = f"It is {SEG}."
+MASK_TASKS = ("res", "gres", "vt_res", "gcg")
+TEXT_TASKS = ("region_caption", "vp_qa", "vqa", "gcg")
+TASK_TITLES = {"res": "Referring segmentation", "gres": "Generalised referring segmentation",
+               "vt_res": "Visual-text referring segmentation", "gcg": "Grounded conversation",
+               "region_caption": "Region / object description", "vp_mcq": "Visual-prompt multiple choice",
+               "vp_qa": "Visual-prompt QA", "vqa": "General QA", "perbench": "PerBench"}
+
+
+class EvalModel(Protocol):
+    def prefill_image(self, image: np.ndarray, prompts: dict[int, np.ndarray] | None = None) -> Any: ...
+
+    def respond(self, prefix: Any, question: str, history: Sequence[tuple[str, str]] = (),
+                max_new_tokens: int = 64, answer_prefix: str = "") -> Any: ...
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# prediction
+
+
+def _json_safe(meta: dict) -> dict:
+    out = {}
+    for k, v in meta.items():
+        if isinstance(v, np.generic):
+            v = v.item()
+        try:
+            json.dumps(v)
+        except (TypeError, ValueError):
+            continue
+        out[k] = v
+    return out
+
+
+def _prompt_fingerprint(prompts: dict[int, np.ndarray]) -> str:
+    h = hashlib.sha1()
+    for k in sorted(prompts):
+        m = np.ascontiguousarray(prompts[k].astype(bool))
+        h.update(f"{k}:{m.shape}".encode())
+        h.update(np.packbits(m).tobytes())
+    return h.hexdigest()
+
+
+def image_key(dataset: Any, i: int) -> str | None:
+    """A cheap key of sample ``i``'s image when the dataset offers one (``dataset.image_key(i)``)."""
+    fn = getattr(dataset, "image_key", None)
+    return None if fn is None else str(fn(i))
+
+
+def evaluation_order(dataset: Any, indices: Sequence[int]) -> list[int]:
+    """``indices`` grouped by image (first appearance order) when the dataset can name images cheaply."""
+    keys = [image_key(dataset, i) for i in indices]
+    if any(k is None for k in keys):
+        return list(indices)
+    first: dict[str, int] = {}
+    for pos, k in enumerate(keys):
+        first.setdefault(k, pos)  # type: ignore[arg-type]
+    return [i for _, _, i in sorted((first[k], pos, i) for pos, (k, i) in enumerate(zip(keys, indices)))]
+
+
+def predict_sample(model: EvalModel, prefix: Any, sample: Sample, index: int, max_new_tokens: int = 64) -> dict:
+    """Ask the sample's last question (earlier turns as ground-truth history); return its prediction record."""
+    *history, (question, answer) = sample.turns
+    resp = model.respond(prefix, question, history=list(history), max_new_tokens=max_new_tokens)
+    reasked = False
+    if sample.task == "vt_res" and not resp.masks:
+        resp = model.respond(prefix, question, history=list(history), max_new_tokens=max_new_tokens,
+                             answer_prefix=VTRES_RETRY_PREFIX)
+        reasked = True
+    h, w = sample.image.shape[:2]
+    pred_masks = [np.asarray(m).astype(bool) for m in resp.masks]
+    for j, m in enumerate(pred_masks):
+        if m.shape != (h, w):
+            raise ValueError(f"sample {index}: predicted mask {j} has shape {m.shape}, the image is {(h, w)}")
+    record = {
+        "index": index, "task": sample.task, "image_id": sample.image_id, "image_hw": [h, w],
+        "question": question, "answer": answer, "text": resp.text,
+        "pred_masks": [mask_to_rle(m) for m in pred_masks],
+        "mask_scores": [float(s) for s in getattr(resp, "mask_scores", [])],
+        "gt_masks": [mask_to_rle(m) for m in sample.masks],
+        "meta": _json_safe({k: v for k, v in sample.meta.items() if k != "teacher_features"}),
+    }
+    if reasked:
+        record["reasked"] = True
+    return record
+
+
+def predict(model: EvalModel, dataset: Any, *, indices: Sequence[int] | None = None, max_new_tokens: int = 64,
+            progress: bool = True, on_record: Callable[[dict], None] | None = None) -> list[dict]:
+    """Predictions for ``dataset[i]`` for i in ``indices`` (default: all), one image prefix per image and prompt set."""
+    from tqdm import tqdm
+
+    order = evaluation_order(dataset, list(range(len(dataset))) if indices is None else list(indices))
+    records = []
+    prefixes: dict[str, Any] = {}
+    current_image: str | None = None
+    for i in tqdm(order, desc="evaluating", unit="sample", disable=not progress):
+        sample = dataset[i]
+        if sample.image_id != current_image:
+            prefixes.clear()  # samples are grouped by image: earlier prefixes will not be asked again
+            current_image = sample.image_id
+        key = _prompt_fingerprint(sample.prompts)
+        if key not in prefixes:
+            prefixes[key] = model.prefill_image(sample.image, prompts=sample.prompts or None)
+        record = predict_sample(model, prefixes[key], sample, i, max_new_tokens=max_new_tokens)
+        records.append(record)
+        if on_record is not None:
+            on_record(record)
+    return records
+
+
+def predict_distributed(model: EvalModel, dataset: Any, **kwargs: Any) -> list[dict]:
+    """Each rank predicts every world_size-th sample of the image-grouped order; all ranks get all records."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return predict(model, dataset, **kwargs)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    indices = kwargs.pop("indices", None)
+    order = evaluation_order(dataset, list(range(len(dataset))) if indices is None else list(indices))
+    mine = order[rank::world]
+    records = predict(model, dataset, indices=mine, progress=kwargs.pop("progress", True) and rank == 0, **kwargs)
+    gathered: list = [None] * world
+    dist.all_gather_object(gathered, records)
+    return sorted((r for part in gathered for r in part), key=lambda r: r["index"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# JSONL
+
+
+def write_jsonl(records: Iterable[dict], path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"predictions file not found: {path}")
+    out = []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n}: not valid JSON ({e})") from None
+            missing = [k for k in ("index", "task", "image_hw", "text", "pred_masks", "gt_masks", "answer")
+                       if k not in r]
+            if missing:
+                raise ValueError(f"{path}:{n}: prediction record lacks {missing}")
+            out.append(r)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# scoring
+
+
+@dataclass
+class Scores:
+    """Metric values per task group, and a per-record quality in [0, 1] (for the gallery)."""
+
+    results: dict[str, dict[str, float]] = field(default_factory=dict)
+    per_record: dict[int, float] = field(default_factory=dict)
+
+
+def _masks(record: dict, key: str) -> list[np.ndarray]:
+    h, w = (int(v) for v in record["image_hw"])
+    return [decode_segmentation(r, h, w, f"prediction record {record['index']} {key}[{j}]")
+            for j, r in enumerate(record[key])]
+
+
+def score_records(records: Sequence[dict], *, captions: bool = True) -> Scores:
+    """Score prediction records (see :func:`predict_sample`) per task, each metric named with its convention.
+
+    ``captions=False`` skips the Java caption metrics (BLEU/METEOR/CIDEr) of text tasks.
+    """
+    lisa: dict[str, LisaMaskMetric] = defaultdict(LisaMaskMetric)
+    rela: dict[str, RelaMaskMetric] = defaultdict(RelaMaskMetric)
+    mcq: dict[str, McqMetric] = defaultdict(McqMetric)
+    text: dict[str, CaptionMetric] = defaultdict(CaptionMetric)
+    per_record: dict[int, float] = {}
+    for r in records:
+        task, idx = r["task"], int(r["index"])
+        shape = (int(r["image_hw"][0]), int(r["image_hw"][1]))
+        if task in MASK_TASKS:
+            pred, gt = _masks(r, "pred_masks"), _masks(r, "gt_masks")
+            i, u = lisa[task].update(pred, gt, shape)
+            per_record[idx] = sample_iou(i, u)
+            if task == "gres":
+                rela[task].update(pred, predicted_no_target(r["text"], pred), gt, shape)
+        if task == "vp_mcq":
+            answer = r.get("meta", {}).get("answer", r["answer"])
+            per_record[idx] = float(mcq[task].update(answer, r["text"]))
+        if task in TEXT_TASKS and captions:
+            refs = r.get("meta", {}).get("references") or [r["answer"]]
+            text[task].update(str(idx), r["text"], refs)
+    results: dict[str, dict[str, float]] = {}
+    for task in sorted({r["task"] for r in records}):
+        row: dict[str, float] = {}
+        for source in (lisa, rela, mcq, text):
+            if task in source:  # records are already gathered from all ranks: no all-reduce here
+                row.update(source[task].compute())
+        results[task] = row
+    overall = perbench_row(results)
+    if overall is not None:
+        results["perbench"] = overall
+    return Scores(results, per_record)
+
+
+def perbench_row(results: dict[str, dict[str, float]]) -> dict[str, float] | None:
+    """PerBench's overall score when all three of its tasks were scored (and the captions were)."""
+    cap, choice, vt = results.get("region_caption", {}), results.get("vp_mcq", {}), results.get("vt_res", {})
+    if "METEOR" not in cap or "MCQ acc (PerBench)" not in choice or "cIoU (LISA)" not in vt:
+        return None
+    row = {"METEOR": cap["METEOR"], "MCQ acc (PerBench)": choice["MCQ acc (PerBench)"],
+           "cIoU (LISA)": vt["cIoU (LISA)"], "gIoU (LISA)": vt["gIoU (LISA)"]}
+    row["Overall (PerBench)"] = perbench_overall(row["METEOR"], row["MCQ acc (PerBench)"], row["cIoU (LISA)"],
+                                                 row["gIoU (LISA)"])
+    return row
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# reporting
+
+
+def _fmt(name: str, v: float) -> str:
+    if isinstance(v, float) and math.isnan(v):
+        return "–"
+    if name == "samples":
+        return str(int(v))
+    if name == "MCQ acc (PerBench)":
+        return f"{v:.3f}"
+    return f"{v:.2f}"
+
+
+def results_markdown(results: dict[str, dict[str, float]], title: str = "Evaluation") -> str:
+    lines = [f"# {title}", "",
+             "IoU-type values and caption scores in %, MCQ accuracy as a fraction (as in the paper). "
+             "(LISA) = LISA-lineage convention, (ReLA) = gRefCOCO canonical convention; METEOR = COCOEvalCap "
+             "Java METEOR 1.5 after PTB tokenisation.", ""]
+    for task, row in results.items():
+        names = list(row)
+        lines += [f"## {TASK_TITLES.get(task, task)} (`{task}`)", "",
+                  "| " + " | ".join(names) + " |", "|" + "---|" * len(names),
+                  "| " + " | ".join(_fmt(n, row[n]) for n in names) + " |", ""]
+    return "\n".join(lines)
+
+
+def print_results(results: dict[str, dict[str, float]], title: str = "Evaluation") -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    for task, row in results.items():
+        table = Table(title=f"{title} — {TASK_TITLES.get(task, task)} ({task})")
+        for name in row:
+            table.add_column(name, justify="right")
+        table.add_row(*[_fmt(n, row[n]) for n in row])
+        console.print(table)
+
+
+def save_results(results: dict[str, dict[str, float]], out_dir: str | Path, info: dict | None = None,
+                 title: str = "Evaluation") -> tuple[Path, Path]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out / "results.json", out / "results.md"
+    clean = {t: {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+             for t, row in results.items()}
+    json_path.write_text(json.dumps({**(info or {}), "results": clean}, indent=2))
+    md_path.write_text(results_markdown(results, title))
+    return json_path, md_path
+
+
+def rank_records(per_record: dict[int, float], k: int) -> tuple[list[int], list[int]]:
+    """Indices of the ``k`` best and ``k`` worst records; ties go to the lower index in both lists."""
+    ordered = sorted(per_record.items(), key=lambda kv: (-kv[1], kv[0]))
+    best = [i for i, _ in ordered[:k]]
+    worst = [i for i, _ in sorted(per_record.items(), key=lambda kv: (kv[1], kv[0]))[:k]]
+    return best, worst
+
+
+GT_COLOR = (0, 200, 120)
+PRED_COLOR = (255, 56, 56)
+
+
+def save_gallery(dataset: Any, records: Sequence[dict], per_record: dict[int, float], out_dir: str | Path,
+                 k: int = 8) -> list[Path]:
+    """``gallery_best.png`` / ``gallery_worst.png``: per sample the ground truth (green) beside the prediction (red)."""
+    from pixelsail.viz import draw_prompts, image_grid, overlay_masks
+
+    if not per_record:
+        return []
+    by_index = {int(r["index"]): r for r in records}
+    best, worst = rank_records(per_record, k)
+    paths = []
+    for name, chosen in (("best", best), ("worst", worst)):
+        tiles, captions = [], []
+        for i in chosen:
+            r = by_index[i]
+            sample = dataset[i]
+            base = draw_prompts(sample.image, sample.prompts) if sample.prompts else sample.image
+            shape = sample.image.shape[:2]
+            gt = union_mask(_masks(r, "gt_masks"), shape)
+            pred = union_mask(_masks(r, "pred_masks"), shape)
+            tiles += [overlay_masks(base, [gt], colors=[GT_COLOR]), overlay_masks(base, [pred], colors=[PRED_COLOR])]
+            captions += [f"#{i} GT: {r['question']} -> {r['answer']}",
+                         f"pred ({per_record[i]:.2f}): {r['text']}"]
+        path = Path(out_dir) / f"gallery_{name}.png"
+        image_grid(tiles, captions, ncols=4, tile_size=256).save(path)
+        paths.append(path)
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# evaluation sets
+
+
+def build_eval_dataset(task: str, data: str | None, *, split: str = "val", split_by: str | None = None,
+                       image_dir: str | None = None, shapes_size: int = 500) -> Any:
+    """The evaluation dataset of ``task`` (res | gres | region-caption | perbench | shapes) from ``data``.
+
+    ``shapes`` needs no data: it generates ``shapes_size`` samples of the shapes world's ``split``.
+    """
+    if task in ("res", "gres", "region-caption", "perbench") and not data:
+        raise ValueError(f"--task {task} needs --data (a local path)")
+    if task in ("res", "gres"):
+        from pixelsail.data.refer import ReferEvalDataset
+
+        return ReferEvalDataset(data, split=split, split_by=split_by or _guess_split_by(Path(data)),  # type: ignore
+                                image_dir=image_dir, generalized=task == "gres")
+    if task == "region-caption":
+        from pixelsail.data.region_caption import RegionCaptionDataset
+
+        return RegionCaptionDataset(data, image_dir)  # type: ignore[arg-type]
+    if task == "perbench":
+        from pixelsail.data.perbench import PerBench
+
+        return PerBench(data, image_dir)  # type: ignore[arg-type]
+    if task == "shapes":
+        from pixelsail.data.shapes import ShapesDataset
+
+        return ShapesDataset(split=split, size=shapes_size)
+    raise ValueError(f"unknown task {task!r}; expected res, gres, region-caption, perbench or shapes")
+
+
+def _guess_split_by(root: Path) -> str:
+    """The split_by of the only refs file in ``root``; else 'umd' for RefCOCOg and 'unc' otherwise."""
+    found = sorted(p.name[p.name.index("(") + 1:p.name.index(")")] for p in root.glob("*refs(*)*")
+                   if "(" in p.name and ")" in p.name)
+    if len(set(found)) == 1:
+        return found[0]
+    return "umd" if "refcocog" in root.name.lower() else "unc"
+
+
+@dataclass
+class EvalRun:
+    records: list[dict]
+    scores: Scores
+    files: dict[str, Path]
+
+
+def evaluate(model: EvalModel, dataset: Any, out_dir: str | Path, *, limit: int | None = None,
+             max_new_tokens: int = 64, progress: bool = True, gallery: int = 8, captions: bool = True,
+             info: dict | None = None, title: str = "Evaluation", show: bool = True) -> EvalRun:
+    """Predict, write ``predictions.jsonl``, score, print, save results JSON/Markdown and the gallery."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    records = predict_distributed(model, dataset, indices=list(range(n)), max_new_tokens=max_new_tokens,
+                                  progress=progress)
+    records.sort(key=lambda r: r["index"])
+    scores = score_records(records, captions=captions)
+    if not _is_main_process():
+        return EvalRun(records, scores, {})
+    files = {"predictions": out / "predictions.jsonl"}
+    write_jsonl(records, files["predictions"])
+    if show:
+        print_results(scores.results, title)
+    files["json"], files["markdown"] = save_results(scores.results, out, info, title)
+    if gallery > 0:
+        for p in save_gallery(dataset, records, scores.per_record, out, k=gallery):
+            files[p.stem] = p
+    return EvalRun(records, scores, files)
+
+
+def _is_main_process() -> bool:
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
