@@ -245,3 +245,22 @@ def test_broken_json_file_is_named(tmp_path):
     bad.write_text('[{"file_name": "x.png",')
     with pytest.raises(FormatError, match=r"MUSE_train\.json: not valid JSON \(line 1"):
         build_dataset("muse", annotation_file=str(bad), image_dirs=[str(tmp_path)])
+
+
+def test_coco_regions_classify_each_instance_by_category(tmp_path):
+    from realdata_fixtures import write_images
+    write_images(tmp_path / "train2017", ["c1.png"])
+    ann = tmp_path / "instances_train2017.json"
+    ann.write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "c1.png", "height": H, "width": W}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 3, "segmentation": polygon_a(), "iscrowd": 0},
+                        {"id": 2, "image_id": 1, "category_id": 5, "segmentation": rle(mask_b()), "iscrowd": 0},
+                        {"id": 3, "image_id": 1, "category_id": 5, "segmentation": rle(mask_b()), "iscrowd": 1}],
+        "categories": [{"id": 3, "name": "suitcase"}, {"id": 5, "name": "sports ball"}]}))
+    s = build_dataset("coco_regions", annotation_file=str(ann), image_dir=str(tmp_path / "train2017"),
+                      absent_prob=0.0)[0]
+    assert len(s.turns) == 2 and s.task == "region_caption"
+    for q, a in s.turns:
+        k = vp_of(q)
+        assert q == f"What is the category of <vp_{k}>?"
+        assert a == (f"<vp_{k}>: suitcase." if (s.prompts[k] == mask_a()).all() else f"<vp_{k}>: sports ball.")

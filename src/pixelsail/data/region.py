@@ -19,13 +19,16 @@ Pixel2Cap-style captions (``pixel2cap``), COCO-like::
     {"images": [{"id", "file_name", ...}], "annotations": [{"image_id", "segmentation", "caption"}]}
 
 -> up to ``max_objects`` regions per image, each turn "Please describe <vp_k> in detail." -> "<vp_k>: {caption}".
+
+COCO region classification (``coco_regions``): a COCO ``instances_*.json`` read the same way, each turn
+"What is the category of <vp_k>?" -> "<vp_k>: {category name}." (crowd annotations are skipped).
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -46,6 +49,10 @@ _DESCRIPTION_PREFIX = re.compile(r"^\s*<?region\d+>?\s*:\s*")
 
 def describe_question(k: int) -> str:
     return f"Please describe {vp_token(k)} in detail."
+
+
+def classify_question(k: int) -> str:
+    return f"What is the category of {vp_token(k)}?"
 
 
 def regions_to_vp(text: str, vp_ids: list[int], where: str) -> str:
@@ -75,8 +82,10 @@ class RegionRecord:
 
 class RegionDataset(RecordDataset):
     def __init__(self, records: list[RegionRecord], *, max_objects: int | None = 5, absent_prob: float = 0.05,
-                 num_vp_tokens: int = DEFAULT_NUM_VP_TOKENS, seed: int = 0):
+                 num_vp_tokens: int = DEFAULT_NUM_VP_TOKENS, seed: int = 0,
+                 question: Callable[[int], str] = describe_question):
         super().__init__(records, seed=seed)
+        self.question = question
         self.max_objects = max_objects
         self.absent_prob = absent_prob
         self.num_vp_tokens = num_vp_tokens
@@ -100,11 +109,11 @@ class RegionDataset(RecordDataset):
             turns = [(regions_to_vp(q, vp_ids, rec.where), regions_to_vp(a, vp_ids, rec.where)) for q, a in rec.turns]
             task = "vp_qa"
         else:
-            turns = [(describe_question(k), f"{vp_token(k)}: {_DESCRIPTION_PREFIX.sub('', rec.captions[i]).strip()}")
+            turns = [(self.question(k), f"{vp_token(k)}: {_DESCRIPTION_PREFIX.sub('', rec.captions[i]).strip()}")
                      for k, i in zip(vp_ids, chosen)]
             task = "region_caption"
         if rng.random() < self.absent_prob:
-            turns.append((describe_question(spare), absent_prompt_answer(spare)))
+            turns.append((self.question(spare), absent_prompt_answer(spare)))
         return Sample(image=image, turns=turns, prompts=prompts, task=task, image_id=rec.image_path.stem,
                       meta={"source": "region", "vp_ids": vp_ids, "regions": chosen})
 
@@ -140,11 +149,17 @@ def osprey_records(annotation_file: str | Path, image_dir: str | Path) -> list[R
     return records
 
 
-def caption_records(annotation_file: str | Path, image_dir: str | Path) -> list[RegionRecord]:
+def caption_records(annotation_file: str | Path, image_dir: str | Path, *, by_category: bool = False
+                    ) -> list[RegionRecord]:
+    """Regions of a COCO-style file, captioned by their ``caption`` or (``by_category``) their category name."""
     where = str(annotation_file)
     data = read_json(annotation_file, "region caption file")
     if not isinstance(data, dict):
         raise FormatError(f"{where}: expected a COCO-style object with 'images' and 'annotations'")
+    category_names = None
+    if by_category:
+        category_names = {require(c, ["id"], where): require(c, ["name"], where)
+                          for c in require(data, ["categories"], where)}
     by_image: dict[Any, RegionRecord] = {}
     for im in require(data, ["images"], where):
         iw = f"{where}: image {im.get('id')!r}"
@@ -156,7 +171,15 @@ def caption_records(annotation_file: str | Path, image_dir: str | Path) -> list[
         image_id = require(ann, ["image_id"], aw)
         if image_id not in by_image:
             raise FormatError(f"{aw}: image_id {image_id!r} is not in 'images'")
-        caption = require(ann, ["caption", "description"], aw)
+        if category_names is not None:
+            if ann.get("iscrowd", 0):
+                continue
+            category = require(ann, ["category_id"], aw)
+            if category not in category_names:
+                raise FormatError(f"{aw}: unknown category_id {category!r}")
+            caption = f"{category_names[category]}."
+        else:
+            caption = require(ann, ["caption", "description"], aw)
         if not isinstance(caption, str) or not caption.strip():
             raise FormatError(f"{aw}: empty caption")
         by_image[image_id].segmentations.append(require(ann, ["segmentation"], aw))
@@ -176,3 +199,11 @@ def pixel2cap(annotation_file: str, image_dir: str, max_objects: int | None = 5,
               num_vp_tokens: int = DEFAULT_NUM_VP_TOKENS, seed: int = 0) -> RegionDataset:
     return RegionDataset(caption_records(annotation_file, image_dir), max_objects=max_objects,
                          absent_prob=absent_prob, num_vp_tokens=num_vp_tokens, seed=seed)
+
+
+@register_dataset("coco_regions")
+def coco_regions(annotation_file: str, image_dir: str, max_objects: int | None = 5, absent_prob: float = 0.05,
+                 num_vp_tokens: int = DEFAULT_NUM_VP_TOKENS, seed: int = 0) -> RegionDataset:
+    """COCO instances -> region classification ("What is the category of <vp_k>?" -> "<vp_k>: person.")."""
+    return RegionDataset(caption_records(annotation_file, image_dir, by_category=True), max_objects=max_objects,
+                         absent_prob=absent_prob, num_vp_tokens=num_vp_tokens, seed=seed, question=classify_question)
