@@ -1,0 +1,130 @@
+"""End to end in real headless Chromium (Debian packages chromium + chromium-driver; python package selenium)."""
+import shutil
+import tempfile
+
+import numpy as np
+import pytest
+
+from fake_pixelsail import FakePixelSail, scene
+from pixelsail.predictor import Predictor, shipped_model_dir
+from pixelsail.web import DemoApp, DemoServer
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
+                       reason="Debian chromium + chromium-driver not installed "
+                              "(apt-get install -y chromium chromium-driver)"),
+]
+
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support import expected_conditions as EC  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
+
+# pixel colours of the page's result <img>, read back through a canvas
+READ_PIXEL = """
+const img = document.getElementById('overlay');
+const c = document.createElement('canvas'); c.width = img.naturalWidth; c.height = img.naturalHeight;
+const g = c.getContext('2d'); g.drawImage(img, 0, 0);
+return Array.from(g.getImageData(arguments[0], arguments[1], 1, 1).data.slice(0, 3));
+"""
+
+
+@pytest.fixture()
+def browser():
+    profile = tempfile.mkdtemp(prefix="pixelsail-chromium-")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+                 f"--user-data-dir={profile}", "--window-size=1200,1000"):
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+def serve(predictor, samples):
+    return DemoServer(DemoApp(predictor, samples=samples), port=0).start()
+
+
+def wait(driver, seconds=60):
+    return WebDriverWait(driver, seconds)
+
+
+def pick_sample_and_ask(driver, url, index, mode, text):
+    driver.get(url)
+    wait(driver).until(lambda d: d.execute_script("return document.body.dataset.ready === '1'"))
+    driver.find_elements(By.CSS_SELECTOR, "#samples button")[index].click()
+    wait(driver).until(lambda d: d.find_element(By.ID, "submit").is_enabled())
+    Select(driver.find_element(By.ID, "mode")).select_by_value(mode)
+    box = driver.find_element(By.ID, "text")
+    box.clear()
+    box.send_keys(text)
+
+
+def submit_and_wait(driver):
+    before = driver.find_element(By.ID, "answer").text
+    driver.find_element(By.ID, "submit").click()
+    wait(driver).until(lambda d: d.find_element(By.ID, "status").text.startswith("Answered")
+                       or "error" in d.find_element(By.ID, "status").get_attribute("class"))
+    wait(driver).until(EC.visibility_of_element_located((By.ID, "overlay")))
+    wait(driver).until(lambda d: d.execute_script("return document.getElementById('overlay').complete"))
+    return before
+
+
+def test_referring_expression_shows_a_mask(browser):
+    srv = serve(Predictor(model=FakePixelSail()), [("scene", scene())])
+    try:
+        pick_sample_and_ask(browser, srv.url, 0, "segment", "the red square")
+        submit_and_wait(browser)
+        assert browser.find_element(By.ID, "answer").text == "Sure, [SEG]."
+        masks = browser.find_elements(By.CSS_SELECTOR, "#masks li.mask")
+        assert len(masks) == 1 and int(masks[0].get_attribute("data-area")) == 256
+        # the overlay picture is tinted inside the red square's mask and untouched far from it
+        assert browser.execute_script(READ_PIXEL, 12, 12) != list(scene()[12, 12])
+        assert browser.execute_script(READ_PIXEL, 60, 2) == list(scene()[2, 60])
+    finally:
+        srv.stop()
+
+
+def test_clicked_point_becomes_vp0(browser):
+    srv = serve(Predictor(model=FakePixelSail()), [("scene", scene())])
+    try:
+        pick_sample_and_ask(browser, srv.url, 0, "ask", "What colour is <vp_0>?")
+        canvas = browser.find_element(By.ID, "canvas")
+        rect = browser.execute_script("const r = arguments[0].getBoundingClientRect(); return [r.width, r.height];",
+                                      canvas)
+        # click the blue square's centre (x=38, y=36 of the 64x48 image), offsets are from the element's centre
+        dx, dy = (38 / 64 - 0.5) * rect[0], (36 / 48 - 0.5) * rect[1]
+        webdriver.ActionChains(browser).move_to_element_with_offset(canvas, int(dx), int(dy)).click().perform()
+        assert "vp_0" in browser.find_element(By.ID, "prompt-list").text
+        submit_and_wait(browser)
+        assert browser.find_element(By.ID, "answer").text == "<vp_0>: blue."
+    finally:
+        srv.stop()
+
+
+@pytest.mark.skipif(not (shipped_model_dir() / "config.json").is_file(), reason="the shipped shapes model is absent")
+def test_shipped_model_segments_a_shapes_scene(browser):
+    from pixelsail.data.shapes import attribute_referrals, generate_scene
+
+    scene_ = generate_scene("test", 0)
+    target = max(scene_.visible_objects, key=lambda o: o.area)
+    expression = next(r.expression for r in attribute_referrals(scene_) if r.targets == [target])
+    srv = serve(Predictor(), [("shapes", scene_.image)])
+    try:
+        pick_sample_and_ask(browser, srv.url, 0, "segment", expression)
+        submit_and_wait(browser)
+        masks = browser.find_elements(By.CSS_SELECTOR, "#masks li.mask")
+        assert masks and int(masks[0].get_attribute("data-area")) > 0, browser.find_element(By.ID, "answer").text
+        ys, xs = np.nonzero(target.mask)
+        y, x = int(np.median(ys)), int(np.median(xs))
+        assert browser.execute_script(READ_PIXEL, x, y) != list(scene_.image[y, x])
+    finally:
+        srv.stop()
