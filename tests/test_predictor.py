@@ -124,3 +124,28 @@ def test_result_serialises_masks_as_rle_and_draws_an_overlay(predictor):
 def test_missing_model_dir_is_a_clear_error(tmp_path):
     with pytest.raises(InputError, match="no pixelsail model in .*config.json not found"):
         Predictor(tmp_path / "nothing-here")
+
+
+def test_real_tiny_model_round_trip(tmp_path):
+    """A random tiny PixelSail saved and loaded by directory: masks match [SEG]s, the prefix is reused intact."""
+    from pixelsail.config import PixelSailConfig
+    from pixelsail.model import PixelSail
+    from pixelsail.tokenizer import build_tiny_tokenizer
+
+    cfg = PixelSailConfig(vocab_size=400, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                          num_key_value_heads=1, intermediate_size=64, mask_dim=16, max_image_size=64,
+                          num_vp_tokens=4)
+    tok = build_tiny_tokenizer(["Please segment the red square. What colour is it? Sure."] * 4, vocab_size=400,
+                               num_vp_tokens=4)
+    PixelSail(cfg, tok).save_pretrained(tmp_path / "m")
+    p = Predictor(tmp_path / "m", max_new_tokens=6)
+    img = scene()
+    r1 = p.segment(img, "the red square")
+    r2 = p.segment(img, "the red square")
+    assert isinstance(r1.text, str) and r1.text == r2.text
+    assert len(r1.masks) == r1.text.count("[SEG]") and all(m.shape == (48, 64) for m in r1.masks)
+    assert p.vision_prefill_count == 1 and r2.prefix_reused and not r1.prefix_reused
+    chat = p.chat(img)
+    chat.send("What colour is <vp_0>?", prompts=[(4, 8, 20, 24)])
+    chat.send("And now?")
+    assert p.vision_prefill_count == 2 and len(chat.history) == 2
