@@ -348,4 +348,4 @@ def test_generation_is_fast():
     for i in range(400):
         ds[i]
     rate = 400 / (time.process_time() - start)
-    assert rate > 250, f"{rate:.0f} samples/s"   # ~500/s measured on one core of the dev machine
+    assert rate > 200, f"{rate:.0f} samples/s"   # 400-540/s measured on one core of the shared dev machine

@@ -36,6 +36,7 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "purple": (150, 50, 200),
     "orange": (245, 130, 10),
 }
+COLOR_NAMES: tuple[str, ...] = tuple(COLORS)
 SIZES: tuple[str, ...] = ("small", "large")
 RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
 # 3x3 grid of the visible centroid: POSITIONS[row][col]
@@ -113,15 +114,32 @@ def _unit_area_and_extent(shape: str) -> tuple[float, float]:
     return area, float(np.abs(pts).max())
 
 
-def shape_mask(shape: str, cx: float, cy: float, radius: float, image_size: int) -> np.ndarray:
-    """(S, S) bool raster of the shape centred at (cx, cy) (pixel units, pixel centres at +0.5)."""
+def shape_window(shape: str, cx: float, cy: float, radius: float, image_size: int) -> tuple[slice, slice]:
+    """(rows, cols) slices of the image that contain every pixel of the shape."""
+    reach = radius * _unit_area_and_extent(shape)[1]
     s = image_size
+    x0, y0 = max(0, int(np.floor(cx - reach)) - 1), max(0, int(np.floor(cy - reach)) - 1)
+    x1, y1 = min(s, int(np.ceil(cx + reach)) + 2), min(s, int(np.ceil(cy + reach)) + 2)
+    return slice(y0, max(y0, y1)), slice(x0, max(x0, x1))
+
+
+def shape_mask(shape: str, cx: float, cy: float, radius: float, image_size: int) -> np.ndarray:
+    """(S, S) bool raster of the shape centred at (cx, cy) (pixel units, pixel centres at +0.5).
+
+    Only :func:`shape_window` is rasterised (this runs a few times per generated sample)."""
+    rows, cols = shape_window(shape, cx, cy, radius, image_size)
+    mask = np.zeros((image_size, image_size), dtype=bool)
+    if rows.stop == rows.start or cols.stop == cols.start:
+        return mask
     if shape == "circle":
-        rows, cols = np.ogrid[:s, :s]
-        return (cols + 0.5 - cx) ** 2 + (rows + 0.5 - cy) ** 2 <= radius**2
-    canvas = Image.new("L", (s, s), 0)
-    ImageDraw.Draw(canvas).polygon([(cx + radius * x, cy + radius * y) for x, y in unit_polygon(shape)], fill=1)
-    return np.asarray(canvas).view(bool)
+        ys, xs = np.ogrid[rows, cols]
+        mask[rows, cols] = (xs + 0.5 - cx) ** 2 + (ys + 0.5 - cy) ** 2 <= radius**2
+        return mask
+    canvas = Image.new("L", (cols.stop - cols.start, rows.stop - rows.start), 0)
+    ImageDraw.Draw(canvas).polygon(
+        [(cx - cols.start + radius * x, cy - rows.start + radius * y) for x, y in unit_polygon(shape)], fill=1)
+    mask[rows, cols] = np.asarray(canvas).view(bool)
+    return mask
 
 
 def size_class(full_area: int, image_size: int) -> str:
@@ -250,7 +268,8 @@ def compose_scene(specs: Sequence[ObjectSpec], image_size: int, background: np.n
     image = background.copy()
     objects = []
     for i, (spec, f, v) in enumerate(zip(kept, full, vis)):
-        image[v] = COLORS[spec.color]
+        window = shape_window(spec.shape, spec.center[0], spec.center[1], spec.radius, image_size)
+        image[window][v[window]] = COLORS[spec.color]
         objects.append(ShapeObject(index=i, shape=spec.shape, color=spec.color,
                                    size=size_class(int(f.sum()), image_size), center=spec.center,
                                    radius=spec.radius, full_mask=f, mask=v))
@@ -267,8 +286,8 @@ def random_specs(rng: np.random.Generator, image_size: int, n_objects: int
     visible: list[np.ndarray] = []
     s = image_size
     for _ in range(n_objects):
-        shape = str(rng.choice(SHAPES))
-        color = str(rng.choice(list(COLORS)))
+        shape = SHAPES[int(rng.integers(len(SHAPES)))]
+        color = COLOR_NAMES[int(rng.integers(len(COLOR_NAMES)))]
         lo, hi = SMALL_AREA if rng.random() < 0.5 else LARGE_AREA
         unit_area, extent = _unit_area_and_extent(shape)
         radius = float(np.sqrt(rng.uniform(lo, hi) * s * s / unit_area))
@@ -277,17 +296,19 @@ def random_specs(rng: np.random.Generator, image_size: int, n_objects: int
         for _attempt in range(12):
             center = (float(rng.uniform(margin, s - margin)), float(rng.uniform(margin, s - margin)))
             mask = shape_mask(shape, center[0], center[1], radius, s)
-            if all(np.count_nonzero(v & mask) <= k for v, k in zip(visible, keep)):
+            window = shape_window(shape, center[0], center[1], radius, s)
+            if all(np.count_nonzero(v[window] & mask[window]) <= k for v, k in zip(visible, keep)):
                 break
         specs.append(ObjectSpec(shape, color, center, radius))
         full.append(mask)
-        visible = [v & ~mask for v in visible] + [mask]
+        for v in visible:
+            v[window] &= ~mask[window]
+        visible.append(mask.copy())
     return specs, full
 
 
-def generate_scene(split: str = "train", index: int = 0, seed: int = 0, image_size: int = 128,
-                   attempt: int = 0) -> Scene:
-    """The scene number ``index`` of ``split`` (``attempt`` > 0 gives fresh scenes for the same index)."""
+def _scene_and_rng(split: str, index: int, seed: int, image_size: int, attempt: int
+                   ) -> tuple[Scene, np.random.Generator]:
     if image_size < 32:
         raise ValueError(f"image_size must be >= 32, got {image_size}")
     rng = make_rng(seed, split, index, 0, attempt)
@@ -296,7 +317,13 @@ def generate_scene(split: str = "train", index: int = 0, seed: int = 0, image_si
     scene = compose_scene(specs, image_size, background, full_masks=full,
                           image_id=f"shapes-{split}-{seed}-{index}" + (f"-{attempt}" if attempt else ""))
     scene.meta.update(split=split, index=index, seed=seed, attempt=attempt)
-    return scene
+    return scene, rng
+
+
+def generate_scene(split: str = "train", index: int = 0, seed: int = 0, image_size: int = 128,
+                   attempt: int = 0) -> Scene:
+    """The scene number ``index`` of ``split`` (``attempt`` > 0 gives fresh scenes for the same index)."""
+    return _scene_and_rng(split, index, seed, image_size, attempt)[0]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -679,8 +706,9 @@ def make_sample(split: str, index: int, task: str, seed: int = 0, image_size: in
     if task not in TASK_BUILDERS:
         raise ValueError(f"unknown shapes task {task!r}; expected one of {SHAPES_TASKS}")
     for attempt in range(max_attempts):
-        scene = generate_scene(split, index, seed, image_size, attempt)
-        sample = TASK_BUILDERS[task](scene, make_rng(seed, split, index, 1, attempt))
+        # the sample draws from where the scene's stream stopped: the scene never depends on the task
+        scene, rng = _scene_and_rng(split, index, seed, image_size, attempt)
+        sample = TASK_BUILDERS[task](scene, rng)
         if sample is not None:
             return sample
     raise RuntimeError(f"no scene for task {task!r} at {split}[{index}] after {max_attempts} attempts")
