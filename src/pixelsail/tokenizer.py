@@ -11,8 +11,9 @@ from pixelsail.tokens import PAD, TURN_END, TURN_START, special_tokens
 
 
 def add_pixelsail_tokens(tokenizer: PreTrainedTokenizerBase, num_vp_tokens: int) -> PreTrainedTokenizerBase:
-    """Register the vision/segmentation/prompt tokens as single-id special tokens (idempotent)."""
-    missing = [t for t in special_tokens(num_vp_tokens) if t not in tokenizer.get_vocab()]
+    """Register the chat, vision, segmentation and prompt tokens as single-id special tokens (idempotent)."""
+    vocab = tokenizer.get_vocab()
+    missing = [t for t in (TURN_START, TURN_END, *special_tokens(num_vp_tokens)) if t not in vocab]
     if missing:
         tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
     if tokenizer.pad_token is None:

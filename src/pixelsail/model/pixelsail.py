@@ -149,10 +149,9 @@ class PixelSail(nn.Module):
         return hidden[1:1 + gh * gw].transpose(0, 1).reshape(-1, gh, gw)
 
     # ----------------------------------------------------------------------------------------------- training
-    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, lengths: torch.Tensor, images: list,
-                masks: list[torch.Tensor], teacher_features: list[dict] | None = None) -> PixelSailOutput:
+    def embed_batch(self, input_ids: torch.Tensor, images: list) -> tuple[torch.Tensor, torch.Tensor, AttentionLayout]:
+        """Token embeddings with patches (and prompts) added, 3-axis positions (3, B, L) and the attention layout."""
         dev = self.device
-        input_ids, labels = input_ids.to(dev), labels.to(dev)
         b, seq_len = input_ids.shape
         embeds = self.backbone.embed(input_ids)
         positions = torch.zeros(3, b, seq_len, dtype=torch.long, device=dev)
@@ -174,8 +173,14 @@ class PixelSail(nn.Module):
             v = int(vision_lens[i])
             positions[:, i, v:] = text_positions(start, seq_len - v, dev)
             rows.append(row)
-        embeds = torch.stack(rows)
-        hidden = self.backbone(embeds, positions, AttentionLayout(vision_lens))
+        return torch.stack(rows), positions, AttentionLayout(vision_lens)
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, lengths: torch.Tensor, images: list,
+                masks: list[torch.Tensor], teacher_features: list[dict] | None = None) -> PixelSailOutput:
+        dev = self.device
+        input_ids, labels = input_ids.to(dev), labels.to(dev)
+        embeds, positions, layout = self.embed_batch(input_ids, images)
+        hidden = self.backbone(embeds, positions, layout)
 
         # language modelling: next-token loss on answer tokens only (logits only where needed)
         shift_labels = labels[:, 1:]

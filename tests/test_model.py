@@ -1,0 +1,236 @@
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from model_utils import box_mask, random_image, res_sample, tiny_config, tiny_model, tiny_tokenizer
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from pixelsail.data.sample import Sample
+from pixelsail.model import PixelSail
+from pixelsail.model.backbone import ATTENTION_IMPLEMENTATIONS
+
+torch.set_grad_enabled(True)
+
+
+def _hidden(model: PixelSail, sample: Sample, edit: tuple[int, int] | None = None) -> torch.Tensor:
+    """Final hidden states of one sample; ``edit=(position, token_id)`` replaces one input token first."""
+    batch = model.processor.collate([model.processor(sample)])
+    ids = batch["input_ids"]
+    if edit is not None:
+        ids[0, edit[0]] = edit[1]
+    embeds, positions, layout = model.embed_batch(ids, batch["images"])
+    with torch.no_grad():
+        return model.backbone(embeds, positions, layout)[0]
+
+
+@pytest.mark.parametrize("attn", ATTENTION_IMPLEMENTATIONS)
+def test_attention_layout(attn):
+    model = tiny_model(attn_implementation=attn).eval()
+    image = random_image(48, 64)
+    base = Sample(image=image, turns=[("Please segment the red circle.", "Sure, it is the small square.")], task="vqa")
+    h0 = _hidden(model, base)
+    n_vision = 2 + (48 // 16) * (64 // 16)
+    length = h0.shape[0]
+
+    # a text token changed: no vision token moves, no earlier text token moves, every later one does
+    j = n_vision + (length - n_vision) // 2
+    h1 = _hidden(model, base, edit=(j, model.processor.ids["seg"]))
+    assert torch.allclose(h0[:j], h1[:j], atol=1e-6)
+    assert bool(((h0[j:] - h1[j:]).abs().amax(dim=1) > 1e-5).all())
+
+    # one patch (the last) changed: every vision token moves, including the ones before it
+    image2 = image.copy()
+    image2[-16:, -16:] = 255 - image2[-16:, -16:]
+    h2 = _hidden(model, Sample(image=image2, turns=base.turns, task="vqa"))
+    diff = (h0[:n_vision] - h2[:n_vision]).abs().amax(dim=1)
+    assert bool((diff > 1e-5).all()), "the vision block must be bidirectional"
+
+
+def test_attention_implementations_agree():
+    image = random_image(48, 64)
+    sample = res_sample(image, box_mask(48, 64, 5, 30, 10, 40))
+    text_only = Sample(image=image, turns=[("What colour is this?", "red")], task="vqa", meta={"text_only": True})
+    outs = []
+    for attn in ATTENTION_IMPLEMENTATIONS:
+        model = tiny_model(attn_implementation=attn).eval()
+        batch = model.processor.collate([model.processor(sample), model.processor(text_only)])
+        embeds, positions, layout = model.embed_batch(batch["input_ids"], batch["images"])
+        with torch.no_grad():
+            outs.append(model.backbone(embeds, positions, layout))
+    for o in outs[1:]:
+        assert torch.allclose(outs[0], o, atol=1e-5)
+
+
+def test_injection_changes_exactly_the_covered_patches():
+    model = tiny_model()
+    image = random_image(64, 64)
+    prompt = box_mask(64, 64, 0, 17, 0, 5)  # rows 0..16 -> patch rows 0 and 1, column 0
+    plain = model.processor.image_inputs(image)
+    prompted = model.processor.image_inputs(image, {4: prompt})
+    e0, _ = model._patch_embeds(plain)
+    e1, _ = model._patch_embeds(prompted)
+    changed = (e0 - e1).abs().amax(dim=1) > 0
+    expected = torch.zeros(16, dtype=torch.bool)
+    expected[[0, 4]] = True
+    assert torch.equal(changed, expected)
+
+
+def test_smaller_prompt_wins_where_prompts_overlap():
+    model = tiny_model()
+    image = random_image(64, 64)
+    big = box_mask(64, 64, 0, 64, 0, 64)
+    small = box_mask(64, 64, 0, 8, 0, 8)
+    inputs = model.processor.image_inputs(image, {2: small, 7: big})
+    assert inputs.prompt_ids.tolist() == [7, 2]
+    e, raw = model._patch_embeds(inputs)
+    vp = model.backbone.embed(torch.tensor([model.processor.ids["vp_2"], model.processor.ids["vp_7"]]))
+    inj = model.prompt_injector.proj(vp)
+    assert torch.allclose(e[0], raw[0] + inj[0], atol=1e-6)
+    assert torch.allclose(e[5], raw[5] + inj[1], atol=1e-6)
+
+
+def test_prompt_errors_are_clear():
+    model = tiny_model()
+    image = random_image(64, 64)
+    with pytest.raises(ValueError, match=r"unknown visual prompt <vp_16>"):
+        model.processor.image_inputs(image, {16: box_mask(64, 64, 0, 8, 0, 8)})
+    with pytest.raises(ValueError, match=r"prompt mask for <vp_0> has shape \(32, 32\)"):
+        model.processor.image_inputs(image, {0: np.ones((32, 32), bool)})
+    with pytest.raises(ValueError, match=r"unknown visual prompt <vp_99>"):
+        model.processor(Sample(image=image, turns=[("What is <vp_99>?", "red")], task="vp_qa"))
+    with pytest.raises(ValueError, match=r"2 \[SEG\] tokens in the answers but 1 masks"):
+        model.processor(Sample(image=image, turns=[("Segment.", "[SEG] [SEG]")], masks=[np.ones((64, 64), bool)]))
+
+
+@pytest.mark.parametrize("size", [(64, 64), (48, 112), (100, 37), (200, 150)])
+@pytest.mark.parametrize("upsample", [True, False])
+def test_mask_feature_stride(size, upsample):
+    model = tiny_model(upsample=upsample).eval()
+    prefix = model.prefill_image(random_image(*size))
+    gh, gw = prefix.image.grid
+    stride = 4 if upsample else 16
+    assert prefix.features.shape == (1, 32, gh * 16 // stride, gw * 16 // stride)
+    resp = model.respond(prefix, "Please segment the red circle.", max_new_tokens=2, answer_prefix="[SEG]")
+    assert len(resp.masks) == resp.text.count("[SEG]") >= 1
+    assert all(m.shape == size and m.dtype == bool for m in resp.masks)
+
+
+def test_from_llm_keeps_text_logits(tmp_path):
+    tok = tiny_tokenizer()
+    base_vocab = len(tok) + 8
+    torch.manual_seed(0)
+    llm = Qwen2ForCausalLM(Qwen2Config(vocab_size=base_vocab, hidden_size=64, num_hidden_layers=2,
+                                       num_attention_heads=4, num_key_value_heads=2, intermediate_size=128))
+    llm.save_pretrained(tmp_path)
+    from transformers import PreTrainedTokenizerFast
+
+    plain = PreTrainedTokenizerFast(tokenizer_object=tok.backend_tokenizer, pad_token="<|endoftext|>")
+    plain.save_pretrained(tmp_path)
+    model = PixelSail.from_llm(tmp_path, tiny_config())
+    ids = torch.tensor([tok("Please segment the red circle.", add_special_tokens=False).input_ids])
+    with torch.no_grad():
+        expected = llm(ids).logits
+    got = model.text_logits(ids)[..., :base_vocab]
+    assert torch.allclose(expected, got, atol=1e-5)
+
+
+def test_from_llm_grows_embeddings_for_new_tokens(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    t = Tokenizer(models.WordLevel({"<unk>": 0, "a": 1, "b": 2, "<|endoftext|>": 3}, unk_token="<unk>"))
+    t.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=t, pad_token="<|endoftext|>").save_pretrained(tmp_path)
+    Qwen2ForCausalLM(Qwen2Config(vocab_size=4, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                 num_key_value_heads=1, intermediate_size=64)).save_pretrained(tmp_path)
+    model = PixelSail.from_llm(tmp_path, tiny_config(hidden_size=32))
+    assert model.backbone.llm.get_input_embeddings().num_embeddings == len(model.tokenizer) >= 4 + 6 + 16
+
+
+def test_cached_generation_matches_uncached_and_reuses_prefix():
+    model = tiny_model().eval()
+    image = random_image(64, 80)
+    prompts = {3: box_mask(64, 80, 10, 40, 10, 50)}
+    prefix = model.prefill_image(image, prompts)
+    assert model.vision_prefill_count == 1
+    for q, ap in [("What colour is <vp_3>?", ""), ("Please segment the red circle.", "Sure, [SEG].")]:
+        a = model.respond(prefix, q, max_new_tokens=12, answer_prefix=ap)
+        b = model.respond(prefix, q, max_new_tokens=12, answer_prefix=ap, use_cache=False)
+        assert a.token_ids == b.token_ids
+        assert len(a.masks) == len(b.masks)
+        for ma, mb in zip(a.masks, b.masks):
+            assert (ma == mb).mean() > 0.999
+    # a follow-up with history still runs on the cached prefix
+    model.respond(prefix, "And this?", history=[("What colour is <vp_3>?", "<vp_3>: red.")], max_new_tokens=4)
+    assert model.vision_prefill_count == 1
+    assert len(prefix.cache) == prefix.length
+
+
+def test_save_load_roundtrip_without_pickle(tmp_path, monkeypatch):
+    model = tiny_model(vp_injection=False).eval()
+    model.save_pretrained(tmp_path)
+    assert not any(p.suffix in {".bin", ".pt", ".pkl"} for p in tmp_path.iterdir())
+
+    def no_pickle(*a, **k):
+        raise AssertionError("loading must not unpickle")
+
+    monkeypatch.setattr(pickle, "load", no_pickle)
+    monkeypatch.setattr(pickle, "loads", no_pickle)
+    monkeypatch.setattr(torch, "load", no_pickle)
+    loaded = PixelSail.from_pretrained(tmp_path)
+    assert loaded.config == model.config
+    image = random_image(64, 64)
+    prompts = {1: box_mask(64, 64, 0, 30, 0, 30)}
+    for m in (model, loaded):
+        m.vision_prefill_count = 0
+    ra = model.respond(model.prefill_image(image, prompts), "What colour is <vp_1>?", max_new_tokens=6,
+                       answer_prefix="[SEG]")
+    rb = loaded.respond(loaded.prefill_image(image, prompts), "What colour is <vp_1>?", max_new_tokens=6,
+                        answer_prefix="[SEG]")
+    assert ra.token_ids == rb.token_ids
+    assert np.array_equal(ra.masks[0], rb.masks[0])
+
+
+def test_from_pretrained_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json is missing"):
+        PixelSail.from_pretrained(tmp_path)
+
+
+def test_distillation_losses_flow():
+    teachers = {"pixel": {"channels": 8, "source": "upsampled"}, "image": {"channels": 6, "source": "vision_tokens"}}
+    cfg = tiny_config()
+    cfg.distill.enabled = True
+    cfg.distill.teachers = teachers
+    torch.manual_seed(0)
+    model = PixelSail(cfg, tiny_tokenizer())
+    image = random_image(64, 64)
+    sample = res_sample(image, box_mask(64, 64, 5, 30, 10, 40))
+    sample.meta["teacher_features"] = {"pixel": np.random.rand(8, 16, 16).astype(np.float32),
+                                       "image": np.random.rand(6, 4, 4).astype(np.float32)}
+    out = model(**model.processor.collate([model.processor(sample)]))
+    assert {"distill_pixel", "distill_image", "mask_bce", "mask_dice", "lm"} <= set(out.losses)
+    out.loss.backward()
+    assert model.distill.adapters["pixel"].weight.grad.abs().sum() > 0
+    assert model.distill.adapters["image"].weight.grad.abs().sum() > 0
+
+
+def test_overfits_one_batch_of_shapes():
+    """Mask and LM losses fall by >= 90 % on one fixed batch (LM weight 1.0 so both fall in the same short run)."""
+    from pixelsail.data.shapes import ShapesDataset
+
+    ds = ShapesDataset(split="train", tasks={"res": 1.0}, image_size=64, size=8, seed=0)
+    torch.manual_seed(0)
+    model = PixelSail(tiny_config(mask_num_points=256, lm_weight_with_masks=1.0), tiny_tokenizer())
+    batch = model.processor.collate([model.processor(ds[i]) for i in range(4)])
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-3)
+    history = []
+    for _ in range(60):
+        out = model(**batch)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        history.append({k: float(v) for k, v in out.losses.items()})
+    first, last = history[0], history[-1]
+    assert last["lm"] < 0.1 * first["lm"], (first, last)
+    assert last["mask_bce"] + last["mask_dice"] < 0.1 * (first["mask_bce"] + first["mask_dice"]), (first, last)
