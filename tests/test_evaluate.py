@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -13,9 +12,9 @@ from typer.testing import CliRunner
 from pixelsail.cli import app
 from pixelsail.data.perbench import PerBench
 from pixelsail.data.refer import ReferEvalDataset
-from pixelsail.evaluate import (VTRES_RETRY_PREFIX, evaluate, rank_records, read_jsonl, score_records,
-                                _prompt_fingerprint)
-from pixelsail.metrics import union_mask
+from pixelsail.evaluate import (VTRES_RETRY_PREFIX, _prompt_fingerprint, evaluate, predict, rank_records,
+                                read_jsonl, score_records)
+from pixelsail.metrics import clean_caption, union_mask
 from test_perbench import make_perbench
 from test_refer import make_grefcoco, make_refer
 
@@ -71,7 +70,7 @@ def test_oracle_scores_100_and_reuses_one_prefix_per_image(tmp_path):
     assert (tmp_path / "out" / "gallery_best.png").exists() and (tmp_path / "out" / "gallery_worst.png").exists()
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert saved["results"]["res"]["cIoU (LISA)"] == pytest.approx(100.0)
-    assert "| cIoU (LISA) |" in (tmp_path / "out" / "results.md").read_text()
+    assert "| cIoU (LISA) | 100.00 |" in (tmp_path / "out" / "results.md").read_text()
 
     gds = ReferEvalDataset(make_grefcoco(tmp_path / "grefcoco"), split="val")
     g = evaluate(oracle(gds), gds, tmp_path / "gout", show=False, gallery=0).scores.results["gres"]
@@ -104,15 +103,27 @@ def test_vt_res_without_seg_is_reasked_with_the_answer_prefix(tmp_path):
     assert run.scores.results["vt_res"]["cIoU (LISA)"] == pytest.approx(100.0)   # one mask vs the targets' union
 
 
-@pytest.mark.skipif(shutil.which("java") is None, reason="caption metrics need a java runtime")
-def test_perbench_oracle_overall_is_100(tmp_path):
-    pytest.importorskip("pycocoevalcap")
+def test_perbench_oracle_overall_is_100(tmp_path, monkeypatch):
+    # the Java scorers are tested once in test_metrics; here a stand-in scores exact matches 1 and others 0
+    seen = {}
+
+    def exact_match_scores(predictions, references, metrics=("BLEU", "METEOR", "CIDEr")):
+        seen.update(predictions=predictions, references=references)
+        hits = [predictions[k] in references[k] for k in predictions]
+        return {"METEOR": sum(hits) / len(hits)}
+
+    monkeypatch.setattr("pixelsail.metrics.coco_caption_scores", exact_match_scores)
     bench = PerBench(make_perbench(tmp_path / "pb"))
     run = evaluate(oracle(bench), bench, tmp_path / "out", show=False, gallery=1)
     r = run.scores.results
-    assert r["region_caption"]["METEOR"] == pytest.approx(100.0)
+    assert seen["predictions"] == {"0": "A dark square in the top left corner.", "1": "A block at the lower right."}
+    assert seen["references"] == {"0": ["A dark square in the top left corner."], "1": ["A block at the lower right."]}
+    assert r["region_caption"]["METEOR"] == 100.0
     assert r["vp_mcq"]["MCQ acc (PerBench)"] == 1.0
+    assert r["vt_res"]["cIoU (LISA)"] == pytest.approx(100.0)
     assert r["perbench"]["Overall (PerBench)"] == pytest.approx(100.0, abs=1e-3)
+    empty = evaluate(FakeModel(), bench, tmp_path / "empty", show=False, gallery=0).scores.results["perbench"]
+    assert empty["Overall (PerBench)"] == 0.0
 
 
 def test_score_recomputes_the_results_from_predictions_alone(tmp_path):
@@ -141,3 +152,114 @@ def test_cli_errors_are_clear(tmp_path):
     bad.write_text('{"index": 0}\n')
     result = runner.invoke(app, ["score", str(bad)])
     assert result.exit_code == 2 and "p.jsonl:1: prediction record lacks" in result.output
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the shapes export read back through the real readers scores exactly like the generator's own samples
+
+
+class CanonicalGuessModel:
+    """A deterministic, imperfect model that ignores how prompts are numbered.
+
+    Its answer is a pseudo-random function of (image, the prompt masks in the order the question names them,
+    the question with its ``<vp_k>`` renamed by order of appearance): a colour-threshold mask, sometimes
+    "No target.", two option letters.
+    """
+
+    def prefill_image(self, image, prompts=None):
+        return image, dict(prompts or {})
+
+    def respond(self, prefix, question, history=(), max_new_tokens=64, answer_prefix=""):
+        import re
+
+        image, prompts = prefix
+        order = list(dict.fromkeys(int(k) for k in re.findall(r"<vp_(\d+)>", question)))
+        canonical = re.sub(r"<vp_(\d+)>", lambda m: f"<vp_{order.index(int(m.group(1)))}>", question)
+        h = hashlib.sha1(image.tobytes() + canonical.encode())
+        for k in order:
+            h.update(np.packbits(prompts[k]).tobytes())
+        n = int(h.hexdigest(), 16)
+        if n % 5 == 0:
+            return Reply("No target.", [])
+        if order:  # pixels within a random distance of the first prompt's mean colour
+            mean = image[prompts[order[0]]].mean(axis=0)
+            mask = np.abs(image.astype(float) - mean).sum(axis=-1) < 20 + n % 60
+        else:
+            mask = image[..., n % 3] > (n // 3) % 256
+        return Reply(f"({'ABCD'[n % 4]}) or ({'ABCD'[n // 4 % 4]}) [SEG]", [mask])
+
+
+def generator_samples(split: str, n: int, image_size: int) -> dict[str, list]:
+    """What the export writes, built in memory from the generator: REFER, gRefCOCO and PerBench samples."""
+    from pixelsail.data.annotations import seg_answer
+    from pixelsail.data.export import MAX_SENTENCES_PER_REF
+    from pixelsail.data.refer import REFER_QUESTION
+    from pixelsail.data.region import describe_question
+    from pixelsail.data.sample import Sample
+    from pixelsail.data.shapes import (attribute_referrals, generate_scene, make_rng, make_vp_mcq, make_vt_res,
+                                       multi_referrals, no_target_referral, reading_order, region_caption,
+                                       relation_referrals)
+
+    out: dict[str, list] = {"res": [], "gres": [], "perbench": []}
+    captions, mcqs, vts = [], [], []
+
+    def ask(scene, expression, targets, task):
+        return Sample(scene.image, [(REFER_QUESTION.format(sentence=expression), seg_answer(len(targets)))],
+                      [t.mask for t in targets], task=task)
+
+    def with_object_prompts(scene, s):   # PerBench stores every prompt as the object's mask
+        s.prompts = {k: scene.objects[i].mask for k, i in s.meta["prompt_objects"].items()}
+        return s
+
+    for index in range(n):
+        scene = generate_scene(split, index, 0, image_size)
+        by_target: dict[int, list[str]] = {}
+        for ref in attribute_referrals(scene) + relation_referrals(scene):
+            sents = by_target.setdefault(ref.targets[0].index, [])
+            if ref.expression not in sents and len(sents) < MAX_SENTENCES_PER_REF:
+                sents.append(ref.expression)
+        out["res"] += [ask(scene, e, [scene.objects[i]], "res") for i, es in sorted(by_target.items()) for e in es]
+        rng = make_rng(0, split, index, 3)
+        singles, refs = set(), []
+        for ref in attribute_referrals(scene):
+            if ref.targets[0].index not in singles:
+                singles.add(ref.targets[0].index)
+                refs.append(ref)
+        refs += multi_referrals(scene) + [no_target_referral(scene, rng)]
+        out["gres"] += [ask(scene, r.expression, reading_order(r.targets), "gres") for r in refs]
+        captions += [Sample(scene.image, [(describe_question(0), f"<vp_0>: {region_caption(scene, o)}.")],
+                            prompts={0: o.mask}, task="region_caption") for o in scene.visible_objects]
+        mcqs += [with_object_prompts(scene, make_vp_mcq(scene, rng)) for _ in range(2)]
+        vt = make_vt_res(scene, rng)
+        if vt is not None:
+            vts.append(with_object_prompts(scene, vt))
+    out["perbench"] = captions + mcqs + vts
+    return out
+
+
+def test_shapes_export_through_the_readers_scores_like_the_generator(tmp_path):
+    from pixelsail.data.export import GREFER_DIR, PERBENCH_DIR, REFER_DIR, export_shapes
+
+    export_shapes(tmp_path, {"test": 4}, image_size=64)
+    direct = generator_samples("test", 4, 64)
+    read = {"res": ReferEvalDataset(tmp_path / REFER_DIR, split="test"),
+            "gres": ReferEvalDataset(tmp_path / GREFER_DIR, split="test"),
+            "perbench": PerBench(tmp_path / PERBENCH_DIR)}
+    model = CanonicalGuessModel()
+    for name, ds in read.items():
+        assert len(ds) == len(direct[name]), name
+        via_files = predict(model, ds, progress=False)
+        via_generator = predict(model, direct[name], progress=False)
+        a = score_records(via_files, captions=False).results
+        b = score_records(via_generator, captions=False).results
+        assert a == b, name
+        for task, row in a.items():  # the numbers compared are not trivially 0 or 100
+            metric = "MCQ acc (PerBench)" if task == "vp_mcq" else "cIoU (LISA)"
+            assert 0 < row[metric] < (1 if task == "vp_mcq" else 100), (task, row)
+        # caption metrics are a function of (prediction, references): compare those instead of running Java
+        assert caption_inputs(via_files) == caption_inputs(via_generator), name
+
+
+def caption_inputs(records: list[dict]) -> list[tuple[str, list[str]]]:
+    return [(clean_caption(r["text"]), [clean_caption(x) for x in r["meta"].get("references") or [r["answer"]]])
+            for r in records if r["task"] == "region_caption"]

@@ -122,9 +122,11 @@ def predict(model: EvalModel, dataset: Any, *, indices: Sequence[int] | None = N
     current_image: str | None = None
     for i in tqdm(order, desc="evaluating", unit="sample", disable=not progress):
         sample = dataset[i]
-        if sample.image_id != current_image:
+        # the pixels, not image_id, identify the image: ids may be missing or shared by different renderings
+        image_hash = hashlib.sha1(np.ascontiguousarray(sample.image).tobytes()).hexdigest()
+        if image_hash != current_image:
             prefixes.clear()  # samples are grouped by image: earlier prefixes will not be asked again
-            current_image = sample.image_id
+            current_image = image_hash
         key = _prompt_fingerprint(sample.prompts)
         if key not in prefixes:
             prefixes[key] = model.prefill_image(sample.image, prompts=sample.prompts or None)
@@ -233,7 +235,8 @@ def score_records(records: Sequence[dict], *, captions: bool = True) -> Scores:
         for source in (lisa, rela, mcq, text):
             if task in source:  # records are already gathered from all ranks: no all-reduce here
                 row.update(source[task].compute())
-        results[task] = row
+        if row:  # a text task scored with captions=False has no metric
+            results[task] = row
     overall = perbench_row(results)
     if overall is not None:
         results["perbench"] = overall
@@ -266,30 +269,37 @@ def _fmt(name: str, v: float) -> str:
     return f"{v:.2f}"
 
 
+def _metric_rows(results: dict[str, dict[str, float]]) -> tuple[list[str], list[list[str]]]:
+    """Header (tasks) and rows (one per metric, first-seen order) of the results table; blank where n/a."""
+    tasks = list(results)
+    names = list(dict.fromkeys(n for row in results.values() for n in row))
+    rows = [[n] + [_fmt(n, results[t][n]) if n in results[t] else "" for t in tasks] for n in names]
+    return [f"{TASK_TITLES.get(t, t)} ({t})" for t in tasks], rows
+
+
 def results_markdown(results: dict[str, dict[str, float]], title: str = "Evaluation") -> str:
+    header, rows = _metric_rows(results)
     lines = [f"# {title}", "",
              "IoU-type values and caption scores in %, MCQ accuracy as a fraction (as in the paper). "
              "(LISA) = LISA-lineage convention, (ReLA) = gRefCOCO canonical convention; METEOR = COCOEvalCap "
-             "Java METEOR 1.5 after PTB tokenisation.", ""]
-    for task, row in results.items():
-        names = list(row)
-        lines += [f"## {TASK_TITLES.get(task, task)} (`{task}`)", "",
-                  "| " + " | ".join(names) + " |", "|" + "---|" * len(names),
-                  "| " + " | ".join(_fmt(n, row[n]) for n in names) + " |", ""]
-    return "\n".join(lines)
+             "Java METEOR 1.5 after PTB tokenisation.", "",
+             "| metric | " + " | ".join(header) + " |", "|---|" + "---:|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
 
 
 def print_results(results: dict[str, dict[str, float]], title: str = "Evaluation") -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
-    for task, row in results.items():
-        table = Table(title=f"{title} — {TASK_TITLES.get(task, task)} ({task})")
-        for name in row:
-            table.add_column(name, justify="right")
-        table.add_row(*[_fmt(n, row[n]) for n in row])
-        console.print(table)
+    header, rows = _metric_rows(results)
+    table = Table(title=title)
+    table.add_column("metric")
+    for h in header:
+        table.add_column(h, justify="right")
+    for r in rows:
+        table.add_row(*r)
+    Console().print(table)
 
 
 def save_results(results: dict[str, dict[str, float]], out_dir: str | Path, info: dict | None = None,
