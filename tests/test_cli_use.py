@@ -99,3 +99,27 @@ def test_missing_model_dir_is_a_one_line_error(image_path, tmp_path):
     res = runner.invoke(app, ["segment", str(image_path), "the red square", "--model", str(tmp_path / "none")])
     assert res.exit_code == 2
     assert res.output.strip().startswith(f"error: no pixelsail model in {tmp_path / 'none'}")
+
+
+def test_demo_writes_a_grid_and_reports_prefix_reuse(fake, tmp_path):
+    out = tmp_path / "demo.png"
+    res = runner.invoke(app, ["demo", "-o", str(out), "--n", "2"])
+    assert res.exit_code == 0, res.output
+    assert res.stdout.count("scene 0 ") == 5 and res.stdout.count("scene 1 ") == 5
+    assert res.stdout.count("(prefix reused)") == 4   # per scene: 2nd segment and 2nd box question
+    assert "mean latency: new image/prompts" in res.stdout
+    grid = Image.open(out)
+    assert grid.width > 5 * 192 and grid.height > 2 * 192
+    assert fake.vision_prefill_count == 2 * 3
+
+
+def test_serve_on_a_busy_port_is_a_one_line_error(fake):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        res = runner.invoke(app, ["serve", "--port", str(port), "--samples", "1"])
+    assert res.exit_code == 2
+    assert res.output.strip().startswith(f"error: cannot listen on 127.0.0.1:{port}")
