@@ -6,6 +6,7 @@ object A ("box") = rows 8..23, cols 8..29; object B ("ball") = rows 28..43, cols
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -60,20 +61,20 @@ def _dump(path: Path, data) -> Path:
     return path
 
 
-def write_coco_panoptic(root: Path) -> Path:
-    """ROOT/annotations/panoptic_val2017.json + ROOT/panoptic_val2017/*.png + ROOT/val2017/*.png.
+def write_coco_panoptic(root: Path, split: str = "val2017") -> Path:
+    """ROOT/annotations/panoptic_{split}.json + ROOT/panoptic_{split}/*.png + ROOT/{split}/*.png.
 
     Image 1: two 'box' instances would be too much for 48x64; it has one box (segment 5, thing), one ball
     (segment 300, thing) and the rest 'wall-other-merged' (segment 70000, stuff).
     """
-    write_images(root / "val2017", ["img1.png"])
+    write_images(root / split, ["img1.png"])
     ids = np.full((H, W), 70000, dtype=np.int64)
     ids[mask_a()] = 5
     ids[mask_b()] = 300
     png = np.stack([ids % 256, ids // 256 % 256, ids // 65536], axis=-1).astype(np.uint8)
-    (root / "panoptic_val2017").mkdir(parents=True, exist_ok=True)
-    Image.fromarray(png).save(root / "panoptic_val2017" / "img1.png")
-    return _dump(root / "annotations" / "panoptic_val2017.json", {
+    (root / f"panoptic_{split}").mkdir(parents=True, exist_ok=True)
+    Image.fromarray(png).save(root / f"panoptic_{split}" / "img1.png")
+    return _dump(root / "annotations" / f"panoptic_{split}.json", {
         "images": [{"id": 1, "file_name": "img1.png", "height": H, "width": W}],
         "annotations": [{"image_id": 1, "file_name": "img1.png", "segments_info": [
             {"id": 5, "category_id": 1, "iscrowd": 0}, {"id": 300, "category_id": 2, "iscrowd": 0},
@@ -175,3 +176,39 @@ def write_all(root: Path) -> dict[str, dict]:
                  "image_dirs": [str(root / "muse" / "val2017"), str(root / "muse" / "train2017")]},
         "jsonl": {"path": str(write_jsonl(root / "mine"))},
     }
+
+
+def _copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dst)
+
+
+def write_recipe_tree(data: Path) -> None:
+    """Fixtures at exactly the paths configs/pixelsail-*-cotrain.yaml name under ``data`` (docs/DATA.md layout)."""
+    from pixelsail.data.export import GREFER_DIR, IMAGE_DIR, REFER_DIR, export_shapes
+
+    export = data.parent / "_shapes_export"
+    export_shapes(export, {"train": 2}, image_size=64)
+    for name in ("refcoco", "refcoco+", "refcocog"):
+        shutil.copytree(export / REFER_DIR, data / "refer" / name)
+    _copy(export / REFER_DIR / "refs(unc).p", data / "refer" / "refcocog" / "refs(umd).p")
+    shutil.copytree(export / GREFER_DIR, data / "refer" / "grefcoco")
+    shutil.copytree(export / IMAGE_DIR, data / "coco" / "train2014")
+    coco = data / "coco"
+    write_coco_panoptic(coco, "train2017")
+    _dump(coco / "annotations" / "instances_train2017.json", {
+        "images": [{"id": 1, "file_name": "img1.png", "height": H, "width": W}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": polygon_a(), "iscrowd": 0},
+                        {"id": 2, "image_id": 1, "category_id": 2, "segmentation": rle(mask_b()), "iscrowd": 0}],
+        "categories": [{"id": 1, "name": "box"}, {"id": 2, "name": "ball"}]})
+    write_gcg(data / "glamm")
+    for folder in ("glamm/GranDf_HA_images/train", "coco/train2014", "flickr30k/images"):
+        _copy(data / "glamm" / "images" / "g1.png", data / folder / "g1.png")
+    osprey = write_osprey(data / "osprey")
+    _copy(osprey["conversation"], data / "osprey" / "osprey_short_form.json")
+    _copy(osprey["pixel2cap"], data / "pixel2cap" / "pix2cap_train.json")
+    _copy(data / "osprey" / "images" / "000000000001.png", coco / "train2017" / "000000000001.png")
+    write_muse(data / "muse")
+    _copy(data / "muse" / "train2017" / "m1.png", coco / "train2017" / "m1.png")
+    write_llava(data / "llava")
+    (write_jsonl(data / "sa1b")).rename(data / "sa1b" / "object_captions.jsonl")

@@ -3,12 +3,16 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 from realdata_fixtures import (GCG_CAPTION, H, W, mask_a, mask_b, polygon_a, rle, write_all, write_coco_panoptic,
-                               write_gcg, write_llava, write_muse, write_osprey)
+                               write_gcg, write_llava, write_muse, write_osprey, write_recipe_tree)
+from typer.testing import CliRunner
 
+from pixelsail.cli import app
+from pixelsail.config import DataConfig, DatasetSpec, PixelSailConfig, RunConfig, TrainConfig, load_yaml
 from pixelsail.data.annotations import FormatError, decode_segmentation, seg_answer
 from pixelsail.data.coco_panoptic import category_phrase
 from pixelsail.data.gcg import GCG_QUESTION, grounded_caption
@@ -264,3 +268,62 @@ def test_coco_regions_classify_each_instance_by_category(tmp_path):
         k = vp_of(q)
         assert q == f"What is the category of <vp_{k}>?"
         assert a == (f"<vp_{k}>: suitcase." if (s.prompts[k] == mask_a()).all() else f"<vp_{k}>: sports ball.")
+
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+RECIPES = ("pixelsail-0.5b-cotrain", "pixelsail-3b-cotrain", "finetune-refcoco", "finetune-grefcoco")
+
+
+def test_recipe_configs_carry_the_papers_numbers():
+    runs = {name: load_yaml(CONFIGS / f"{name}.yaml", RunConfig) for name in RECIPES}
+    for name, run in runs.items():
+        t = run.train
+        assert (t.lr, t.betas, t.weight_decay, t.warmup_ratio, t.grad_clip, t.precision) == \
+            (4e-5, (0.9, 0.999), 0.05, 0.05, 1.0, "bf16"), name
+        assert run.data.max_length == 8192 and t.length_grouped and run.model.patch_size == 16, name
+        assert run.model.distill.enabled == ("cotrain" in name), name
+    small, big = runs["pixelsail-0.5b-cotrain"].model, runs["pixelsail-3b-cotrain"].model
+    assert (small.hidden_size, small.num_hidden_layers, small.num_attention_heads) == (896, 24, 14)
+    assert (big.hidden_size, big.num_hidden_layers, big.num_attention_heads) == (2048, 36, 16)
+    assert runs["pixelsail-0.5b-cotrain"].data.datasets == runs["pixelsail-3b-cotrain"].data.datasets
+    weights = {s.name: s.weight for s in runs["pixelsail-0.5b-cotrain"].data.datasets}
+    assert weights["refcoco"] == weights["refcoco+"] == weights["refcocog"] == 4 and weights["grefcoco"] == 3
+    assert {"coco_panoptic", "gcg", "muse", "osprey", "pixel2cap", "coco_regions", "jsonl", "llava"} <= set(weights)
+
+
+def test_dry_run_of_the_05b_recipe_walks_the_whole_mixture(tmp_path, monkeypatch):
+    write_recipe_tree(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)                       # the recipes name paths under ./data
+    result = CliRunner().invoke(app, ["data", "dry-run", str(CONFIGS / "pixelsail-0.5b-cotrain.yaml")])
+    assert result.exit_code == 0, result.output
+    rows = {cells[0]: cells for cells in ([c.strip() for c in line.split("│")[1:-1]]
+                                          for line in result.output.splitlines() if line.count("│") > 8)}
+    assert len([r for r in rows if "#" in r]) == 16
+    assert rows["refcoco#0"][1:4] == ["4", "10", "40"]          # 10 refs exported, repeated 4x per epoch
+    assert rows["grefcoco#3"][1] == "3" and rows["osprey#10"][8] == "region_caption 1"
+    assert all(cells[9] == "0" for name, cells in rows.items() if "#" in name)
+    assert "0 failed" in result.output and "one epoch = " in result.output
+    for name in ("finetune-refcoco", "finetune-grefcoco"):
+        result = CliRunner().invoke(app, ["data", "dry-run", str(CONFIGS / f"{name}.yaml")])
+        assert result.exit_code == 0 and "0 failed" in result.output, result.output
+
+
+@pytest.mark.slow
+def test_a_tiny_model_trains_on_a_mixture_of_every_format(tmp_path):
+    from pixelsail.train import train
+
+    specs = write_all(tmp_path / "data")
+    tiny = PixelSailConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                           intermediate_size=128, mask_dim=32, mask_num_points=256)
+    n_samples = sum(len(build_dataset(n, **a)) for n, a in specs.items())
+    assert n_samples == 9
+    # one global batch of 5, two steps: the whole first epoch (all 9 samples, every format) goes through the model
+    run = RunConfig(model=tiny, data=DataConfig(datasets=[DatasetSpec(n, 1.0, a) for n, a in specs.items()]),
+                    train=TrainConfig(output_dir=str(tmp_path / "run"), max_steps=2, batch_size=5, lr=1e-3,
+                                      precision="fp32", save_every=0, log_every=1))
+    summary = train(run, resume=False)
+    assert summary.steps == 2
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2]
+    for x in lines:
+        assert np.isfinite(x["loss"]) and x["loss/mask_bce"] > 0 and x["loss/lm"] > 0

@@ -1,6 +1,7 @@
 """``pixelsail data validate | preview | dry-run``: check, look at, and walk training data before a GPU run."""
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,12 +182,15 @@ def dry_run_command(
 
     from pixelsail.config import RunConfig, load_yaml
     from pixelsail.data.annotations import FormatError
+    from pixelsail.data.mixture import Mixture
 
     try:
         sources = _datasets_of(config, None, [])
-        max_length = load_yaml(config, RunConfig).data.max_length
+        run = load_yaml(config, RunConfig)
+        epoch = Mixture([ds for _, _, ds in sources], [w for _, w, _ in sources]).epoch_size()
     except (FormatError, KeyError, ValueError, TypeError) as e:
         _fail(f"{config}: {e}")
+    max_length = run.data.max_length
     processor, note = _processor_for(config, tokenizer) if tokens else (None, "")
     tallies = walk_mixture(sources, processor=processor, limit=limit, progress=True)
     console = Console(width=None if Console().is_terminal else 160)
@@ -225,6 +229,10 @@ def dry_run_command(
     errors = [e for t in tallies for e in t.errors]
     for e in errors[:20]:
         console.print(f"[red]{e}[/red]")
+    per_gpu = run.train.batch_size * run.train.grad_accum
+    console.print(f"one epoch = {epoch} samples; train.max_steps for one epoch = ceil({epoch} / (batch_size "
+                  f"{run.train.batch_size} x grad_accum {run.train.grad_accum} x GPUs)): "
+                  f"{math.ceil(epoch / per_gpu)} on 1 GPU, {math.ceil(epoch / (8 * per_gpu))} on 8 GPUs")
     console.print(f"{sum(t.samples for t in tallies)} samples walked, {len(errors)} failed")
     if errors:
         raise typer.Exit(1)
