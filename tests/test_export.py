@@ -77,7 +77,8 @@ def test_refs_pickle_is_plain_and_sentences_denote_their_annotation(exported):
     assert len({r["ref_id"] for r in refs}) == len(refs)
     assert len({s["sent_id"] for r in refs for s in r["sentences"]}) == sum(len(r["sentences"]) for r in refs)
     for r in refs:
-        assert set(r) == {"ref_id", "ann_id", "image_id", "split", "sentences", "category_id", "file_name"}
+        assert set(r) == {"ref_id", "ann_id", "image_id", "split", "sentences", "sent_ids", "category_id", "file_name"}
+        assert r["sent_ids"] == [s["sent_id"] for s in r["sentences"]]
         assert r["file_name"] == images[r["image_id"]]["file_name"]
         oracle = Oracle(scenes[r["file_name"]])
         target = oracle.mask_owner(_decode(anns[r["ann_id"]]["segmentation"]))
@@ -161,3 +162,24 @@ def test_cli_preview_and_export(tmp_path):
     assert (tmp_path / "ex" / "refshapes" / "refs(unc).p").is_file() and "images: 2" in res.output
     res = runner.invoke(app, ["shapes", "preview", "--task", "vqa", "-o", str(png)])
     assert res.exit_code != 0 and "unknown shapes task" in res.output
+
+
+def test_the_project_readers_load_the_export(exported):
+    """The REFER/gRefCOCO and PerBench readers turn the exported files back into the generator's masks."""
+    from pixelsail.data.perbench import PerBench
+    from pixelsail.data.refer import ReferEvalDataset
+
+    out, result, scenes = exported
+    refer = ReferEvalDataset(out / "refshapes", split="test")
+    assert len(refer) == sum(1 for r in _PlainOnly(io.BytesIO((out / "refshapes" / "refs(unc).p").read_bytes())).load()
+                             if r["split"] == "test" for _ in r["sentences"])
+    for i in range(len(refer)):
+        s = refer[i]
+        oracle = Oracle(next(sc for sc in scenes.values() if np.array_equal(sc.image, s.image)))
+        assert [oracle.mask_owner(m) for m in s.masks] == oracle.expression_targets(s.turns[0][0][len("Please segment "):-1])
+    gref = ReferEvalDataset(out / "grefshapes", split="val")
+    assert sum(not gref[i].masks for i in range(len(gref))) == 6
+    bench = PerBench(out / "perbench")
+    assert len(bench) == result.counts["captions"] + result.counts["mcqs"] + result.counts["vt_res"]
+    for i in range(len(bench)):
+        bench[i].validate()

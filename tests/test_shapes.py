@@ -286,6 +286,7 @@ def test_hidden_object_is_never_a_target_or_a_prompt():
                 assert sample.turns[0][1] == NO_TARGET_ANSWER
     assert not any("red circle" in t and "Sure" in t for t in texts)
     assert not any("covered" in t for t in texts if "blue square" in t), "the square is covered by nothing"
+    assert any("the small red circle" in t and t.endswith(NO_TARGET_ANSWER) for t in texts)
 
 
 def test_same_seed_gives_identical_samples_and_seed_changes_them():

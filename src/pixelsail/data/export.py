@@ -109,8 +109,9 @@ def _refer_refs(scene: Scene, image_id: int, split: str, file_name: str, ann_of:
     refs = []
     for obj_index, sents in sorted(by_target.items()):
         obj = scene.objects[obj_index]
+        sentences = [_sentence(s, ids.next("sent")) for s in sents]
         refs.append({"ref_id": ids.next("ref"), "ann_id": ann_of[obj_index], "image_id": image_id, "split": split,
-                     "sentences": [_sentence(s, ids.next("sent")) for s in sents],
+                     "sentences": sentences, "sent_ids": [s["sent_id"] for s in sentences],
                      "category_id": category_id(obj), "file_name": file_name})
     return refs
 
@@ -128,8 +129,9 @@ def _grefer_refs(scene: Scene, image_id: int, split: str, file_name: str, ann_of
     refs = []
     for ref in referrals:
         targets = reading_order(ref.targets)
+        sentence = _sentence(ref.expression, ids.next("sent"))
         refs.append({"ref_id": ids.next("ref"), "ann_id": [ann_of[t.index] for t in targets] or [-1],
-                     "image_id": image_id, "split": split, "sentences": [_sentence(ref.expression, ids.next("sent"))],
+                     "image_id": image_id, "split": split, "sentences": [sentence], "sent_ids": [sentence["sent_id"]],
                      "category_id": [category_id(t) for t in targets], "file_name": file_name,
                      "no_target": not targets})
     return refs
