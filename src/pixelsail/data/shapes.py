@@ -172,6 +172,7 @@ class ShapeObject:
     radius: float
     full_mask: np.ndarray   # (H, W) bool, unoccluded
     mask: np.ndarray        # (H, W) bool, visible
+    position: str = ""      # cell of POSITIONS holding the visible centroid; "" when hidden
 
     @cached_property
     def area(self) -> int:
@@ -208,12 +209,6 @@ class Scene:
     @property
     def visible_objects(self) -> list[ShapeObject]:
         return [o for o in self.objects if o.visible]
-
-    def position_of(self, obj: ShapeObject) -> str:
-        x, y = obj.centroid
-        col = min(2, int(3 * x / self.image_size))
-        row = min(2, int(3 * y / self.image_size))
-        return POSITIONS[row][col]
 
 
 def textured_background(image_size: int, rng: np.random.Generator) -> np.ndarray:
@@ -270,9 +265,12 @@ def compose_scene(specs: Sequence[ObjectSpec], image_size: int, background: np.n
     for i, (spec, f, v) in enumerate(zip(kept, full, vis)):
         window = shape_window(spec.shape, spec.center[0], spec.center[1], spec.radius, image_size)
         image[window][v[window]] = COLORS[spec.color]
-        objects.append(ShapeObject(index=i, shape=spec.shape, color=spec.color,
-                                   size=size_class(int(f.sum()), image_size), center=spec.center,
-                                   radius=spec.radius, full_mask=f, mask=v))
+        obj = ShapeObject(index=i, shape=spec.shape, color=spec.color, size=size_class(int(f.sum()), image_size),
+                          center=spec.center, radius=spec.radius, full_mask=f, mask=v)
+        if obj.visible:
+            x, y = obj.centroid
+            obj.position = POSITIONS[min(2, int(3 * y / image_size))][min(2, int(3 * x / image_size))]
+        objects.append(obj)
     return Scene(image=image, objects=objects, image_size=image_size, image_id=image_id)
 
 
@@ -575,7 +573,7 @@ def make_vp_qa(scene: Scene, rng: np.random.Generator) -> Sample | None:
     p = _prompt_objects([obj], rng, scene.image_size)
     tag = vp_token(p.ids[0])
     value = {"colour": obj.color, "shape": obj.shape, "size": obj.size, "what": "a " + obj.phrase(),
-             "where": "in the " + scene.position_of(obj)}[kind]
+             "where": "in the " + obj.position}[kind]
     return _sample(scene, "vp_qa", questions[kind].format(tag), f"{tag}: {value}.", prompts=p.prompts,
                    question_kind=kind, target_ids=[obj.index], **p.meta)
 
@@ -636,7 +634,7 @@ def occluders(scene: Scene, obj: ShapeObject) -> list[ShapeObject]:
 
 def region_caption(scene: Scene, obj: ShapeObject) -> str:
     """"a large blue square in the top left, partly covered by a red circle and a green star"."""
-    text = f"a {obj.phrase()} in the {scene.position_of(obj)}"
+    text = f"a {obj.phrase()} in the {obj.position}"
     covering = [f"a {o.phrase(with_size=False)}" for o in occluders(scene, obj)]
     if covering:
         listed = covering[0] if len(covering) == 1 else ", ".join(covering[:-1]) + " and " + covering[-1]
@@ -785,10 +783,16 @@ def vocabulary_sentences() -> list[str]:
 
 
 def shapes_text_corpus(n: int = 2000, seed: int = 0) -> list[str]:
-    """Text for training a tokenizer: :func:`vocabulary_sentences` plus questions/answers of ``n`` samples."""
-    ds = ShapesDataset("train", size=max(n, 0), seed=seed, image_size=64)
+    """Text for training a tokenizer: :func:`vocabulary_sentences` (every word the generator can emit) plus the
+    questions and answers of ``n`` samples (realistic word frequencies for BPE merges)."""
+    return list(_text_corpus(max(int(n), 0), int(seed)))
+
+
+@lru_cache(maxsize=4)
+def _text_corpus(n: int, seed: int) -> tuple[str, ...]:
+    ds = ShapesDataset("train", size=n, seed=seed, image_size=64)
     texts = vocabulary_sentences()
     for i in range(len(ds)):
         for q, a in ds[i].turns:
             texts += [q, a]
-    return texts
+    return tuple(texts)
