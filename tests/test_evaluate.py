@@ -263,3 +263,19 @@ def test_shapes_export_through_the_readers_scores_like_the_generator(tmp_path):
 def caption_inputs(records: list[dict]) -> list[tuple[str, list[str]]]:
     return [(clean_caption(r["text"]), [clean_caption(x) for x in r["meta"].get("references") or [r["answer"]]])
             for r in records if r["task"] == "region_caption"]
+
+
+def test_eval_command_runs_a_real_pixelsail_checkpoint(tmp_path):
+    from model_utils import tiny_model
+
+    tiny_model().save_pretrained(tmp_path / "model")
+    data = make_grefcoco(tmp_path / "grefcoco")
+    result = CliRunner().invoke(app, ["eval", "--model", str(tmp_path / "model"), "--task", "gres", "--data",
+                                      str(data), "--limit", "2", "--max-new-tokens", "3", "--gallery", "1",
+                                      "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    records = read_jsonl(tmp_path / "out" / "predictions.jsonl")
+    assert [r["index"] for r in records] == [0, 1] and all(r["task"] == "gres" for r in records)
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["task"] == "gres" and saved["results"]["gres"]["samples"] == 2
+    assert (tmp_path / "out" / "gallery_worst.png").exists()

@@ -272,13 +272,14 @@ def _fmt(name: str, v: float) -> str:
 def _metric_rows(results: dict[str, dict[str, float]]) -> tuple[list[str], list[list[str]]]:
     """Header (tasks) and rows (one per metric, first-seen order) of the results table; blank where n/a."""
     tasks = list(results)
-    names = list(dict.fromkeys(n for row in results.values() for n in row))
+    names = [n for n in dict.fromkeys(n for row in results.values() for n in row) if n != "samples"] + ["samples"]
     rows = [[n] + [_fmt(n, results[t][n]) if n in results[t] else "" for t in tasks] for n in names]
-    return [f"{TASK_TITLES.get(t, t)} ({t})" for t in tasks], rows
+    return tasks, rows
 
 
 def results_markdown(results: dict[str, dict[str, float]], title: str = "Evaluation") -> str:
-    header, rows = _metric_rows(results)
+    tasks, rows = _metric_rows(results)
+    header = [f"{TASK_TITLES.get(t, t)} (`{t}`)" for t in tasks]
     lines = [f"# {title}", "",
              "IoU-type values and caption scores in %, MCQ accuracy as a fraction (as in the paper). "
              "(LISA) = LISA-lineage convention, (ReLA) = gRefCOCO canonical convention; METEOR = COCOEvalCap "
@@ -293,7 +294,7 @@ def print_results(results: dict[str, dict[str, float]], title: str = "Evaluation
     from rich.table import Table
 
     header, rows = _metric_rows(results)
-    table = Table(title=title)
+    table = Table(title=title, caption=", ".join(f"{t}: {TASK_TITLES.get(t, t)}" for t in header))
     table.add_column("metric")
     for h in header:
         table.add_column(h, justify="right")
