@@ -24,6 +24,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from pixelsail.data.export import mask_to_rle
 from pixelsail.imageio import DEFAULT_MAX_PIXELS, ImageInputError, ImageSource, load_image
 from pixelsail.prompts import as_prompt_mask, box_to_mask, point_to_mask
 from pixelsail.tokens import NO_TARGET_ANSWER, vp_indices, vp_token
@@ -42,14 +43,6 @@ class InputError(ValueError):
 def shipped_model_dir(name: str = SHIPPED_MODEL) -> Path:
     """Directory of a model shipped inside the package (``pixelsail/assets/<name>``)."""
     return Path(str(importlib.resources.files("pixelsail") / "assets" / name))
-
-
-def mask_to_rle(mask: np.ndarray) -> dict:
-    """(H, W) bool -> COCO compressed RLE with ``counts`` as str (JSON-ready)."""
-    from pycocotools import mask as mask_utils
-
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
 @dataclass
