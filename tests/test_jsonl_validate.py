@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -188,3 +189,23 @@ def test_preview_and_dry_run_commands(tmp_path):
         {"name": "muse", "args": {**specs["muse"], "image_dirs": [str(tmp_path)]}}]}}))
     result = CliRunner().invoke(app, ["data", "dry-run", str(broken)])
     assert result.exit_code == 1 and "1 failed" in result.output and "m1.png' not found" in result.output
+
+
+def test_the_documented_example_validates_and_loads(tmp_path):
+    from pathlib import Path
+
+    from PIL import Image
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "DATA.md").read_text()
+    block = doc.split("Example (`data/mine/train.jsonl`", 1)[1].split("```json\n", 1)[1].split("```", 1)[0]
+    records = [json.loads(r) for r in re.split(r"\n(?=\{)", block.strip())]
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (640, 480), (90, 90, 90)).save(tmp_path / "images" / "kitchen.jpg")
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    report = validate_jsonl(path)
+    assert report.ok, [str(p) for p in report.problems]
+    ds = JsonlDataset(path, max_objects=None)
+    referring, chat = ds[0], ds[1]
+    assert len(referring.turns) == 3 and referring.image_id == "images/kitchen.jpg"
+    assert chat.task == "vt_res" and [m.sum() for m in chat.masks] == [40 * 50, 90 * 120 + 40 * 50]

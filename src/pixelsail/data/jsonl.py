@@ -59,6 +59,7 @@ class Problem:
 @dataclass
 class JsonlRecord:
     id: str
+    image_path: str                 # as written in the record: the sample's image_id
     image: np.ndarray
     masks: dict[str, np.ndarray]
     prompts: dict[int, np.ndarray]
@@ -108,7 +109,7 @@ def parse_record(obj: Any, *, line: int, base_dir: Path, num_vp_tokens: int = DE
     if out.problems or image is None:
         return None, out.problems
     rid = str(record_id) if record_id is not None else f"line{line}"
-    return JsonlRecord(rid, image, masks, prompts, expressions, turns, task, meta), out.problems
+    return JsonlRecord(rid, obj["image"], image, masks, prompts, expressions, turns, task, meta), out.problems
 
 
 def _image(obj: dict, base_dir: Path, out: _Collector) -> np.ndarray | None:
@@ -319,8 +320,8 @@ class JsonlDataset(RecordDataset):
                 turns.append((f"Please segment {text}.", seg_answer(len(names))))
                 masks.extend(rec.masks[n] for n in names)
             task = rec.task or ("res" if all(a.count(SEG) == 1 for _, a in turns) else "gres")
-            sample = Sample(rec.image, turns, masks, task=task, image_id=rec.id,
-                            meta={**rec.meta, "source": "jsonl", "line": item.line})
+            sample = Sample(rec.image, turns, masks, task=task, image_id=rec.image_path,
+                            meta={**rec.meta, "source": "jsonl", "id": rec.id, "line": item.line})
         else:
             turns, masks = [], []
             for q, a in rec.turns:
@@ -334,7 +335,8 @@ class JsonlDataset(RecordDataset):
                 turns = [(_renumber_vp(q, mapping), _renumber_vp(a, mapping)) for q, a in turns]
                 prompts = {mapping[k]: m for k, m in prompts.items()}
             sample = Sample(rec.image, turns, masks, prompts=prompts, task=rec.task or infer_task(turns),
-                            image_id=rec.id, meta={**rec.meta, "source": "jsonl", "line": item.line})
+                            image_id=rec.image_path, meta={**rec.meta, "source": "jsonl", "id": rec.id,
+                                                           "line": item.line})
         sample.validate()
         return sample
 

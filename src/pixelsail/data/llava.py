@@ -33,6 +33,7 @@ def text_only_image() -> np.ndarray:
 @dataclass
 class LlavaRecord:
     id: str
+    image: str | None                # as written in the record (relative to image_dir): the sample's image_id
     image_path: Path | None
     turns: list[tuple[str, str]]
     where: str
@@ -52,8 +53,8 @@ class LlavaDataset(RecordDataset):
             image = rec.get("image")
             if image is not None and not isinstance(image, str):
                 raise FormatError(f"{where}: 'image' must be a path string, got {type(image).__name__}")
-            records.append(LlavaRecord(str(rec.get("id", i)), Path(image_dir) / image if image else None, turns,
-                                       where))
+            records.append(LlavaRecord(str(rec.get("id", i)), image or None,
+                                       Path(image_dir) / image if image else None, turns, where))
         super().__init__(records, seed=seed)
 
     def build(self, rec: LlavaRecord, rng: np.random.Generator) -> Sample:
@@ -62,7 +63,7 @@ class LlavaDataset(RecordDataset):
             return Sample(image=text_only_image(), turns=turns, task="vqa", image_id=f"text:{rec.id}",
                           meta={"source": "llava", "text_only": True, "id": rec.id})
         return Sample(image=load_rgb(rec.image_path, rec.where), turns=turns, task="vqa",
-                      image_id=rec.image_path.stem, meta={"source": "llava", "id": rec.id})
+                      image_id=rec.image, meta={"source": "llava", "id": rec.id})
 
 
 @register_dataset("llava")
