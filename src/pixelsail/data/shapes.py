@@ -123,11 +123,12 @@ def shape_window(shape: str, cx: float, cy: float, radius: float, image_size: in
     return slice(y0, max(y0, y1)), slice(x0, max(x0, x1))
 
 
-def shape_mask(shape: str, cx: float, cy: float, radius: float, image_size: int) -> np.ndarray:
+def shape_mask(shape: str, cx: float, cy: float, radius: float, image_size: int,
+               window: tuple[slice, slice] | None = None) -> np.ndarray:
     """(S, S) bool raster of the shape centred at (cx, cy) (pixel units, pixel centres at +0.5).
 
-    Only :func:`shape_window` is rasterised (this runs a few times per generated sample)."""
-    rows, cols = shape_window(shape, cx, cy, radius, image_size)
+    Only ``window`` (default :func:`shape_window`) is rasterised: this runs a few times per generated sample."""
+    rows, cols = window or shape_window(shape, cx, cy, radius, image_size)
     mask = np.zeros((image_size, image_size), dtype=bool)
     if rows.stop == rows.start or cols.stop == cols.start:
         return mask
@@ -173,25 +174,30 @@ class ShapeObject:
     full_mask: np.ndarray   # (H, W) bool, unoccluded
     mask: np.ndarray        # (H, W) bool, visible
     position: str = ""      # cell of POSITIONS holding the visible centroid; "" when hidden
+    window: tuple[slice, slice] = (slice(None), slice(None))   # rows/cols holding full_mask (for speed)
 
     @cached_property
     def area(self) -> int:
-        return int(np.count_nonzero(self.mask))
+        return int(np.count_nonzero(self.mask[self.window]))
 
     @property
     def visible(self) -> bool:
         return self.area > 0
 
+    def _pixels(self) -> tuple[np.ndarray, np.ndarray]:
+        rows, cols = np.nonzero(self.mask[self.window])
+        return rows + (self.window[0].start or 0), cols + (self.window[1].start or 0)
+
     @cached_property
     def centroid(self) -> tuple[float, float]:
         """(x, y) mean of the visible pixel centres."""
-        rows, cols = np.nonzero(self.mask)
+        rows, cols = self._pixels()
         return float(cols.mean() + 0.5), float(rows.mean() + 0.5)
 
     @cached_property
     def bbox(self) -> tuple[int, int, int, int]:
         """Visible box (x0, y0, x1, y1), x1/y1 exclusive."""
-        rows, cols = np.nonzero(self.mask)
+        rows, cols = self._pixels()
         return int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1
 
     def phrase(self, with_size: bool = True) -> str:
@@ -265,8 +271,9 @@ def compose_scene(specs: Sequence[ObjectSpec], image_size: int, background: np.n
     for i, (spec, f, v) in enumerate(zip(kept, full, vis)):
         window = shape_window(spec.shape, spec.center[0], spec.center[1], spec.radius, image_size)
         image[window][v[window]] = COLORS[spec.color]
-        obj = ShapeObject(index=i, shape=spec.shape, color=spec.color, size=size_class(int(f.sum()), image_size),
-                          center=spec.center, radius=spec.radius, full_mask=f, mask=v)
+        obj = ShapeObject(index=i, shape=spec.shape, color=spec.color,
+                          size=size_class(int(np.count_nonzero(f)), image_size), center=spec.center,
+                          radius=spec.radius, full_mask=f, mask=v, window=window)
         if obj.visible:
             x, y = obj.centroid
             obj.position = POSITIONS[min(2, int(3 * y / image_size))][min(2, int(3 * x / image_size))]
@@ -293,8 +300,8 @@ def random_specs(rng: np.random.Generator, image_size: int, n_objects: int
         keep = [np.count_nonzero(v) - 0.5 * np.count_nonzero(f) for v, f in zip(visible, full)]
         for _attempt in range(12):
             center = (float(rng.uniform(margin, s - margin)), float(rng.uniform(margin, s - margin)))
-            mask = shape_mask(shape, center[0], center[1], radius, s)
             window = shape_window(shape, center[0], center[1], radius, s)
+            mask = shape_mask(shape, center[0], center[1], radius, s, window)
             if all(np.count_nonzero(v[window] & mask[window]) <= k for v, k in zip(visible, keep)):
                 break
         specs.append(ObjectSpec(shape, color, center, radius))
