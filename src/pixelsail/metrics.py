@@ -321,8 +321,6 @@ def coco_caption_scores(predictions: dict[str, str], references: dict[str, list[
                                     **{("gts", k): [{"caption": r} for r in references[k]] for k in keys}})
     res = {k: both[("res", k)] for k in keys}
     gts = {k: both[("gts", k)] for k in keys}
-    # an empty prediction makes METEOR's Java process hang on an empty line; score it as one unknown word
-    res = {k: [v[0] if v and v[0].strip() else "<empty>"] for k, v in res.items()}
     out: dict[str, float] = {}
     if "BLEU" in metrics:
         from pycocoevalcap.bleu.bleu import Bleu
