@@ -1,15 +1,19 @@
-"""A deterministic stand-in with PixelSail's inference API, for testing the predictor, CLI and web app fast.
+"""A deterministic stand-in with PixelSail's inference API, and test images, for the predictor/CLI/web tests.
 
 It "segments" colours by rule ("Please segment the red ..." -> pixels whose red channel dominates) and answers
 "<vp_k>: red" for questions naming a prompt, so tests can state exact expected masks and answers.
 """
 from __future__ import annotations
 
+import io
 import re
+import struct
 import time
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
+from PIL import Image
 
 from pixelsail.config import PixelSailConfig
 from pixelsail.processing import Processor
@@ -90,3 +94,18 @@ def scene() -> np.ndarray:
     img[8:24, 4:20] = (220, 20, 20)
     img[30:42, 30:46] = (10, 20, 230)
     return img
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG signature + IHDR claiming width x height, then an empty IDAT: no pixel data at all."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"")

@@ -3,32 +3,14 @@
 The model limits used here: 4 visual prompt tokens, 512 positions, questions up to 256 tokens, 64x48 image.
 """
 import http.client
-import io
 import json
-import struct
-import zlib
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from fake_pixelsail import FakePixelSail, scene
+from fake_pixelsail import FakePixelSail, png_bytes, png_header_only, scene
 from pixelsail.predictor import InputError, Predictor
 from pixelsail.web import DemoApp, DemoServer, Limits
-
-
-def png(img) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def huge_png_header(width: int, height: int) -> bytes:
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + \
-        chunk(b"IDAT", b"")
 
 
 LONG_TEXT = "the red square " * 120  # 360 words
@@ -40,9 +22,9 @@ P_NO_QUESTION_CAP = Predictor(model=FakePixelSail(num_vp_tokens=4, max_position_
 API_CASES = [
     ("missing file", lambda: P.segment("/nope/scene.png", "the red square"), "image file not found: /nope/scene.png"),
     ("not an image", lambda: P.segment(b"GIF? no, just text", "x"), "uploaded data is not an image"),
-    ("truncated png", lambda: P.segment(png(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8))[:300],
+    ("truncated png", lambda: P.segment(png_bytes(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8))[:300],
                                         "x"), "uploaded data is truncated or corrupt"),
-    ("decompression bomb", lambda: P.segment(huge_png_header(50_000, 50_000), "x"), "too large to decode safely"),
+    ("decompression bomb", lambda: P.segment(png_header_only(50_000, 50_000), "x"), "too large to decode safely"),
     ("too many pixels", lambda: Predictor(model=FakePixelSail(), max_pixels=1000).segment(IMG, "x"),
      "array is too large: 64x48 = 3,072 pixels, the limit is 1,000"),
     ("zero-size image", lambda: P.segment(np.zeros((0, 4, 3), np.uint8), "x"), "array is empty (4x0 pixels)"),
@@ -129,7 +111,7 @@ HTTP_CASES = [
      "image upload is too large: 30,000 bytes, the limit is 20,000"),
     ("upload not an image", lambda s: post(s, "/api/session", b"hello", "image/png"), 400,
      "uploaded data is not an image"),
-    ("upload too many pixels", lambda s: post(s, "/api/session", png(np.zeros((400, 400, 3), np.uint8)),
+    ("upload too many pixels", lambda s: post(s, "/api/session", png_bytes(np.zeros((400, 400, 3), np.uint8)),
                                               "image/png"), 400,
      "uploaded data is too large: 400x400 = 160,000 pixels, the limit is 100,000"),
     ("upload empty", lambda s: post(s, "/api/session", b"", "image/png"), 400, "empty image data"),

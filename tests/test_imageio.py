@@ -1,11 +1,10 @@
 import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from fake_pixelsail import png_header_only
 from pixelsail.imageio import ImageInputError, load_image
 
 
@@ -102,21 +101,12 @@ def test_truncated_png_is_reported(tmp_path):
         load_image(p)
 
 
-def _png_header_only(width: int, height: int) -> bytes:
-    """A PNG signature + IHDR claiming width x height, then an empty IDAT: no pixel data at all."""
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"")
-
-
 def test_pixel_cap_is_checked_before_decoding():
     data = _png_bytes(Image.new("1", (5000, 4000)))
     with pytest.raises(ImageInputError, match=r"too large: 5000x4000 = 20,000,000 pixels, the limit is 16,777,216"):
         load_image(data)
     with pytest.raises(ImageInputError, match="too large to decode safely"):
-        load_image(_png_header_only(100_000, 100_000))
+        load_image(png_header_only(100_000, 100_000))
     with pytest.raises(ImageInputError, match="limit is 15"):
         load_image(np.zeros((4, 4, 3), np.uint8), max_pixels=15)
     assert load_image(np.zeros((4, 4, 3), np.uint8), max_pixels=16).shape == (4, 4, 3)

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from fake_pixelsail import FakePixelSail, scene
+from fake_pixelsail import FakePixelSail, png_bytes, scene
 from pixelsail.predictor import Predictor
 from pixelsail.web import DemoApp, DemoServer, Limits
 
@@ -50,12 +50,6 @@ def server():
     srv = start()
     yield srv
     srv.stop()
-
-
-def png(img):
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def decode_data_url(url):
@@ -101,7 +95,7 @@ def test_prompts_through_the_api(server):
 
 def test_upload_creates_a_session_with_the_normalised_image(server):
     rgba = np.zeros((10, 12, 4), np.uint8)  # fully transparent -> white once loaded
-    status, body, _ = request(server.url, "/api/session", png(rgba), ctype="application/octet-stream")
+    status, body, _ = request(server.url, "/api/session", png_bytes(rgba), ctype="application/octet-stream")
     sess = json.loads(body)
     assert status == 200 and (sess["width"], sess["height"]) == (12, 10)
     status, body, _ = request(server.url, sess["image_url"])
