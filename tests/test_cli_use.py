@@ -17,7 +17,7 @@ runner = CliRunner()
 @pytest.fixture()
 def fake(monkeypatch):
     predictor = Predictor(model=FakePixelSail())
-    monkeypatch.setattr(use, "_predictor", lambda model, device: predictor)
+    monkeypatch.setattr(use, "_predictor", lambda model, device, **kw: predictor)
     return predictor
 
 

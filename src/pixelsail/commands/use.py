@@ -69,8 +69,8 @@ def collect_prompts(boxes: Optional[List[str]], points: Optional[List[str]], mas
     return prompts
 
 
-def _predictor(model: Optional[Path], device: str) -> Predictor:
-    return Predictor(model, device=device)
+def _predictor(model: Optional[Path], device: str, **kwargs) -> Predictor:
+    return Predictor(model, device=device, **kwargs)
 
 
 def _print_result(result: Result) -> None:
@@ -192,15 +192,18 @@ def serve(host: str = typer.Option("127.0.0.1", help="address to listen on"),
           port: int = typer.Option(7860, help="port (0: any free port)"),
           samples: int = typer.Option(8, help="how many shapes scenes to offer as sample images"),
           max_upload_mb: float = typer.Option(8.0, help="largest accepted upload"),
+          max_pixels: int = typer.Option(2048 * 2048, help="largest accepted image (width x height)"),
           queue: int = typer.Option(8, help="requests that may wait for the model; more get 503"),
+          sessions: int = typer.Option(32, help="visitors kept at once (least recently used dropped)"),
           model: Optional[Path] = ModelOpt, device: str = DeviceOpt) -> None:
-    """Serve the web demo."""
+    """Serve the web demo. Memory stays bounded: sessions x max-pixels images plus a few cached image prefixes."""
     from pixelsail.web import DemoApp, DemoServer, Limits
 
     with _one_line_errors():
-        predictor = _predictor(model, device)
+        predictor = _predictor(model, device, max_pixels=max_pixels)
     app = DemoApp(predictor, samples=sample_scenes(samples),
-                  limits=Limits(max_upload_bytes=int(max_upload_mb * 1024 * 1024), queue_size=queue))
+                  limits=Limits(max_upload_bytes=int(max_upload_mb * 1024 * 1024), queue_size=queue,
+                                max_sessions=sessions))
     try:
         server = DemoServer(app, host, port)
     except OSError as e:
