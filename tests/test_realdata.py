@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from realdata_fixtures import (GCG_CAPTION, H, W, mask_a, mask_b, polygon_a, rle, write_all, write_coco_panoptic,
+from realdata_fixtures import (H, W, mask_a, mask_b, polygon_a, rle, write_all, write_coco_panoptic,
                                write_gcg, write_llava, write_muse, write_osprey, write_recipe_tree)
 from typer.testing import CliRunner
 

@@ -34,8 +34,7 @@ import numpy as np
 
 from pixelsail.data.annotations import (FormatError, RecordDataset, absent_prompt_answer, choose,
                                         conversation_turns, decode_segmentation, draw_vp_ids, load_rgb, read_json,
-                                        read_json_records,
-                                        require)
+                                        read_json_records, require)
 from pixelsail.data.registry import register_dataset
 from pixelsail.data.sample import Sample
 from pixelsail.tokens import DEFAULT_NUM_VP_TOKENS, vp_token
