@@ -279,3 +279,42 @@ def test_eval_command_runs_a_real_pixelsail_checkpoint(tmp_path):
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert saved["task"] == "gres" and saved["results"]["gres"]["samples"] == 2
     assert (tmp_path / "out" / "gallery_worst.png").exists()
+
+
+def _spoiled_oracle(ds) -> FakeModel:
+    model = oracle(ds)
+    key = next(k for k, v in model.table.items() if len(v[1]) == 2)
+    model.table[key] = ("Sure, [SEG].", model.table[key][1][:1])
+    return model
+
+
+def _two_rank_worker(rank: int, root: str, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{out}/pg", rank=rank, world_size=2)
+    try:
+        ds = ReferEvalDataset(root, split="val", generalized=True)
+        model = _spoiled_oracle(ds)
+        run = evaluate(model, ds, f"{out}/eval", show=False, gallery=0, progress=False)
+        with open(f"{out}/rank{rank}.json", "w") as f:
+            json.dump({"prefills": model.vision_prefill_count, "n_records": len(run.records),
+                       "results": run.scores.results}, f)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_ranks_split_the_images_and_agree_with_one_process(tmp_path):
+    import torch.multiprocessing as mp
+
+    root = make_grefcoco(tmp_path / "grefcoco")
+    ds = ReferEvalDataset(root, split="val")
+    single = evaluate(_spoiled_oracle(ds), ds, tmp_path / "single", show=False, gallery=0, progress=False)
+    mp.spawn(_two_rank_worker, args=(str(root), str(tmp_path)), nprocs=2)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["n_records"] for r in ranks] == [3, 3]                 # every rank ends with all records
+    assert sorted(r["prefills"] for r in ranks) == [1, 1]            # 2 images, one per rank, each prefilled once
+    for r in ranks:
+        assert r["results"]["gres"] == pytest.approx(single.scores.results["gres"])
+    saved = json.loads((tmp_path / "eval" / "results.json").read_text())["results"]["gres"]
+    assert saved == pytest.approx(single.scores.results["gres"])

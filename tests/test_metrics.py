@@ -152,6 +152,7 @@ def test_caption_metric_refuses_duplicate_ids():
         c.update("1", "a", ["b"])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("java") is None, reason="Java METEOR 1.5 needs a java runtime")
 def test_java_meteor_on_a_hand_computed_pair():
     pytest.importorskip("pycocoevalcap")

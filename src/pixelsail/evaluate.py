@@ -138,7 +138,7 @@ def predict(model: EvalModel, dataset: Any, *, indices: Sequence[int] | None = N
 
 
 def predict_distributed(model: EvalModel, dataset: Any, **kwargs: Any) -> list[dict]:
-    """Each rank predicts every world_size-th sample of the image-grouped order; all ranks get all records."""
+    """Each rank predicts every world_size-th image (with all its samples); all ranks get all records."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()):
@@ -146,7 +146,15 @@ def predict_distributed(model: EvalModel, dataset: Any, **kwargs: Any) -> list[d
     rank, world = dist.get_rank(), dist.get_world_size()
     indices = kwargs.pop("indices", None)
     order = evaluation_order(dataset, list(range(len(dataset))) if indices is None else list(indices))
-    mine = order[rank::world]
+    groups: list[list[int]] = []     # runs of samples on one image stay on one rank: one prefill per image
+    last = object()
+    for i in order:
+        key = image_key(dataset, i)
+        if key is None or key != last:
+            groups.append([])
+        groups[-1].append(i)
+        last = key
+    mine = [i for g in groups[rank::world] for i in g]
     records = predict(model, dataset, indices=mine, progress=kwargs.pop("progress", True) and rank == 0, **kwargs)
     gathered: list = [None] * world
     dist.all_gather_object(gathered, records)
