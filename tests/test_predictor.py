@@ -4,7 +4,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from fake_pixelsail import FakePixelSail, scene
-from pixelsail.predictor import DESCRIBE_TEMPLATE, InputError, Predictor
+from pixelsail.predictor import DESCRIBE_QUESTION, InputError, Predictor
 
 
 @pytest.fixture()
@@ -62,7 +62,7 @@ def test_ask_about_prompts(predictor):
 
 def test_describe_asks_about_vp0(predictor):
     r = predictor.describe(scene(), (10, 10))
-    assert r.question == DESCRIBE_TEMPLATE.format(vp="<vp_0>")
+    assert r.question == DESCRIBE_QUESTION == "Please describe <vp_0>."
     assert r.text == "<vp_0>: red."
 
 

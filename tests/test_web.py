@@ -163,3 +163,14 @@ def test_sessions_expire_and_are_capped():
         assert status == 404 and len(srv.app.sessions) == 0
     finally:
         srv.stop()
+
+
+def test_remembered_segment_and_describe_turns_join_the_conversation(server):
+    sid = post_json(server.url, "/api/session", {"sample": 0})[1]["session_id"]
+    post_json(server.url, "/api/ask", {"session_id": sid, "mode": "segment", "text": "the red square",
+                                       "remember": True})
+    r = post_json(server.url, "/api/ask", {"session_id": sid, "mode": "describe", "remember": True,
+                                           "prompts": [{"type": "box", "box": [30, 30, 46, 42]}]})[1]
+    assert r["text"] == "<vp_0>: blue."
+    assert server.app.predictor.model.questions[-1] == ("Please describe <vp_0>.",
+                                                        [("Please segment the red square.", "Sure, [SEG].")])

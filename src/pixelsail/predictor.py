@@ -32,7 +32,7 @@ from pixelsail.viz import draw_prompts, overlay_masks
 
 SHIPPED_MODEL = "shapes-tiny"
 SEGMENT_TEMPLATE = "Please segment {expression}."
-DESCRIBE_TEMPLATE = "Please describe {vp}."
+DESCRIBE_QUESTION = "Please describe <vp_0>."
 DEFAULT_MAX_QUESTION_TOKENS = 256
 
 
@@ -243,17 +243,22 @@ class Predictor:
             self._prefixes.clear()
 
     # ------------------------------------------------------------------------------------------------ tasks
-    def segment(self, image: ImageSource, text: str) -> Result:
-        """Referring segmentation: ``text`` is an expression ("the red circle") or a full instruction."""
+    @staticmethod
+    def segment_question(text: str) -> str:
+        """The instruction for a referring expression: "the red circle" -> "Please segment the red circle."."""
         if not isinstance(text, str) or not text.strip():
             raise InputError("the referring expression is empty")
-        img = self.load_image(image)
         expression = text.strip()
         if vp_indices(expression):
-            raise InputError("segment() takes a plain referring expression; use ask() for questions naming <vp_k>")
-        question = expression if expression.lower().startswith(("please", "segment")) else \
-            SEGMENT_TEMPLATE.format(expression=expression.rstrip(".?! "))
-        return self._answer(img, question, {})
+            raise InputError("segment takes a plain referring expression; ask questions naming <vp_k> instead")
+        if expression.lower().startswith(("please", "segment")):
+            return expression
+        return SEGMENT_TEMPLATE.format(expression=expression.rstrip(".?! "))
+
+    def segment(self, image: ImageSource, text: str) -> Result:
+        """Referring segmentation: ``text`` is an expression ("the red circle") or a full instruction."""
+        question = self.segment_question(text)
+        return self._answer(self.load_image(image), question, {})
 
     def ask(self, image: ImageSource, question: str, prompts: Sequence[Any] | Mapping[int, Any] | None = None,
             history: Sequence[tuple[str, str]] = ()) -> Result:
@@ -269,8 +274,7 @@ class Predictor:
         img = self.load_image(image)
         if prompt is None:
             raise InputError("describe() needs a region: a mask, a box (x0, y0, x1, y1) or a point (x, y)")
-        question = DESCRIBE_TEMPLATE.format(vp=vp_token(0))
-        return self._answer(img, question, self.number_prompts(img, question, [prompt]))
+        return self._answer(img, DESCRIBE_QUESTION, self.number_prompts(img, DESCRIBE_QUESTION, [prompt]))
 
     def chat(self, image: ImageSource) -> ChatSession:
         return ChatSession(self, self.load_image(image))

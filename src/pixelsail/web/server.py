@@ -37,7 +37,7 @@ import numpy as np
 from PIL import Image
 
 from pixelsail.imageio import ImageInputError
-from pixelsail.predictor import ChatSession, InputError, Predictor
+from pixelsail.predictor import DESCRIBE_QUESTION, ChatSession, InputError, Predictor
 from pixelsail.prompts import scribble_to_mask
 from pixelsail.viz import MASK_COLORS
 
@@ -241,18 +241,19 @@ class DemoApp:
             # the page labels the i-th drawn prompt vp_i, so the numbering is explicit
             prompts = None if raw_prompts is None else {i: parse_prompt(p, i, h, w) for i, p in enumerate(raw_prompts)}
             if mode == "segment":
-                result = self.predictor.segment(session.image, text)
+                question, prompts = self.predictor.segment_question(text), {}
             elif mode == "ask":
-                if body.get("remember"):
-                    result = session.chat.send(text, prompts=prompts)
-                else:
-                    result = self.predictor.ask(session.image, text, prompts=prompts)
+                question = text
             elif mode == "describe":
                 if not prompts or len(prompts) != 1:
                     raise InputError(f"describe needs exactly one visual prompt, got {len(prompts or {})}")
-                result = self.predictor.describe(session.image, prompts[0])
+                question, prompts = DESCRIBE_QUESTION, {0: next(iter(prompts.values()))}
             else:
                 raise InputError(f"unknown mode {mode!r}; expected segment, ask or describe")
+            if body.get("remember"):
+                result = session.chat.send(question, prompts=prompts)
+            else:
+                result = self.predictor.ask(session.image, question, prompts=prompts)
             out = result.to_dict()
             out["overlay"] = png_data_url(result.overlay())
             out["total_seconds"] = round(time.perf_counter() - t0, 4)
