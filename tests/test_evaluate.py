@@ -118,7 +118,7 @@ def test_perbench_oracle_overall_is_100(tmp_path, monkeypatch):
     r = run.scores.results
     assert seen["predictions"] == {"0": "A dark square in the top left corner.", "1": "A block at the lower right."}
     assert seen["references"] == {"0": ["A dark square in the top left corner."], "1": ["A block at the lower right."]}
-    assert r["region_caption"]["METEOR"] == 100.0
+    assert r["region_caption"]["METEOR (COCOEvalCap)"] == 100.0
     assert r["vp_mcq"]["MCQ acc (PerBench)"] == 1.0
     assert r["vt_res"]["cIoU (LISA)"] == pytest.approx(100.0)
     assert r["perbench"]["Overall (PerBench)"] == pytest.approx(100.0, abs=1e-3)

@@ -20,8 +20,8 @@ import numpy as np
 
 from pixelsail.data.annotations import decode_segmentation
 from pixelsail.data.sample import Sample
-from pixelsail.metrics import (CaptionMetric, LisaMaskMetric, McqMetric, RelaMaskMetric, perbench_overall,
-                               predicted_no_target, sample_iou, union_mask)
+from pixelsail.metrics import (METEOR_KEY, CaptionMetric, LisaMaskMetric, McqMetric, RelaMaskMetric,
+                               perbench_overall, predicted_no_target, sample_iou, union_mask)
 from pixelsail.predictor import mask_to_rle
 from pixelsail.tokens import SEG
 
@@ -254,11 +254,11 @@ def score_records(records: Sequence[dict], *, captions: bool = True) -> Scores:
 def perbench_row(results: dict[str, dict[str, float]]) -> dict[str, float] | None:
     """PerBench's overall score when all three of its tasks were scored (and the captions were)."""
     cap, choice, vt = results.get("region_caption", {}), results.get("vp_mcq", {}), results.get("vt_res", {})
-    if "METEOR" not in cap or "MCQ acc (PerBench)" not in choice or "cIoU (LISA)" not in vt:
+    if METEOR_KEY not in cap or "MCQ acc (PerBench)" not in choice or "cIoU (LISA)" not in vt:
         return None
-    row = {"METEOR": cap["METEOR"], "MCQ acc (PerBench)": choice["MCQ acc (PerBench)"],
+    row = {METEOR_KEY: cap[METEOR_KEY], "MCQ acc (PerBench)": choice["MCQ acc (PerBench)"],
            "cIoU (LISA)": vt["cIoU (LISA)"], "gIoU (LISA)": vt["gIoU (LISA)"]}
-    row["Overall (PerBench)"] = perbench_overall(row["METEOR"], row["MCQ acc (PerBench)"], row["cIoU (LISA)"],
+    row["Overall (PerBench)"] = perbench_overall(row[METEOR_KEY], row["MCQ acc (PerBench)"], row["cIoU (LISA)"],
                                                  row["gIoU (LISA)"])
     return row
 

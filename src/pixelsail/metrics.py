@@ -26,6 +26,8 @@ from pixelsail.tokens import NO_TARGET_ANSWER, TURN_END
 LISA_PRECISION_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
 RELA_PRECISION_THRESHOLDS = (0.7, 0.8, 0.9)
 CIOU_EPS = 1e-10
+# Java METEOR 1.5 after the PTB tokenizer, as COCOEvalCap runs it (PerBench's own script used NLTK's METEOR)
+METEOR_KEY = "METEOR (COCOEvalCap)"
 GIOU_EPS = 1e-5
 
 
@@ -295,7 +297,8 @@ class CaptionMetric:
         if not self.predictions:
             return {"samples": 0}
         scores = coco_caption_scores(self.predictions, self.references)
-        return {**{k: 100.0 * v for k, v in scores.items()}, "samples": len(self.predictions)}
+        named = {METEOR_KEY if k == "METEOR" else k: 100.0 * v for k, v in scores.items()}
+        return {**named, "samples": len(self.predictions)}
 
 
 def coco_caption_scores(predictions: dict[str, str], references: dict[str, list[str]],
