@@ -349,3 +349,18 @@ def test_a_tiny_model_trains_on_images_of_different_sizes_with_refer_data(tmp_pa
         specs.append(DatasetSpec(name, 1.0 / len(build_dataset(name, **args)), args))   # one sample per epoch
     assert Mixture.from_config(DataConfig(datasets=specs)).epoch_size() == 11
     _train_two_steps(specs, tmp_path / "run", batch_size=6)
+
+
+def test_datasets_of_one_mixture_draw_independently(tmp_path):
+    files = write_osprey(tmp_path)
+    copy = tmp_path / "osprey_short_form.json"
+    copy.write_text(files["conversation"].read_text())
+    draws = []
+    for path in (files["conversation"], copy):
+        ds = build_dataset("osprey", annotation_file=str(path), image_dir=str(tmp_path / "images"), absent_prob=0.0)
+        ids = []
+        for seed in range(6):
+            ds.seed = seed
+            ids.append(sorted(ds[0].prompts))
+        draws.append(ids)
+    assert draws[0] != draws[1]          # same records, other file: other <vp_k> ids

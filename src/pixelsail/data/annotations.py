@@ -7,6 +7,7 @@ and the record.
 from __future__ import annotations
 
 import json
+import zlib
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Sequence
@@ -162,9 +163,12 @@ def seg_answer(n_targets: int) -> str:
     return f"Sure, {', '.join([SEG] * (n_targets - 1))} and {SEG}."
 
 
-def sample_rng(seed: int, index: int) -> np.random.Generator:
-    """The random stream of item ``index``: the same item always draws the same choices."""
-    return np.random.default_rng([seed, index])
+def sample_rng(seed: int, index: int, salt: str = "") -> np.random.Generator:
+    """The random stream of item ``index``: the same item always draws the same choices.
+
+    ``salt`` (e.g. the annotation file) keeps datasets of one mixture from drawing the same choices at the same index.
+    """
+    return np.random.default_rng([seed, zlib.crc32(salt.encode("utf-8")), index])
 
 
 def choose(rng: np.random.Generator, n_items: int, max_items: int | None) -> list[int]:
@@ -187,9 +191,10 @@ def draw_vp_ids(rng: np.random.Generator, n: int, num_vp_tokens: int, where: str
 class RecordDataset(ABC):
     """Map-style dataset over parsed records: ``ds[i]`` builds one Sample from record i with its own rng."""
 
-    def __init__(self, records: list, *, seed: int = 0):
+    def __init__(self, records: list, *, seed: int = 0, salt: str = ""):
         self.records = records
         self.seed = seed
+        self.salt = salt
 
     def __len__(self) -> int:
         return len(self.records)
@@ -198,7 +203,7 @@ class RecordDataset(ABC):
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} records")
         index %= len(self)
-        return self.build(self.records[index], sample_rng(self.seed, index))
+        return self.build(self.records[index], sample_rng(self.seed, index, self.salt))
 
     @abstractmethod
     def build(self, record, rng: np.random.Generator):

@@ -70,7 +70,7 @@ class CocoPanopticDataset(RecordDataset):
             if segments:
                 records.append(PanopticImage(Path(image_dir) / images[image_id]["file_name"],
                                              Path(panoptic_dir) / png, segments, f"{rwhere} ({png})"))
-        super().__init__(records, seed=seed)
+        super().__init__(records, seed=seed, salt=str(annotation_file))
 
     def build(self, rec: PanopticImage, rng: np.random.Generator) -> Sample:
         image = load_rgb(rec.image_path, rec.where)

@@ -142,7 +142,7 @@ class GcgDataset(RecordDataset):
                 if not 0 <= p.start < p.end <= len(r.caption):
                     raise FormatError(f"{r.where}: phrase span [{p.start}, {p.end}] is outside the caption "
                                       f"({len(r.caption)} characters)")
-        super().__init__([r for r in records if r.phrases], seed=seed)
+        super().__init__([r for r in records if r.phrases], seed=seed, salt=where)
 
     def build(self, rec: GcgRecord, rng: np.random.Generator) -> Sample:
         image = load_rgb(rec.image_path, rec.where)

@@ -304,7 +304,7 @@ class JsonlDataset(RecordDataset):
                 seen[rid] = line
             kinds = [k for k in ("expressions", "turns") if isinstance(obj, dict) and obj.get(k) is not None]
             items.extend(_Item(line, obj, k) for k in (kinds or ["turns"]))
-        super().__init__(items, seed=seed)
+        super().__init__(items, seed=seed, salt=str(self.path))
 
     def build(self, item: _Item, rng: np.random.Generator) -> Sample:
         rec, problems = parse_record(item.obj, line=item.line, base_dir=self.path.parent,

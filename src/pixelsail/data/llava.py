@@ -55,7 +55,7 @@ class LlavaDataset(RecordDataset):
                 raise FormatError(f"{where}: 'image' must be a path string, got {type(image).__name__}")
             records.append(LlavaRecord(str(rec.get("id", i)), image or None,
                                        Path(image_dir) / image if image else None, turns, where))
-        super().__init__(records, seed=seed)
+        super().__init__(records, seed=seed, salt=str(annotation_file))
 
     def build(self, rec: LlavaRecord, rng: np.random.Generator) -> Sample:
         turns = rec.turns if self.max_turns is None else rec.turns[: self.max_turns]

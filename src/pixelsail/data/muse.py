@@ -68,7 +68,7 @@ class MuseDataset(RecordDataset):
                 pairs.append((q.strip(), answer.strip()))
             image = require(rec, ["file_name", "image", "image_path"], where)
             records.append(MuseRecord(image, pairs, segs, where))
-        super().__init__(records, seed=seed)
+        super().__init__(records, seed=seed, salt=str(annotation_file))
 
     def _image_path(self, rec: MuseRecord) -> Path:
         tried = [d / rec.image_name for d in self.image_dirs]

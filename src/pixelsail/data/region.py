@@ -82,8 +82,8 @@ class RegionRecord:
 class RegionDataset(RecordDataset):
     def __init__(self, records: list[RegionRecord], *, max_objects: int | None = 5, absent_prob: float = 0.05,
                  num_vp_tokens: int = DEFAULT_NUM_VP_TOKENS, seed: int = 0,
-                 question: Callable[[int], str] = describe_question):
-        super().__init__(records, seed=seed)
+                 question: Callable[[int], str] = describe_question, salt: str = ""):
+        super().__init__(records, seed=seed, salt=salt)
         self.question = question
         self.max_objects = max_objects
         self.absent_prob = absent_prob
@@ -190,14 +190,14 @@ def caption_records(annotation_file: str | Path, image_dir: str | Path, *, by_ca
 def osprey(annotation_file: str, image_dir: str, max_objects: int | None = 5, absent_prob: float = 0.05,
            num_vp_tokens: int = DEFAULT_NUM_VP_TOKENS, seed: int = 0) -> RegionDataset:
     return RegionDataset(osprey_records(annotation_file, image_dir), max_objects=max_objects,
-                         absent_prob=absent_prob, num_vp_tokens=num_vp_tokens, seed=seed)
+                         absent_prob=absent_prob, num_vp_tokens=num_vp_tokens, seed=seed, salt=annotation_file)
 
 
 @register_dataset("pixel2cap")
 def pixel2cap(annotation_file: str, image_dir: str, max_objects: int | None = 5, absent_prob: float = 0.05,
               num_vp_tokens: int = DEFAULT_NUM_VP_TOKENS, seed: int = 0) -> RegionDataset:
     return RegionDataset(caption_records(annotation_file, image_dir), max_objects=max_objects,
-                         absent_prob=absent_prob, num_vp_tokens=num_vp_tokens, seed=seed)
+                         absent_prob=absent_prob, num_vp_tokens=num_vp_tokens, seed=seed, salt=annotation_file)
 
 
 @register_dataset("coco_regions")
@@ -205,4 +205,5 @@ def coco_regions(annotation_file: str, image_dir: str, max_objects: int | None =
                  num_vp_tokens: int = DEFAULT_NUM_VP_TOKENS, seed: int = 0) -> RegionDataset:
     """COCO instances -> region classification ("What is the category of <vp_k>?" -> "<vp_k>: person.")."""
     return RegionDataset(caption_records(annotation_file, image_dir, by_category=True), max_objects=max_objects,
-                         absent_prob=absent_prob, num_vp_tokens=num_vp_tokens, seed=seed, question=classify_question)
+                         absent_prob=absent_prob, num_vp_tokens=num_vp_tokens, seed=seed, question=classify_question,
+                         salt=annotation_file)
