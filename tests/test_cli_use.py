@@ -102,13 +102,14 @@ def test_missing_model_dir_is_a_one_line_error(image_path, tmp_path):
 
 
 def test_demo_writes_a_grid_and_reports_prefix_reuse(fake, tmp_path):
-    out = tmp_path / "demo.png"
-    res = runner.invoke(app, ["demo", "-o", str(out), "--n", "2"])
+    res = runner.invoke(app, ["demo", "-o", str(tmp_path / "d"), "--n", "2"])
     assert res.exit_code == 0, res.output
     assert res.stdout.count("scene 0 ") == 5 and res.stdout.count("scene 1 ") == 5
     assert res.stdout.count("(prefix reused)") == 4   # per scene: 2nd segment and 2nd box question
     assert "mean latency: new image/prompts" in res.stdout
-    grid = Image.open(out)
+    records = json.loads((tmp_path / "d" / "answers.json").read_text())
+    assert len(records) == 10 and records[0]["request"].startswith("the ") and "prefix_reused" in records[0]
+    grid = Image.open(tmp_path / "d" / "demo.png")
     assert grid.width > 5 * 192 and grid.height > 2 * 192
     assert fake.vision_prefill_count == 2 * 3
 

@@ -226,7 +226,8 @@ def sample_scenes(n: int, split: str = "test", image_size: int = 128) -> list[tu
     return [(f"shapes {split} #{i}", generate_scene(split, i, image_size=image_size).image) for i in range(n)]
 
 
-def demo(out: Path = typer.Option(Path("pixelsail-demo.png"), "-o", "--out", help="overlay grid PNG"),
+def demo(out: Path = typer.Option(Path("outputs/demo"), "-o", "--out",
+                                  help="directory for demo.png + answers.json (or a .png file for the grid only)"),
          n: int = typer.Option(3, help="number of scenes"),
          model: Optional[Path] = ModelOpt, device: str = DeviceOpt) -> None:
     """Generate a few shapes scenes, segment / ask / describe on each, print answers and timings, save a grid."""
@@ -237,7 +238,7 @@ def demo(out: Path = typer.Option(Path("pixelsail-demo.png"), "-o", "--out", hel
     with _one_line_errors():
         predictor = _predictor(model, device)
     typer.echo(f"model loaded in {time.perf_counter() - t0:.2f} s")
-    tiles, captions = [], []
+    tiles, captions, records = [], [], []
     first, followups = [], []
     for i in range(n):
         scene = generate_scene("test", i)
@@ -259,18 +260,24 @@ def demo(out: Path = typer.Option(Path("pixelsail-demo.png"), "-o", "--out", hel
         for request, run, expected in runs:
             result = run(request)
             (followups if result.prefix_reused else first).append(result.seconds)
+            records.append({"scene": scene.image_id, "request": request, "expected": expected, **result.to_dict()})
             typer.echo(f"scene {i}  {request!r} -> {result.text!r}\n    expected: {expected}; "
                        f"{len(result.masks)} mask(s); {result.seconds * 1000:.0f} ms"
                        f"{' (prefix reused)' if result.prefix_reused else ''}")
             tiles.append(result.overlay())
             captions.append(f"{request}\n-> {result.text}")
     sheet = image_grid(tiles, captions, ncols=5, tile_size=192)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(out)
-    typer.echo(f"grid -> {out}")
+    grid_path = out if out.suffix.lower() == ".png" else out / "demo.png"
+    grid_path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(grid_path)
+    typer.echo(f"grid -> {grid_path}")
+    if grid_path != out:
+        (out / "answers.json").write_text(json.dumps(records, indent=1))
+        typer.echo(f"answers -> {out / 'answers.json'}")
     if first and followups:
-        typer.echo(f"mean latency: new image/prompts {np.mean(first) * 1000:.0f} ms, "
-                   f"same image prefix reused {np.mean(followups) * 1000:.0f} ms")
+        ratio = np.mean(followups) / np.mean(first)
+        typer.echo(f"mean latency: new image/prompts {np.mean(first) * 1000:.0f} ms, same image prefix reused "
+                   f"{np.mean(followups) * 1000:.0f} ms (ratio {ratio:.2f})")
     typer.echo(f"total {time.perf_counter() - t0:.1f} s")
 
 
