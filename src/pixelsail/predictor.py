@@ -227,8 +227,8 @@ class Predictor:
 
     def _answer(self, image: np.ndarray, question: str, prompts: dict[int, np.ndarray],
                 history: Sequence[tuple[str, str]] = (), max_new_tokens: int | None = None) -> Result:
-        question = self.check_question(question, image, history)
-        with self._lock:
+        with self._lock:  # the tokenizer and the cached prefixes are not safe to share between threads
+            question = self.check_question(question, image, history)
             t0 = time.perf_counter()
             prefix, reused = self._prefix(image, prompts)
             resp = self.model.respond(prefix, question, history=list(history),
