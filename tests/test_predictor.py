@@ -149,3 +149,15 @@ def test_real_tiny_model_round_trip(tmp_path):
     chat.send("What colour is <vp_0>?", prompts=[(4, 8, 20, 24)])
     chat.send("And now?")
     assert p.vision_prefill_count == 2 and len(chat.history) == 2
+
+
+def test_concurrent_requests_get_their_own_answers():
+    from concurrent.futures import ThreadPoolExecutor
+
+    p = Predictor(model=FakePixelSail(prefill_seconds=0.01), prefix_cache_size=2)
+    red, blue = scene(), scene()[:, ::-1].copy()   # mirrored: the red square moves to cols 44..59
+    jobs = [(red, "the red square", 4), (blue, "the red square", 44)] * 6
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda j: p.segment(j[0], j[1]), jobs))
+    for (_, _, x0), r in zip(jobs, results):
+        assert r.to_dict()["masks"][0]["box"] == [x0, 8, x0 + 16, 24]
