@@ -168,7 +168,10 @@ $("clear-prompts").addEventListener("click", () => { state.prompts = []; redraw(
 
 // ---------------------------------------------------------------------------------------------- asking
 const placeholders = { segment: "the red circle", ask: "What colour is <vp_0>?", describe: "(describes <vp_0>)" };
-$("mode").addEventListener("change", () => { $("text").placeholder = placeholders[$("mode").value]; });
+$("mode").addEventListener("change", () => {
+  $("text").placeholder = placeholders[$("mode").value];
+  $("text").disabled = $("mode").value === "describe";
+});
 
 $("new-chat").addEventListener("click", async () => {
   if (!state.sessionId) return;
