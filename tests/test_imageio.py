@@ -110,3 +110,9 @@ def test_pixel_cap_is_checked_before_decoding():
     with pytest.raises(ImageInputError, match="limit is 15"):
         load_image(np.zeros((4, 4, 3), np.uint8), max_pixels=15)
     assert load_image(np.zeros((4, 4, 3), np.uint8), max_pixels=16).shape == (4, 4, 3)
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "LA", "P", "PA", "I", "I;16", "F", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"])
+def test_every_pil_mode_becomes_rgb_uint8(mode):
+    out = load_image(Image.new(mode, (3, 2)))
+    assert out.shape == (2, 3, 3) and out.dtype == np.uint8 and out.flags["C_CONTIGUOUS"]

@@ -95,7 +95,10 @@ def _from_pil(img: Image.Image, what: str) -> np.ndarray:
         rgba = np.asarray(img.convert("RGBA"))
         return _composite_on_white(rgba)
     if mode != "RGB":
-        img = img.convert("RGB")
+        try:
+            img = img.convert("RGB")
+        except (ValueError, OSError) as e:
+            raise ImageInputError(f"{what} has colour mode {mode!r}, which cannot be converted to RGB ({e})") from None
     return np.ascontiguousarray(np.asarray(img, dtype=np.uint8))
 
 
