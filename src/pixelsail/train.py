@@ -1,0 +1,643 @@
+"""One training loop for one CPU process or N processes under ``torchrun`` (DDP or FSDP2).
+
+``train(run, resume=...)`` builds the model and the data stream, then repeats: ``grad_accum`` micro-batches ->
+clip -> AdamW -> warm-up/cosine schedule. It writes into ``run.train.output_dir``::
+
+    run.yaml                the resolved RunConfig
+    metrics.jsonl           one line per log step: every loss component, lr, samples/s, peak memory
+    checkpoints/step-N/     model/ (safetensors), optimizer.pt, rng_rank{r}.pt, trainer_state.json (written last)
+    model/                  the final model (at normal completion)
+    loss_curves.png         the loss curves (at exit)
+
+Checkpoints are written to a temporary directory, fsynced and renamed, so a crash never leaves a half-written
+``step-N``; ``resume=True`` continues from the newest one: same weights, optimizer, schedule, data position and
+RNG states, hence (in fp32 on CPU) the same loss curve as a run that was never interrupted.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import math
+import os
+import random
+import re
+import resource
+import shutil
+import signal
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from pixelsail.config import RunConfig, save_yaml
+from pixelsail.data.mixture import BatchStream, Mixture, MixtureSampler, SamplerState, micro_batches
+
+log = logging.getLogger("pixelsail.train")
+
+CHECKPOINT_RE = re.compile(r"^step-(\d+)$")
+STATE_FILE = "trainer_state.json"   # written last: its presence marks a complete checkpoint
+GROUP_BATCHES = 16                  # steps per length-grouping window
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# processes and devices
+
+
+@dataclass
+class DistEnv:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return dist.is_available() and dist.is_initialized()
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+
+def init_distributed() -> DistEnv:
+    """Join the ``torchrun`` process group if launched by it (nccl on GPU, gloo on CPU); else one process."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return DistEnv(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local)
+        device, backend = torch.device("cuda", local), "nccl"
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend)
+    return DistEnv(rank, world, local, device)
+
+
+def _shard_units(model: nn.Module) -> list[nn.Module]:
+    """Submodules FSDP shards one by one: instances of the classes HF models list in ``_no_split_modules``."""
+    names: set[str] = set()
+    for m in model.modules():
+        names.update(getattr(m, "_no_split_modules", None) or [])
+    return [m for m in model.modules() if type(m).__name__ in names and m is not model]
+
+
+def wrap_model(model: nn.Module, env: DistEnv, parallel: str) -> nn.Module:
+    """DDP or FSDP2 when distributed; the model itself otherwise. FSDP2 shards ``model`` in place."""
+    if not env.distributed:
+        return model
+    if parallel == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [env.device.index] if env.device.type == "cuda" else None
+        # the model keeps every parameter in the graph of every batch (PixelSail adds 0 * sum(params))
+        return DistributedDataParallel(model, device_ids=ids)
+    if parallel == "fsdp":
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = init_device_mesh(env.device.type, (env.world_size,))
+        for unit in _shard_units(model):
+            fully_shard(unit, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        return model
+    raise ValueError(f"train.parallel must be 'ddp' or 'fsdp', got {parallel!r}")
+
+
+def _grad_sync(wrapped: nn.Module, parallel: str, sync: bool):
+    """Context for one micro-step: skip the gradient all-reduce on all but the last micro-step."""
+    if hasattr(wrapped, "no_sync"):                       # DDP
+        return nullcontext() if sync else wrapped.no_sync()
+    if hasattr(wrapped, "set_requires_gradient_sync"):    # FSDP2
+        wrapped.set_requires_gradient_sync(sync)
+    return nullcontext()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# optimisation
+
+
+def build_optimizer(model: nn.Module, lr: float, betas: tuple[float, float], weight_decay: float
+                    ) -> torch.optim.AdamW:
+    """AdamW; no weight decay on norms, biases (every tensor with < 2 dims) and embedding tables."""
+    embedding_params = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or id(p) in embedding_params else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=tuple(betas))
+
+
+def lr_factor(step: int, max_steps: int, warmup_ratio: float) -> float:
+    """Multiplier of the peak lr at optimizer step ``step`` (0-based): linear warm-up, then cosine to 0."""
+    warmup = max(1, math.ceil(warmup_ratio * max_steps)) if warmup_ratio > 0 else 0
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, max_steps - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def list_checkpoints(ckpt_root: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints (those with a trainer state file), oldest first."""
+    out = []
+    if ckpt_root.is_dir():
+        for p in ckpt_root.iterdir():
+            m = CHECKPOINT_RE.match(p.name)
+            if m and p.is_dir() and (p / STATE_FILE).is_file():
+                out.append((int(m.group(1)), p))
+    return sorted(out)
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    found = list_checkpoints(Path(output_dir) / "checkpoints")
+    return found[-1][1] if found else None
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            with open(os.path.join(dirpath, name), "rb") as f:
+                os.fsync(f.fileno())
+        _fsync_dir(Path(dirpath))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Make ``tmp`` appear as ``final`` in one rename (an older ``final`` is moved aside, then deleted)."""
+    _fsync_tree(tmp)
+    old = None
+    if final.exists():
+        old = final.with_name(f".old-{final.name}-{os.getpid()}")
+        os.replace(final, old)
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _state_dict_options():
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def _without_aliases(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop the second name of tied parameters (safetensors refuses shared tensors)."""
+    first_name: dict[int, str] = {}
+    drop = set()
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in first_name:
+            drop.add(name)
+        else:
+            first_name[id(p)] = name
+    return {k: v.contiguous() for k, v in state.items() if k not in drop}
+
+
+def save_model_dir(model: nn.Module, full_state: dict[str, torch.Tensor], path: Path, sharded: bool) -> None:
+    """A loadable model directory: ``model.save_pretrained`` when it can see the weights, else bare safetensors."""
+    save = getattr(model, "save_pretrained", None)
+    if save is not None and not sharded:
+        save(str(path))
+        return
+    if save is not None and "state_dict" in inspect.signature(save).parameters:
+        save(str(path), state_dict=full_state)
+        return
+    from safetensors.torch import save_file
+
+    path.mkdir(parents=True, exist_ok=True)
+    save_file(_without_aliases(model, full_state), str(path / "model.safetensors"))
+
+
+def load_model_weights(raw: nn.Module, wrapped: nn.Module, path: Path) -> None:
+    """Load every ``*.safetensors`` under ``path`` into the model (``wrapped``: itself, DDP or FSDP-sharded)."""
+    from safetensors.torch import load_file
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{path}: no *.safetensors weights in this checkpoint")
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        state.update(load_file(str(f)))
+    result = set_model_state_dict(wrapped, state,
+                                  options=StateDictOptions(full_state_dict=True, cpu_offload=True, strict=False))
+    aliases: dict[int, set[str]] = {}
+    for name, p in raw.named_parameters(remove_duplicate=False):
+        aliases.setdefault(id(p), set()).add(name)
+    loaded_via_alias = {n for names in aliases.values() if len(names) > 1 and names & state.keys() for n in names}
+    missing = [k for k in result.missing_keys if k not in loaded_via_alias]
+    if missing or result.unexpected_keys:
+        raise ValueError(f"{path}: weights do not match the model: missing {missing[:8]}, "
+                         f"unexpected {list(result.unexpected_keys)[:8]}")
+
+
+def _rng_state() -> dict[str, Any]:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(output_dir: Path, step: int, raw: nn.Module, wrapped: nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: Any, trainer_state: dict[str, Any], env: DistEnv, sharded: bool,
+                    keep_last: int) -> Path:
+    """Collective: every rank must call it. Rank 0 writes the shared files, every rank its RNG state."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    root = output_dir / "checkpoints"
+    final = root / f"step-{step:08d}"
+    tmp = root / f".tmp-step-{step:08d}"
+    if env.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    env.barrier()
+    torch.save(_rng_state(), tmp / f"rng_rank{env.rank}.pt")
+    options = _state_dict_options()
+    model_state = get_model_state_dict(wrapped, options=options)
+    optim_state = get_optimizer_state_dict(wrapped, optimizer, options=options)
+    env.barrier()
+    if env.is_main:
+        save_model_dir(raw, model_state, tmp / "model", sharded)
+        torch.save(optim_state, tmp / "optimizer.pt")
+        state = dict(trainer_state, step=step, scheduler=scheduler.state_dict(), world_size=env.world_size)
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
+        _publish(tmp, final)
+        for _, old in list_checkpoints(root)[:-keep_last] if keep_last > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    env.barrier()
+    return final
+
+
+def load_checkpoint(path: Path, raw: nn.Module, wrapped: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                    env: DistEnv) -> dict[str, Any]:
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+    state = json.loads((path / STATE_FILE).read_text())
+    load_model_weights(raw, wrapped, path / "model")
+    optim_state = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+    set_optimizer_state_dict(wrapped, optimizer, optim_state, options=_state_dict_options())
+    scheduler.load_state_dict(state["scheduler"])
+    rng_file = path / f"rng_rank{env.rank}.pt"
+    if rng_file.is_file():
+        _set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=True))
+    else:
+        log.warning("%s: no RNG state for rank %d (saved with world size %s); reseeding", path, env.rank,
+                    state.get("world_size"))
+        _seed_all(state["seed"] + env.rank + state["step"])
+    return state
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# progress and metrics
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+class MetricsLog:
+    """``metrics.jsonl`` (one record per log step) and, when installed and asked for, TensorBoard."""
+
+    def __init__(self, output_dir: Path, resume_step: int | None, tensorboard: bool):
+        self.path = output_dir / "metrics.jsonl"
+        if resume_step is None:
+            self.path.write_text("")
+        elif self.path.exists():   # forget steps logged after the checkpoint we resume from
+            keep = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["step"] <= resume_step]
+            self.path.write_text("".join(ln + "\n" for ln in keep))
+        self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(output_dir / "tensorboard"))
+            except ImportError:
+                log.warning("train.tensorboard is on but the tensorboard package is not installed; skipping it")
+
+    def write(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, record["step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    return [json.loads(ln) for ln in Path(path).read_text().splitlines() if ln.strip()]
+
+
+def plot_loss_curves(metrics_path: Path, png_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_metrics(metrics_path)
+    if not records:
+        return
+    steps = [r["step"] for r in records]
+    names = ["loss"] + sorted({k[len("loss/"):] for r in records for k in r if k.startswith("loss/")})
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for name in names:
+        key = "loss" if name == "loss" else f"loss/{name}"
+        ax.plot(steps, [r.get(key, float("nan")) for r in records], label=name, lw=2 if name == "loss" else 1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    lr_ax = ax.twinx()
+    lr_ax.plot(steps, [r["lr"] for r in records], color="grey", ls="--", lw=1, label="lr")
+    lr_ax.set_ylabel("lr")
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=110)
+    plt.close(fig)
+
+
+class _Interval:
+    """Loss sums since the last log step, averaged over micro-steps and then over ranks when logged."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+        self.steps = 0
+        self.start = time.perf_counter()
+
+    def add(self, name: str, value: float) -> None:
+        self.sums[name] = self.sums.get(name, 0.0) + value
+        self.counts[name] = self.counts.get(name, 0) + 1
+
+    def reduce(self, env: DistEnv) -> tuple[dict[str, float], float]:
+        """Mean of each loss over micro-steps of all ranks; peak RSS (MB) over ranks."""
+        local = (self.sums, self.counts, peak_rss_mb())
+        gathered = [local]
+        if env.distributed:
+            gathered = [None] * env.world_size
+            dist.all_gather_object(gathered, local)
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        for s, c, _ in gathered:
+            for k in s:
+                sums[k] = sums.get(k, 0.0) + s[k]
+                counts[k] = counts.get(k, 0) + c[k]
+        return {k: sums[k] / counts[k] for k in sums}, max(g[2] for g in gathered)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the loop
+
+
+class _StopRequest:
+    """SIGTERM / first Ctrl-C ask the loop to save and stop after the current step (a second Ctrl-C aborts)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        if signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def __enter__(self) -> "_StopRequest":
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:   # not the main thread
+                pass
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def agreed(self, env: DistEnv) -> bool:
+        """True on every rank if any rank was asked to stop (ranks must leave the loop at the same step)."""
+        if not env.distributed:
+            return self.requested
+        flag = torch.tensor([1.0 if self.requested else 0.0], device=env.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _default_build(run: RunConfig) -> nn.Module:
+    from pixelsail.model import build_model
+
+    return build_model(run.model, init_from=run.train.init_from, tokenizer=run.train.tokenizer)
+
+
+@dataclass
+class TrainSummary:
+    output_dir: str
+    steps: int
+    final_loss: float | None
+    samples_per_s: float
+    peak_rss_mb: float
+    peak_gpu_mb: float | None
+    wall_s: float
+    checkpoint: str | None
+    stopped_early: bool
+    losses: dict[str, float] = field(default_factory=dict)
+
+
+def train(run: RunConfig, *, resume: bool, build: Callable[[RunConfig], nn.Module] | None = None,
+          keep_last: int = 2) -> TrainSummary:
+    """Train ``run`` (see the module docstring). ``build`` makes the model (default: ``pixelsail.model.build_model``)."""
+    tc = run.train
+    if tc.precision not in ("bf16", "fp32"):
+        raise ValueError(f"train.precision must be 'bf16' or 'fp32', got {tc.precision!r}")
+    if tc.max_steps < 1 or tc.batch_size < 1 or tc.grad_accum < 1:
+        raise ValueError("train.max_steps, train.batch_size and train.grad_accum must be >= 1")
+    env = init_distributed()
+    out_dir = Path(tc.output_dir)
+    ckpt = latest_checkpoint(out_dir) if resume else None
+    if not resume and latest_checkpoint(out_dir) is not None:
+        raise FileExistsError(f"{out_dir} already holds checkpoints; pass --resume to continue it or choose "
+                              f"another train.output_dir")
+    env.barrier()
+    if env.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_yaml(run, out_dir / "run.yaml")
+
+    _seed_all(tc.seed)                      # identical initial weights on every rank
+    model = (build or _default_build)(run)
+    processor = model.processor
+    if tc.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
+        model.gradient_checkpointing_enable()
+    model.to(env.device)
+    sharded = env.distributed and tc.parallel == "fsdp"
+    wrapped = wrap_model(model, env, tc.parallel)
+    model.train()
+    optimizer = build_optimizer(model, tc.lr, tc.betas, tc.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, tc.max_steps, tc.warmup_ratio))
+    _seed_all(tc.seed + 1000 * env.rank + 1)
+
+    global_batch = tc.batch_size * env.world_size * tc.grad_accum
+    start_step, sampler_state = 0, SamplerState()
+    if ckpt is not None:
+        state = load_checkpoint(ckpt, model, wrapped, optimizer, scheduler, env)
+        if state["global_batch"] != global_batch:
+            raise ValueError(f"{ckpt}: saved with global batch {state['global_batch']}, this run has "
+                             f"{global_batch} (batch_size x world_size x grad_accum); they must match to resume")
+        start_step, sampler_state = state["step"], SamplerState(state["epoch"], state["epoch_step"])
+        if env.is_main:
+            log.info("resuming from %s (step %d)", ckpt, start_step)
+    elif resume and env.is_main:
+        log.warning("--resume: no checkpoint in %s, starting from scratch", out_dir / "checkpoints")
+
+    mixture = Mixture.from_config(run.data)
+    sampler = MixtureSampler(mixture, global_batch, tc.seed)
+    stream = BatchStream(sampler, processor, processor.collate, rank=env.rank, world_size=env.world_size,
+                         grad_accum=tc.grad_accum, group_batches=GROUP_BATCHES, length_grouped=tc.length_grouped,
+                         start=sampler_state)
+    metrics = MetricsLog(out_dir, start_step if ckpt is not None else None, tc.tensorboard) if env.is_main else None
+    autocast = torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")
+
+    def trainer_state() -> dict[str, Any]:
+        return {"epoch": sampler_state.epoch, "epoch_step": sampler_state.step, "global_batch": global_batch,
+                "seed": tc.seed}
+
+    bar = None
+    if env.is_main:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=tc.max_steps, initial=start_step, desc="train", dynamic_ncols=True)
+    step, last_saved, last_record = start_step, start_step if ckpt is not None else -1, None
+    interval, t0, samples_done = _Interval(), time.perf_counter(), 0
+    steps_iter: Iterator = micro_batches(stream, run.data.num_workers, tc.seed)
+    stopped = False
+    try:
+        with _StopRequest() as stop:
+            while step < tc.max_steps:
+                sampler_state, mbs = next(steps_iter)
+                for a, mb in enumerate(mbs):
+                    mb = _to_device(mb, env.device)
+                    with _grad_sync(wrapped, tc.parallel, a == len(mbs) - 1):
+                        with autocast:
+                            out = wrapped(**mb)
+                        (out.loss / len(mbs)).backward()
+                    interval.add("loss", float(out.loss.detach()))
+                    for name, value in (out.losses or {}).items():
+                        interval.add(f"loss/{name}", float(value.detach() if torch.is_tensor(value) else value))
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+                lr = optimizer.param_groups[0]["lr"]
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                interval.steps += 1
+                samples_done += global_batch
+
+                if step % tc.log_every == 0 or step == tc.max_steps:
+                    losses, rss = interval.reduce(env)
+                    elapsed = time.perf_counter() - interval.start
+                    if hasattr(grad_norm, "full_tensor"):
+                        grad_norm = grad_norm.full_tensor()
+                    record = {"step": step, **losses, "lr": lr, "grad_norm": float(grad_norm),
+                              "samples_per_s": interval.steps * global_batch / max(elapsed, 1e-9),
+                              "peak_rss_mb": rss, "epoch": sampler_state.epoch}
+                    if env.device.type == "cuda":
+                        record["peak_gpu_mb"] = torch.cuda.max_memory_allocated(env.device) / 2**20
+                    last_record = record
+                    if metrics is not None:
+                        metrics.write(record)
+                        bar.set_postfix(loss=f"{losses['loss']:.4f}", lr=f"{lr:.2e}",
+                                        sps=f"{record['samples_per_s']:.1f}")
+                    interval.reset()
+                if bar is not None:
+                    bar.update(1)
+                if stop.agreed(env):
+                    stopped = True
+                    break
+                if tc.save_every > 0 and step % tc.save_every == 0 and step < tc.max_steps:
+                    save_checkpoint(out_dir, step, model, wrapped, optimizer, scheduler, trainer_state(), env, sharded,
+                                    keep_last)
+                    last_saved = step
+    finally:
+        if bar is not None:
+            bar.close()
+    if step != last_saved:
+        save_checkpoint(out_dir, step, model, wrapped, optimizer, scheduler, trainer_state(), env, sharded, keep_last)
+    final_ckpt = latest_checkpoint(out_dir)
+    if not stopped and step >= tc.max_steps:
+        _export_final(out_dir, wrapped, model, env, sharded)
+    if metrics is not None:
+        metrics.close()
+        plot_loss_curves(metrics.path, out_dir / "loss_curves.png")
+    wall = time.perf_counter() - t0
+    summary = TrainSummary(
+        output_dir=str(out_dir), steps=step, final_loss=last_record["loss"] if last_record else None,
+        samples_per_s=samples_done / max(wall, 1e-9), peak_rss_mb=peak_rss_mb(),
+        peak_gpu_mb=torch.cuda.max_memory_allocated(env.device) / 2**20 if env.device.type == "cuda" else None,
+        wall_s=wall, checkpoint=str(final_ckpt) if final_ckpt else None, stopped_early=stopped,
+        losses={k: v for k, v in (last_record or {}).items() if k.startswith("loss")})
+    env.barrier()
+    return summary
+
+
+def _export_final(out_dir: Path, wrapped: nn.Module, model: nn.Module, env: DistEnv, sharded: bool) -> None:
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    state = get_model_state_dict(wrapped, options=_state_dict_options())
+    if env.is_main:
+        tmp = out_dir / ".tmp-model"
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_model_dir(model, state, tmp, sharded)
+        _publish(tmp, out_dir / "model")
+    env.barrier()
