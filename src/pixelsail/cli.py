@@ -10,6 +10,7 @@ app = typer.Typer(help="Pixel-SAIL: one transformer for pixel-grounded understan
 
 # modules in pixelsail.commands that define ``register(app: typer.Typer) -> None``
 COMMAND_MODULES: list[str] = [
+    "train",
     "evaluate",
     "shapes",
     "data",
