@@ -11,9 +11,11 @@ app = typer.Typer(help="Pixel-SAIL: one transformer for pixel-grounded understan
 # modules in pixelsail.commands that define ``register(app: typer.Typer) -> None``
 COMMAND_MODULES: list[str] = [
     "train",
-    "evaluate",
     "shapes",
+    "evaluate",
     "data",
+    "use",
+    "experts",
 ]
 
 
