@@ -74,12 +74,13 @@ def test_scene_labels_by_hand():
 
 
 def test_shapes_expert_beats_trivial_baseline(one_thread):
-    cfg = ShapesExpertConfig.for_shapes_world(**TINY)
-    model, summary = train_shapes_expert(steps=60, batch_size=8, lr=1e-2, config=cfg, eval_scenes=32)
+    cfg = ShapesExpertConfig.for_shapes_world(pixel_channels=16, image_channels=32, image_size=64)
+    model, summary = train_shapes_expert(steps=80, batch_size=8, lr=1e-2, config=cfg, eval_scenes=32)
     val = summary["val"]
     # the majority class (background) is right on ~80% of pixels; on object pixels the commonest colour on ~23%
+    # (measured after these 80 steps: 0.87 of object pixels get their colour right)
     assert val["color_acc"] > val["color_baseline_acc"] + 0.05
-    assert val["color_object_acc"] > val["color_object_baseline_acc"] + 0.3
+    assert val["color_object_acc"] > val["color_object_baseline_acc"] + 0.4
     feats = model.features(torch.zeros(2, 3, 64, 96))
     assert feats["pixel"].shape == (2, 16, 16, 24) and feats["image"].shape == (2, 32, 4, 6)
 

@@ -19,21 +19,27 @@ def _fail(message: str) -> None:
 @expert_app.command("train-shapes")
 def train_shapes_command(
     out: Path = typer.Option(..., "--out", help="directory for model.safetensors, config.json, training.json"),
-    steps: int = typer.Option(600, "--steps", min=1, help="optimizer steps (fresh scenes every step)"),
+    steps: int = typer.Option(500, "--steps", min=1, help="optimizer steps (fresh scenes every step)"),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
-    lr: float = typer.Option(3e-3, "--lr"),
+    lr: float = typer.Option(1e-2, "--lr"),
     seed: int = typer.Option(0, "--seed"),
     image_size: int = typer.Option(128, "--image-size", min=32, help="scene size the expert is trained on"),
     eval_scenes: int = typer.Option(128, "--eval-scenes", min=1, help="val scenes for the accuracy report"),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1,
+                                          help="torch CPU threads (1 is fastest on a machine busy with other jobs)"),
 ) -> None:
     """Train the shapes-world segmentation expert and report its per-pixel val accuracy."""
     import torch
     from tqdm import tqdm
 
+    if threads is not None:
+        torch.set_num_threads(threads)
+
     from pixelsail.experts.shapes_expert import ShapesExpertConfig, train_shapes_expert
 
     command = (f"pixelsail expert train-shapes --out {out} --steps {steps} --batch-size {batch_size} --lr {lr} "
-               f"--seed {seed} --image-size {image_size} --eval-scenes {eval_scenes}")
+               f"--seed {seed} --image-size {image_size} --eval-scenes {eval_scenes}"
+               + (f" --threads {threads}" if threads is not None else ""))
     bar = tqdm(total=steps, desc="train-shapes", unit="step", dynamic_ncols=True)
 
     def progress(step: int, loss: float) -> None:
@@ -156,5 +162,7 @@ def distill_cache_command(
 
 
 def register(app: typer.Typer) -> None:
+    import pixelsail.experts.cache  # noqa: F401  registers the "distilled" dataset for `pixelsail train` configs
+
     app.add_typer(expert_app, name="expert")
     app.command("distill-cache")(distill_cache_command)

@@ -162,6 +162,7 @@ def build_cache(teacher: Teacher, images: Iterable[tuple[str, np.ndarray]], out_
     names = list(teacher.names)
     settings = {"teacher": teacher.describe() if hasattr(teacher, "describe") else type(teacher).__name__,
                 "names": names, "dtype": dtype, "data": data}
+    settings = json.loads(json.dumps(settings))   # compared with the stored index, so in its JSON form
     writer = _CacheWriter(Path(out_dir), settings)
     channels: dict[str, int] = dict(writer.index.get("channels", {}))
     batch_size = max(1, int(getattr(teacher, "batch_size", 8)))

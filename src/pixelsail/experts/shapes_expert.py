@@ -264,7 +264,7 @@ def evaluate_expert(model: ShapesExpert, *, split: str = "val", n_scenes: int = 
     return report
 
 
-def train_shapes_expert(*, steps: int = 600, batch_size: int = 16, lr: float = 3e-3, seed: int = 0,
+def train_shapes_expert(*, steps: int = 500, batch_size: int = 16, lr: float = 1e-2, seed: int = 0,
                         config: ShapesExpertConfig | None = None, eval_scenes: int = 128,
                         progress: Callable[[int, float], None] | None = None) -> tuple[ShapesExpert, dict]:
     """Train on fresh ``train``-split scenes (never repeated), AdamW + warm-up + cosine; evaluate on ``val``.
