@@ -497,7 +497,7 @@ class TrainSummary:
 
 def train(run: RunConfig, *, resume: bool, build: Callable[[RunConfig], nn.Module] | None = None,
           keep_last: int = 2) -> TrainSummary:
-    """Train ``run`` (see the module docstring). ``build`` makes the model (default: ``pixelsail.model.build_model``)."""
+    """Train ``run`` (see the module docstring); ``build(run)`` makes the model (default: ``build_model``)."""
     tc = run.train
     if tc.precision not in ("bf16", "fp32"):
         raise ValueError(f"train.precision must be 'bf16' or 'fp32', got {tc.precision!r}")

@@ -197,7 +197,8 @@ class BatchStream(IterableDataset):
         self.start = start or SamplerState()
         micro_batch_indices(list(range(sampler.global_batch)), rank, world_size, grad_accum)  # validates split
 
-    def window_bounds(self, epoch: int, window: int) -> tuple[int, int]:
+    def window_bounds(self, window: int) -> tuple[int, int]:
+        """[first, end) steps of window ``window`` of an epoch (the last window of an epoch may be short)."""
         first = window * self.group_batches
         return first, min(first + self.group_batches, self.sampler.steps_per_epoch)
 
@@ -206,14 +207,15 @@ class BatchStream(IterableDataset):
         epoch, step = self.start.epoch, self.start.step
         while True:
             window = step // self.group_batches
-            first, end = self.window_bounds(epoch, window)
+            first, end = self.window_bounds(window)
             yield epoch, first, end, step - first
             step = end
             if step >= self.sampler.steps_per_epoch:
                 epoch, step = epoch + 1, 0
 
     def _process_one(self, epoch: int, index: int) -> dict:
-        with seeded_rng(hash((self.sampler.seed, epoch, index)) & 0x7FFFFFFF):
+        seed = int(np.random.SeedSequence([self.sampler.seed, epoch, index]).generate_state(1)[0])
+        with seeded_rng(seed):
             try:
                 return self.process(self.sampler.mixture[index])
             except Exception as e:
