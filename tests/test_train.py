@@ -390,3 +390,26 @@ def test_trains_and_resumes_the_real_tiny_pixelsail_on_shapes(tmp_path):
     image = np.zeros((64, 64, 3), dtype=np.uint8)
     resp = model.respond(model.prefill_image(image), "Please segment the red circle.", max_new_tokens=4)
     assert isinstance(resp.text, str)
+
+
+def test_shipped_recipe_loads_and_builds_its_mixture():
+    from pixelsail.config import load_yaml
+
+    run = load_yaml(Path(__file__).parents[1] / "configs" / "shapes-tiny.yaml", RunConfig)
+    assert [d.name for d in run.data.datasets] == ["shapes"] and run.train.batch_size == 16
+    mixture = Mixture.from_config(run.data)
+    assert mixture.epoch_size() == run.data.datasets[0].args["size"]
+    assert mixture[0].task in run.data.datasets[0].args["tasks"]
+
+
+def test_train_command_reports_bad_configs_clearly(tmp_path):
+    from typer.testing import CliRunner
+
+    from pixelsail.cli import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", str(tmp_path / "missing.yaml")])
+    assert result.exit_code == 2 and "does not exist" in result.output
+    cfg = write_config(toy_run(tmp_path / "run"), tmp_path / "run.yaml")
+    result = runner.invoke(app, ["train", str(cfg), "train.no_such_field=1"])
+    assert result.exit_code == 2 and "no_such_field" in result.output

@@ -591,7 +591,8 @@ def train(run: RunConfig, *, resume: bool, build: Callable[[RunConfig], nn.Modul
                         grad_norm = grad_norm.full_tensor()
                     record = {"step": step, **losses, "lr": lr, "grad_norm": float(grad_norm),
                               "samples_per_s": interval.steps * global_batch / max(elapsed, 1e-9),
-                              "peak_rss_mb": rss, "epoch": sampler_state.epoch}
+                              "peak_rss_mb": rss, "epoch": sampler_state.epoch,
+                              "time_s": time.perf_counter() - t0}
                     if env.device.type == "cuda":
                         record["peak_gpu_mb"] = torch.cuda.max_memory_allocated(env.device) / 2**20
                     last_record = record
