@@ -335,9 +335,6 @@ def test_a_tiny_model_trains_on_a_mixture_of_every_format(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="PixelSail.forward stacks the per-image mask features of a batch (model/pixelsail.py, "
-                          "torch.stack over [SEG] tokens), which fails when images of one batch differ in size")
 def test_a_tiny_model_trains_on_images_of_different_sizes_with_refer_data(tmp_path):
     from pixelsail.data.export import GREFER_DIR, IMAGE_DIR, REFER_DIR, export_shapes
 

@@ -13,7 +13,7 @@ def tiny_tokenizer_corpus() -> list[str]:
     """Text the built-in tokenizer is trained on: the shapes world's vocabulary plus the chat layout."""
     from pixelsail.data.shapes import shapes_text_corpus
 
-    texts = list(shapes_text_corpus(4000))
+    texts = list(shapes_text_corpus(500))
     texts += [user_turn(t) + assistant_turn(t) for t in texts[:200]]
     return texts
 

@@ -196,20 +196,20 @@ class PixelSail(nn.Module):
         num_masks = sum(int(m.shape[0]) for m in masks)
         touch = sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0  # every parameter in the graph (DDP)
         if num_masks:
-            seg_b, seg_t = seg.nonzero(as_tuple=True)
             counts = seg.sum(dim=1).tolist()
             for i, m in enumerate(masks):
                 if counts[i] != m.shape[0]:
                     raise ValueError(f"sample {i}: {counts[i]} [SEG] tokens in the answer but {m.shape[0]} masks")
-            queries = self.seg_query(hidden[seg_b, seg_t])
-            feats = torch.stack([features[int(j)] for j in seg_b.tolist()])
-            logits_m = mask_logits(queries, feats)
-            targets = [m.to(dev) for m in masks if m.shape[0]]
+            seg_b, seg_t = seg.nonzero(as_tuple=True)
+            queries = self.seg_query(hidden[seg_b, seg_t])  # (M, mask_dim), ordered by sample then position
             bce_sum, dice_sum = 0.0, 0.0
             offset = 0
-            for tgt in targets:  # per image: targets of one image share a resolution
+            for i, tgt in enumerate(masks):  # per image: its queries, its features, its target resolution
                 k = tgt.shape[0]
-                bce, dice = mask_losses(logits_m[offset:offset + k], tgt, num_points=self.config.mask_num_points,
+                if k == 0:
+                    continue
+                logits_i = mask_logits(queries[offset:offset + k], features[i][None].expand(k, -1, -1, -1))
+                bce, dice = mask_losses(logits_i, tgt.to(dev), num_points=self.config.mask_num_points,
                                         oversample=self.config.mask_oversample_ratio,
                                         importance=self.config.mask_importance_ratio, num_masks=num_masks)
                 bce_sum, dice_sum = bce_sum + bce, dice_sum + dice

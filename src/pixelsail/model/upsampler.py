@@ -1,36 +1,54 @@
-"""Learnable upsampling of the stride-P vision-token map to per-pixel mask features (PAPER.md, improvement 1)."""
+"""Learnable upsampling of the stride-P vision-token map to per-pixel mask features (PAPER.md, improvement 1).
+
+Each layer is written as the matrix multiply it is, on channels-last maps: a kernel-2 stride-2 transposed conv is a
+per-pixel Linear(C -> 4C) followed by a 2x2 pixel shuffle, a 1x1 conv is a per-pixel Linear, and the depth-wise 3x3
+conv is nine shifted multiply-adds. Same maths as the conv layers, but it runs at matmul speed: on our CPUs the
+oneDNN convolutions were 7-13x slower than these under bf16 autocast.
+"""
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
-class ChannelLayerNorm(nn.Module):
-    """LayerNorm over the channel axis of a (B, C, H, W) map."""
-
-    def __init__(self, channels: int, eps: float = 1e-6):
-        super().__init__()
-        self.norm = nn.LayerNorm(channels, eps=eps)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-
-
-class UpsampleStep(nn.Module):
-    """x2: transposed conv (k2, s2) -> GELU -> depth-wise 3x3 -> point-wise 1x1 -> channel LayerNorm."""
+class DepthwiseConv3x3(nn.Module):
+    """A per-channel 3x3 convolution with zero padding on a (B, H, W, C) map."""
 
     def __init__(self, channels: int):
         super().__init__()
-        self.up = nn.ConvTranspose2d(channels, channels, kernel_size=2, stride=2)
-        self.act = nn.GELU()
-        self.depthwise = nn.Conv2d(channels, channels, kernel_size=3, padding=1, groups=channels)
-        self.pointwise = nn.Conv2d(channels, channels, kernel_size=1)
-        self.norm = ChannelLayerNorm(channels)
+        self.weight = nn.Parameter(torch.empty(3, 3, channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        nn.init.uniform_(self.weight, -1 / 3, 1 / 3)  # conv2d's default bound for fan_in = 9
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.pointwise(self.depthwise(self.act(self.up(x)))))
+        _, h, w, _ = x.shape
+        padded = F.pad(x, (0, 0, 1, 1, 1, 1))  # (B, H+2, W+2, C)
+        out = self.bias.to(x.dtype).expand_as(x)
+        for dy in range(3):
+            for dx in range(3):
+                out = out + padded[:, dy:dy + h, dx:dx + w] * self.weight[dy, dx].to(x.dtype)
+        return out
+
+
+class UpsampleStep(nn.Module):
+    """x2: transposed conv (k2, s2) -> GELU -> depth-wise 3x3 -> point-wise 1x1 -> LayerNorm over channels."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.up = nn.Linear(channels, 4 * channels)
+        self.act = nn.GELU()
+        self.depthwise = DepthwiseConv3x3(channels)
+        self.pointwise = nn.Linear(channels, channels)
+        self.norm = nn.LayerNorm(channels, eps=1e-6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, h, w, c = x.shape
+        # (B, H, W, 4C) -> (B, H, W, 2, 2, C) -> (B, H, 2, W, 2, C) -> (B, 2H, 2W, C)
+        x = self.up(x).view(b, h, w, 2, 2, c).permute(0, 1, 3, 2, 4, 5).reshape(b, 2 * h, 2 * w, c)
+        return self.norm(self.pointwise(self.depthwise(self.act(x))))
 
 
 class MaskFeatures(nn.Module):
@@ -49,11 +67,11 @@ class MaskFeatures(nn.Module):
         else:
             steps = 0
         width = min(hidden_size, max_width)
-        self.pre = nn.Conv2d(hidden_size, width, kernel_size=1, bias=False) if width != hidden_size else nn.Identity()
+        self.pre = nn.Linear(hidden_size, width, bias=False) if width != hidden_size else nn.Identity()
         self.steps = nn.Sequential(*[UpsampleStep(width) for _ in range(steps)])
         self.mlp = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, mask_dim))
         self.stride = patch_size // (2 ** steps)
 
     def forward(self, grid: torch.Tensor) -> torch.Tensor:
-        x = self.steps(self.pre(grid))
-        return self.mlp(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        x = self.steps(self.pre(grid.permute(0, 2, 3, 1)))  # channels-last (B, h, w, C)
+        return self.mlp(x).permute(0, 3, 1, 2)
