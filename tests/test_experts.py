@@ -97,6 +97,15 @@ def test_expert_save_load_and_teacher_shapes(expert_dir, tmp_path):
     assert out[1]["pixel"].shape == (16, 16, 16) and out[1]["image"].shape == (32, 4, 4)
     assert out[0]["pixel"].dtype == np.float32
     np.testing.assert_allclose(teacher(wide)["pixel"], out[0]["pixel"], atol=1e-5)
+    with pytest.raises(TeacherError, match=r"image 1: expected an \(H, W, 3\) uint8 array, got \(8, 8\)"):
+        teacher.encode_batch([wide, np.zeros((8, 8), np.uint8)])
+    full = ShapesExpert.load(expert_dir)
+    full.save(tmp_path / "half", fp16=True)
+    half = ShapesExpert.load(tmp_path / "half")
+    assert (tmp_path / "half" / "model.safetensors").stat().st_size < 0.6 * (expert_dir / "model.safetensors").stat().st_size
+    for name, p in half.state_dict().items():
+        assert p.dtype == torch.float32
+        torch.testing.assert_close(p, full.state_dict()[name].half().float(), rtol=0, atol=0)
     (tmp_path / "config.json").write_text(json.dumps({"kind": "pixelsail-shapes-expert"}))
     with pytest.raises(TeacherError, match="model.safetensors"):
         load_teacher(str(tmp_path))
@@ -325,3 +334,37 @@ def test_distill_cache_command_and_distilled_dataset(expert_dir, tmp_path, one_t
     bad = CliRunner().invoke(app, ["distill-cache", "--teacher", str(tmp_path / "none"), "--data", "shapes",
                                    "--out", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "neither" in bad.output
+
+
+def test_cached_features_reach_the_model_distillation_losses(expert_dir, tmp_path, one_thread):
+    from pixelsail.config import DistillConfig, PixelSailConfig
+    from pixelsail.data.shapes import vocabulary_sentences
+    from pixelsail.experts.cache import TeacherFeatureDataset
+    from pixelsail.model import PixelSail
+    from pixelsail.tokenizer import build_tiny_tokenizer
+
+    ds = ShapesDataset("val", size=2, image_size=64, tasks=["res"])
+    build_cache(load_teacher(str(expert_dir)), unique_images([ds]), tmp_path / "c", progress=False)
+    cache = FeatureCache(tmp_path / "c")
+    cfg = PixelSailConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                          intermediate_size=128, mask_dim=32,
+                          distill=DistillConfig(enabled=True, teachers=cache.distill_teachers()))
+    model = PixelSail(cfg, build_tiny_tokenizer(vocabulary_sentences(), vocab_size=cfg.vocab_size,
+                                                num_vp_tokens=cfg.num_vp_tokens))
+    data = TeacherFeatureDataset(ds, CachedTeacherProvider(cache))
+    out = model(**model.processor.collate([model.processor(data[i]) for i in range(len(data))]))
+    assert {"distill_pixel", "distill_image"} <= set(out.losses)
+    assert all(float(out.losses[k]) > 0 for k in ("distill_pixel", "distill_image"))
+
+
+def test_shipped_shapes_expert(one_thread):
+    from pixelsail.experts import SHIPPED_SHAPES_EXPERT
+    from pixelsail.experts.shapes_expert import evaluate_expert
+
+    training = json.loads((SHIPPED_SHAPES_EXPERT / "training.json").read_text())
+    assert training["command"].startswith("pixelsail expert train-shapes") and training["seed"] == 0
+    teacher = load_teacher("shapes")
+    out = teacher(ShapesDataset("val", size=1)[0].image)
+    assert out["pixel"].shape == (32, 32, 32) and out["image"].shape == (64, 8, 8)
+    val = evaluate_expert(teacher.model, split="val", n_scenes=8)
+    assert val["color_object_acc"] > 0.9 and val["shape_object_acc"] > 0.7

@@ -25,6 +25,7 @@ def train_shapes_command(
     seed: int = typer.Option(0, "--seed"),
     image_size: int = typer.Option(128, "--image-size", min=32, help="scene size the expert is trained on"),
     eval_scenes: int = typer.Option(128, "--eval-scenes", min=1, help="val scenes for the accuracy report"),
+    fp16: bool = typer.Option(True, "--fp16/--fp32", help="store the weights in half precision (half the size)"),
     threads: Optional[int] = typer.Option(None, "--threads", min=1,
                                           help="torch CPU threads (1 is fastest on a machine busy with other jobs)"),
 ) -> None:
@@ -35,11 +36,11 @@ def train_shapes_command(
     if threads is not None:
         torch.set_num_threads(threads)
 
-    from pixelsail.experts.shapes_expert import ShapesExpertConfig, train_shapes_expert
+    from pixelsail.experts.shapes_expert import ShapesExpert, ShapesExpertConfig, evaluate_expert, train_shapes_expert
 
     command = (f"pixelsail expert train-shapes --out {out} --steps {steps} --batch-size {batch_size} --lr {lr} "
                f"--seed {seed} --image-size {image_size} --eval-scenes {eval_scenes}"
-               + (f" --threads {threads}" if threads is not None else ""))
+               + ("" if fp16 else " --fp32") + (f" --threads {threads}" if threads is not None else ""))
     bar = tqdm(total=steps, desc="train-shapes", unit="step", dynamic_ncols=True)
 
     def progress(step: int, loss: float) -> None:
@@ -53,8 +54,13 @@ def train_shapes_command(
     finally:
         bar.close()
     summary.update(command=command, torch=torch.__version__, threads=torch.get_num_threads(),
-                   machine=platform.machine())
-    model.save(out, extra=summary)
+                   machine=platform.machine(), weights_dtype="float16" if fp16 else "float32")
+    model.save(out, extra=summary, fp16=fp16)
+    if fp16:   # report the accuracy of the weights as stored
+        model = ShapesExpert.load(out)
+        summary["val_before_fp16"] = summary["val"]
+        summary["val"] = evaluate_expert(model, split="val", n_scenes=eval_scenes, seed=seed)
+        model.save(out, extra=summary, fp16=True)
     _print_accuracy(summary["val"])
     typer.echo(f"saved the shapes expert to {out} ({summary['parameters']} parameters, "
                f"{summary['train_seconds']} s training)")
@@ -153,9 +159,9 @@ def distill_cache_command(
         datasets, described = load_datasets(data, arg)
         if limit is not None:
             described["limit"] = limit
-        total = sum(len(d) for d in datasets)
+        # the number of distinct images is unknown until the data is read (many samples may share one image)
         summary = build_cache(t, unique_images(datasets, limit=limit), out, dtype=dtype, shard_size=shard_size,
-                              data=described, total=min(total, limit) if limit else total)
+                              data=described, total=limit)
     except (TeacherError, CacheError, KeyError, ValueError) as e:
         _fail(str(e))
     typer.echo(json.dumps(summary, indent=1))

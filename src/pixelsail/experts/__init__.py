@@ -101,31 +101,36 @@ class CombinedTeacher(Teacher):
 
 
 def letterbox_batch(images: Sequence[np.ndarray], *, long_side: int | None, pad_multiple: int,
-                    mean: Sequence[float], std: Sequence[float], square: bool = False,
+                    mean: Sequence[float], std: Sequence[float], square: bool = False, stretch: bool = False,
                     ) -> tuple[torch.Tensor, list[tuple[int, int]]]:
     """Resize (optionally), normalise and zero-pad a batch to one size.
 
     long_side:    resize so the long side equals it (aspect kept); ``None`` keeps the pixels as they are.
     pad_multiple: the padded height/width are multiples of it (the network's total stride).
     square:       pad to ``long_side`` x ``long_side`` (encoders with a fixed input size, e.g. SAM).
+    stretch:      resize to ``long_side`` x ``long_side`` without keeping the aspect (SAM2's preprocessing).
     Returns pixel values (B, 3, Hp, Wp) and each image's valid (h, w) inside the padded canvas (top-left).
     """
     if not images:
         raise ValueError("letterbox_batch: empty batch")
+    if (square or stretch) and long_side is None:
+        raise ValueError("square padding and stretching need long_side")
     resized, valid = [], []
     for i, img in enumerate(images):
-        if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-            raise TeacherError(f"image {i}: expected (H, W, 3) uint8, got {img.shape} {img.dtype}")
+        if not isinstance(img, np.ndarray) or img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+            raise TeacherError(f"image {i}: expected an (H, W, 3) uint8 array, got "
+                               f"{getattr(img, 'shape', type(img).__name__)} {getattr(img, 'dtype', '')}")
         h, w = img.shape[:2]
-        if long_side is not None and max(h, w) != long_side:
+        if stretch:
+            h = w = long_side
+        elif long_side is not None and max(h, w) != long_side:
             scale = long_side / max(h, w)
             h, w = max(1, round(h * scale)), max(1, round(w * scale))
+        if (h, w) != img.shape[:2]:
             img = np.asarray(Image.fromarray(img).resize((w, h), Image.BILINEAR))
         resized.append(img)
         valid.append((h, w))
     if square:
-        if long_side is None:
-            raise ValueError("square padding needs long_side")
         hp = wp = math.ceil(long_side / pad_multiple) * pad_multiple
     else:
         hp = math.ceil(max(h for h, _ in valid) / pad_multiple) * pad_multiple

@@ -21,7 +21,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
 from pixelsail.experts import (
     IMAGENET_MEAN, IMAGENET_STD, Teacher, TeacherError, crop_valid, letterbox_batch,
@@ -161,11 +160,8 @@ class Sam2Teacher(_HFTeacher):
                                       self.path)
 
     def _prepare(self, images):
-        s = self.image_size
-        squared = [np.asarray(Image.fromarray(img).resize((s, s), Image.BILINEAR)) if img.shape[:2] != (s, s)
-                   else img for img in images]
-        pixels, _ = letterbox_batch(squared, long_side=None, pad_multiple=1, mean=self.mean, std=self.std)
-        return pixels, [(s, s)] * len(images)
+        return letterbox_batch(images, long_side=self.image_size, pad_multiple=1, stretch=True,
+                               mean=self.mean, std=self.std)
 
     def _forward(self, pixels):
         return self.model.get_image_embeddings(pixel_values=pixels)[-1]

@@ -103,11 +103,15 @@ class ShapesExpert(nn.Module):
 
     # -------------------------------------------------------------------------------------------- save / load
 
-    def save(self, out_dir: str | Path, extra: dict[str, Any] | None = None) -> None:
-        """``model.safetensors`` + ``config.json`` (+ ``training.json`` with ``extra`` when given)."""
+    def save(self, out_dir: str | Path, extra: dict[str, Any] | None = None, *, fp16: bool = False) -> None:
+        """``model.safetensors`` + ``config.json`` (+ ``training.json`` with ``extra`` when given).
+
+        ``fp16`` stores floating-point weights in half precision (half the bytes; :meth:`load` casts back)."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().contiguous() for k, v in self.state_dict().items()}, str(out / "model.safetensors"))
+        state = {k: v.detach().to(torch.float16 if fp16 and v.is_floating_point() else v.dtype).contiguous()
+                 for k, v in self.state_dict().items()}
+        save_file(state, str(out / "model.safetensors"))
         (out / "config.json").write_text(json.dumps({"kind": KIND, **asdict(self.config)}, indent=2) + "\n")
         if extra is not None:
             (out / "training.json").write_text(json.dumps(extra, indent=2) + "\n")
@@ -129,7 +133,10 @@ class ShapesExpert(nn.Module):
             raise TeacherError(f"{cfg_file}: {e}") from None
         model = cls(config)
         try:
-            model.load_state_dict(load_file(str(weights), device=device))
+            reference = model.state_dict()
+            state = {k: v.to(reference[k].dtype) if k in reference else v
+                     for k, v in load_file(str(weights), device=device).items()}
+            model.load_state_dict(state)
         except RuntimeError as e:
             raise TeacherError(f"{weights} does not match {cfg_file}: {e}") from None
         return model.to(device).eval()
