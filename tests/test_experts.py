@@ -145,6 +145,8 @@ def hf_dirs(tmp_path_factory) -> dict[str, Path]:
     Sam2Model(Sam2Config(vision_config=dict(backbone_config=hiera, backbone_channel_list=[128, 64, 32, 16],
                                             backbone_feature_sizes=[[16, 16], [8, 8], [4, 4]], fpn_hidden_size=16),
                          **_tiny_decoder_cfgs(64))).save_pretrained(dirs["sam2"])
+    (dirs["m2f"] / "preprocessor_config.json").write_text(json.dumps(
+        {"size": {"shortest_edge": 48, "longest_edge": 64}, "image_mean": [127.5] * 3, "image_std": [63.75] * 3}))
     return dirs
 
 
@@ -152,8 +154,10 @@ def test_hf_teachers_load_from_saved_dirs(hf_dirs, one_thread):
     img = np.random.default_rng(0).integers(0, 256, (48, 80, 3), dtype=np.uint8)
     square = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
 
-    m2f = load_teacher(str(hf_dirs["m2f"]), image_size=64)
-    assert m2f.names == ("pixel",)
+    m2f = load_teacher(str(hf_dirs["m2f"]))
+    # input size and normalisation come from the checkpoint's preprocessor_config.json (0-255 units rescaled)
+    assert m2f.names == ("pixel",) and m2f.image_size == 64
+    assert m2f.mean == (0.5, 0.5, 0.5) and m2f.std == (0.25, 0.25, 0.25)
     out = m2f.encode_batch([img, square])
     # 48x80 -> 38x64 (long side 64), padded to 64x64; stride-4 map 16x16 of which ceil(38/4)=10 rows are image
     assert out[0]["pixel"].shape == (24, 10, 16) and out[1]["pixel"].shape == (24, 16, 16)
@@ -168,7 +172,7 @@ def test_hf_teachers_load_from_saved_dirs(hf_dirs, one_thread):
     # SAM2 stretches the image to its square input: the whole 4x4 stride-16 embedding covers it
     assert sam2.names == ("image",) and sam2(img)["image"].shape == (16, 4, 4)
 
-    both = load_teacher(f"{hf_dirs['m2f']}+{hf_dirs['sam2']}", image_size=None)
+    both = load_teacher(f"{hf_dirs['m2f']}+{hf_dirs['sam2']}")
     assert both.names == ("pixel", "image")
     renamed = load_teacher(f"extra={hf_dirs['sam']}")
     assert renamed.names == ("extra",) and renamed(img)["extra"].shape == (16, 3, 4)

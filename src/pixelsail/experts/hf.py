@@ -7,10 +7,15 @@
   embedding added, as SAM2 itself uses it for a single image).
 
 Preprocessing is numpy/PIL (no torchvision): mean/std from the checkpoint's ``preprocessor_config.json`` when it
-has them, otherwise ImageNet's. Mask2Former: long side resized to ``image_size`` (default 384), padded to a
-multiple of 32 and zero-padded to a square (the padded canvas is the same whatever the batch, so features do not
-depend on how images were batched). SAM: long side resized to the encoder's fixed size and zero-padded bottom-right to a square, as
-SAM's own processor does. SAM2: resized to the fixed square (aspect not kept), as SAM2's processor does.
+has them (0-255 values are rescaled), otherwise ImageNet's.
+
+* Mask2Former: long side resized to ``image_size`` (default: the preprocessor's ``size.longest_edge``, else 1024,
+  the student's own cap), zero-padded to a square multiple of 32 (the canvas does not depend on the batch, so
+  neither do the features).
+* SAM: long side resized to the encoder's fixed size and zero-padded bottom-right to a square, as SAM's
+  processor does.
+* SAM2: resized to the fixed square (aspect not kept), as SAM2's processor does.
+
 Features of the padding are cropped away, so each returned map covers exactly its image.
 """
 from __future__ import annotations
@@ -52,7 +57,14 @@ def _normalisation(path: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
     mean, std = data.get("image_mean", IMAGENET_MEAN), data.get("image_std", IMAGENET_STD)
     if len(mean) != 3 or len(std) != 3:
         raise TeacherError(f"{pre}: image_mean/image_std must have 3 values, got {mean} / {std}")
-    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+    scale = 255.0 if max(mean) > 1.0 else 1.0     # some configs give them in 0-255 pixel units
+    return tuple(float(v) / scale for v in mean), tuple(float(v) / scale for v in std)
+
+
+def _longest_edge(path: Path) -> int | None:
+    pre = path / "preprocessor_config.json"
+    size = json.loads(pre.read_text()).get("size") if pre.exists() else None
+    return int(size["longest_edge"]) if isinstance(size, dict) and "longest_edge" in size else None
 
 
 def _from_pretrained(model_cls: type, path: Path, device: str) -> torch.nn.Module:
@@ -116,7 +128,7 @@ class Mask2FormerTeacher(_HFTeacher):
             self.model = _from_pretrained(Mask2FormerForUniversalSegmentation, self.path, device).model
         else:
             self.model = _from_pretrained(Mask2FormerModel, self.path, device)
-        self.image_size = int(image_size or 384)
+        self.image_size = int(image_size or _longest_edge(self.path) or 1024)
 
     def _prepare(self, images):
         return letterbox_batch(images, long_side=self.image_size, pad_multiple=32, square=True,
