@@ -413,3 +413,14 @@ def test_train_command_reports_bad_configs_clearly(tmp_path):
     cfg = write_config(toy_run(tmp_path / "run"), tmp_path / "run.yaml")
     result = runner.invoke(app, ["train", str(cfg), "train.no_such_field=1"])
     assert result.exit_code == 2 and "no_such_field" in result.output
+
+
+def test_float_fields_written_without_a_dot_are_numbers():
+    from pixelsail.train import _checked_train_config
+
+    run = apply_overrides(RunConfig(), ["train.lr=1e-4", "train.weight_decay=5e-2"])
+    assert run.train.lr == "1e-4"                      # PyYAML reads 1e-4 as a string
+    checked = _checked_train_config(run.train)
+    assert checked.lr == pytest.approx(1e-4) and checked.weight_decay == pytest.approx(0.05)
+    with pytest.raises(ValueError, match="train.lr must be a number"):
+        _checked_train_config(apply_overrides(RunConfig(), ["train.lr=fast"]).train)

@@ -27,7 +27,7 @@ import shutil
 import signal
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -36,7 +36,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from pixelsail.config import RunConfig, save_yaml
+from pixelsail.config import RunConfig, TrainConfig, save_yaml
 from pixelsail.data.mixture import BatchStream, Mixture, MixtureSampler, SamplerState, micro_batches
 
 log = logging.getLogger("pixelsail.train")
@@ -85,14 +85,6 @@ def init_distributed() -> DistEnv:
     return DistEnv(rank, world, local, device)
 
 
-def _shard_units(model: nn.Module) -> list[nn.Module]:
-    """Submodules FSDP shards one by one: instances of the classes HF models list in ``_no_split_modules``."""
-    names: set[str] = set()
-    for m in model.modules():
-        names.update(getattr(m, "_no_split_modules", None) or [])
-    return [m for m in model.modules() if type(m).__name__ in names and m is not model]
-
-
 def wrap_model(model: nn.Module, env: DistEnv, parallel: str) -> nn.Module:
     """DDP or FSDP2 when distributed; the model itself otherwise. FSDP2 shards ``model`` in place."""
     if not env.distributed:
@@ -107,10 +99,11 @@ def wrap_model(model: nn.Module, env: DistEnv, parallel: str) -> nn.Module:
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
-        mesh = init_device_mesh(env.device.type, (env.world_size,))
-        for unit in _shard_units(model):
-            fully_shard(unit, mesh=mesh)
-        fully_shard(model, mesh=mesh)
+        # One FSDP unit for the whole model: parameters, gradients and optimizer state are sharded, and the forward
+        # sees every parameter whole. (Per-decoder-layer units would gather less at a time, but break models that
+        # read parameters outside their own submodule's forward, as PixelSail's keep-every-parameter-in-the-graph
+        # term does.)
+        fully_shard(model, mesh=init_device_mesh(env.device.type, (env.world_size,)))
         return model
     raise ValueError(f"train.parallel must be 'ddp' or 'fsdp', got {parallel!r}")
 
@@ -495,14 +488,28 @@ class TrainSummary:
     losses: dict[str, float] = field(default_factory=dict)
 
 
-def train(run: RunConfig, *, resume: bool, build: Callable[[RunConfig], nn.Module] | None = None,
-          keep_last: int = 2) -> TrainSummary:
-    """Train ``run`` (see the module docstring); ``build(run)`` makes the model (default: ``build_model``)."""
-    tc = run.train
+def _checked_train_config(tc: TrainConfig) -> TrainConfig:
+    """Numbers YAML read as strings (PyYAML takes ``1e-3``, without a dot, for a string) become floats."""
+    changes = {}
+    for f in fields(TrainConfig):
+        value = getattr(tc, f.name)
+        if f.type in ("float", float) and isinstance(value, str):
+            try:
+                changes[f.name] = float(value)
+            except ValueError:
+                raise ValueError(f"train.{f.name} must be a number, got {value!r}") from None
     if tc.precision not in ("bf16", "fp32"):
         raise ValueError(f"train.precision must be 'bf16' or 'fp32', got {tc.precision!r}")
     if tc.max_steps < 1 or tc.batch_size < 1 or tc.grad_accum < 1:
         raise ValueError("train.max_steps, train.batch_size and train.grad_accum must be >= 1")
+    return replace(tc, **changes)
+
+
+def train(run: RunConfig, *, resume: bool, build: Callable[[RunConfig], nn.Module] | None = None,
+          keep_last: int = 2) -> TrainSummary:
+    """Train ``run`` (see the module docstring); ``build(run)`` makes the model (default: ``build_model``)."""
+    run = replace(run, train=_checked_train_config(run.train))
+    tc = run.train
     env = init_distributed()
     out_dir = Path(tc.output_dir)
     ckpt = latest_checkpoint(out_dir) if resume else None
