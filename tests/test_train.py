@@ -424,3 +424,14 @@ def test_float_fields_written_without_a_dot_are_numbers():
     assert checked.lr == pytest.approx(1e-4) and checked.weight_decay == pytest.approx(0.05)
     with pytest.raises(ValueError, match="train.lr must be a number"):
         _checked_train_config(apply_overrides(RunConfig(), ["train.lr=fast"]).train)
+
+
+def test_a_non_finite_loss_stops_training_with_the_step_named(tmp_path):
+    class Exploding(train_toy.ToyModel):
+        def forward(self, **batch):
+            out = super().forward(**batch)
+            return train_toy.ToyOutput(loss=out.loss * float("nan"), losses=out.losses)
+
+    with pytest.raises(FloatingPointError, match="step 1, micro-batch 0: the loss is nan"):
+        train(toy_run(tmp_path / "run"), resume=False, build=lambda run: Exploding(width=16))
+    assert latest_checkpoint(tmp_path / "run") is None

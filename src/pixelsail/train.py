@@ -108,7 +108,7 @@ def wrap_model(model: nn.Module, env: DistEnv, parallel: str) -> nn.Module:
     raise ValueError(f"train.parallel must be 'ddp' or 'fsdp', got {parallel!r}")
 
 
-def _grad_sync(wrapped: nn.Module, parallel: str, sync: bool):
+def _grad_sync(wrapped: nn.Module, sync: bool):
     """Context for one micro-step: skip the gradient all-reduce on all but the last micro-step."""
     if hasattr(wrapped, "no_sync"):                       # DDP
         return nullcontext() if sync else wrapped.no_sync()
@@ -405,6 +405,20 @@ class _Interval:
         self.sums[name] = self.sums.get(name, 0.0) + value
         self.counts[name] = self.counts.get(name, 0) + 1
 
+    def record(self, env: DistEnv, *, step: int, lr: float, grad_norm: torch.Tensor, global_batch: int,
+               epoch: int, time_s: float) -> dict[str, Any]:
+        """The metrics line of a log step (collective when distributed)."""
+        losses, rss = self.reduce(env)
+        elapsed = time.perf_counter() - self.start
+        if hasattr(grad_norm, "full_tensor"):    # FSDP: a DTensor
+            grad_norm = grad_norm.full_tensor()
+        record = {"step": step, **losses, "lr": lr, "grad_norm": float(grad_norm),
+                  "samples_per_s": self.steps * global_batch / max(elapsed, 1e-9), "peak_rss_mb": rss,
+                  "epoch": epoch, "time_s": time_s}
+        if env.device.type == "cuda":
+            record["peak_gpu_mb"] = torch.cuda.max_memory_allocated(env.device) / 2**20
+        return record
+
     def reduce(self, env: DistEnv) -> tuple[dict[str, float], float]:
         """Mean of each loss over micro-steps of all ranks; peak RSS (MB) over ranks."""
         local = (self.sums, self.counts, peak_rss_mb())
@@ -468,6 +482,27 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
+def _forward_backward(wrapped: nn.Module, batches: list[dict[str, Any]], device: torch.device, autocast: Any,
+                      interval: _Interval, step: int) -> None:
+    """Accumulate the gradients of one step's micro-batches (gradients are synchronised on the last one)."""
+    for a, mb in enumerate(batches):
+        with _grad_sync(wrapped, a == len(batches) - 1):
+            with autocast:
+                out = wrapped(**_to_device(mb, device))
+            (out.loss / len(batches)).backward()
+        loss = float(out.loss.detach())
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"step {step}, micro-batch {a}: the loss is {loss} ({_named(out.losses)}); "
+                                     f"lower train.lr or check the data")
+        interval.add("loss", loss)
+        for name, value in (out.losses or {}).items():
+            interval.add(f"loss/{name}", float(value))
+
+
+def _named(losses: dict[str, Any] | None) -> str:
+    return ", ".join(f"{k}={float(v):.4g}" for k, v in (losses or {}).items())
+
+
 def _default_build(run: RunConfig) -> nn.Module:
     from pixelsail.model import build_model
 
@@ -500,8 +535,8 @@ def _checked_train_config(tc: TrainConfig) -> TrainConfig:
                 raise ValueError(f"train.{f.name} must be a number, got {value!r}") from None
     if tc.precision not in ("bf16", "fp32"):
         raise ValueError(f"train.precision must be 'bf16' or 'fp32', got {tc.precision!r}")
-    if tc.max_steps < 1 or tc.batch_size < 1 or tc.grad_accum < 1:
-        raise ValueError("train.max_steps, train.batch_size and train.grad_accum must be >= 1")
+    if min(tc.max_steps, tc.batch_size, tc.grad_accum, tc.log_every) < 1:
+        raise ValueError("train.max_steps, train.batch_size, train.grad_accum and train.log_every must be >= 1")
     return replace(tc, **changes)
 
 
@@ -573,15 +608,7 @@ def train(run: RunConfig, *, resume: bool, build: Callable[[RunConfig], nn.Modul
         with _StopRequest() as stop:
             while step < tc.max_steps:
                 sampler_state, mbs = next(steps_iter)
-                for a, mb in enumerate(mbs):
-                    mb = _to_device(mb, env.device)
-                    with _grad_sync(wrapped, tc.parallel, a == len(mbs) - 1):
-                        with autocast:
-                            out = wrapped(**mb)
-                        (out.loss / len(mbs)).backward()
-                    interval.add("loss", float(out.loss.detach()))
-                    for name, value in (out.losses or {}).items():
-                        interval.add(f"loss/{name}", float(value.detach() if torch.is_tensor(value) else value))
+                _forward_backward(wrapped, mbs, env.device, autocast, interval, step + 1)
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
                 lr = optimizer.param_groups[0]["lr"]
                 optimizer.step()
@@ -592,21 +619,13 @@ def train(run: RunConfig, *, resume: bool, build: Callable[[RunConfig], nn.Modul
                 samples_done += global_batch
 
                 if step % tc.log_every == 0 or step == tc.max_steps:
-                    losses, rss = interval.reduce(env)
-                    elapsed = time.perf_counter() - interval.start
-                    if hasattr(grad_norm, "full_tensor"):
-                        grad_norm = grad_norm.full_tensor()
-                    record = {"step": step, **losses, "lr": lr, "grad_norm": float(grad_norm),
-                              "samples_per_s": interval.steps * global_batch / max(elapsed, 1e-9),
-                              "peak_rss_mb": rss, "epoch": sampler_state.epoch,
-                              "time_s": time.perf_counter() - t0}
-                    if env.device.type == "cuda":
-                        record["peak_gpu_mb"] = torch.cuda.max_memory_allocated(env.device) / 2**20
-                    last_record = record
+                    last_record = interval.record(env, step=step, lr=lr, grad_norm=grad_norm,
+                                                  global_batch=global_batch, epoch=sampler_state.epoch,
+                                                  time_s=time.perf_counter() - t0)
                     if metrics is not None:
-                        metrics.write(record)
-                        bar.set_postfix(loss=f"{losses['loss']:.4f}", lr=f"{lr:.2e}",
-                                        sps=f"{record['samples_per_s']:.1f}")
+                        metrics.write(last_record)
+                        bar.set_postfix(loss=f"{last_record['loss']:.4f}", lr=f"{lr:.2e}",
+                                        sps=f"{last_record['samples_per_s']:.1f}")
                     interval.reset()
                 if bar is not None:
                     bar.update(1)
