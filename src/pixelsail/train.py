@@ -43,7 +43,8 @@ log = logging.getLogger("pixelsail.train")
 
 CHECKPOINT_RE = re.compile(r"^step-(\d+)$")
 STATE_FILE = "trainer_state.json"   # written last: its presence marks a complete checkpoint
-GROUP_BATCHES = 16                  # steps per length-grouping window
+# samples per rank sorted by length together (a window of steps); bounds the processed samples held in memory
+GROUP_SAMPLES = 64
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -586,8 +587,8 @@ def train(run: RunConfig, *, resume: bool, build: Callable[[RunConfig], nn.Modul
     mixture = Mixture.from_config(run.data)
     sampler = MixtureSampler(mixture, global_batch, tc.seed)
     stream = BatchStream(sampler, processor, processor.collate, rank=env.rank, world_size=env.world_size,
-                         grad_accum=tc.grad_accum, group_batches=GROUP_BATCHES, length_grouped=tc.length_grouped,
-                         start=sampler_state)
+                         grad_accum=tc.grad_accum, length_grouped=tc.length_grouped, start=sampler_state,
+                         group_batches=max(1, GROUP_SAMPLES // (tc.batch_size * tc.grad_accum)))
     metrics = MetricsLog(out_dir, start_step if ckpt is not None else None, tc.tensorboard) if env.is_main else None
     autocast = torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")
 

@@ -12,7 +12,10 @@ How a training step gets its samples:
    worker, or in the main process when ``num_workers`` is 0). With length grouping, the rank's samples of the
    window are sorted by their processed length and re-cut into micro-batches, so padding stays small; every
    sample is processed exactly once and its features are reused. Grouping only moves samples between the steps
-   of one window, so the samples seen over a window are the same for any world size.
+   of one window, so the samples seen over a window are the same for any world size; which step each sample
+   lands in does depend on it (a rank sorts only its own share, since knowing the other ranks' lengths would
+   mean processing their samples too). With ``length_grouped: false`` every step's global batch is identical
+   for any world size.
 """
 from __future__ import annotations
 
