@@ -382,9 +382,10 @@ def plot_loss_curves(metrics_path: Path, png_path: Path) -> None:
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
     lr_ax = ax.twinx()
-    lr_ax.plot(steps, [r["lr"] for r in records], color="grey", ls="--", lw=1, label="lr")
+    lr_ax.plot(steps, [r["lr"] for r in records], color="grey", ls="--", lw=1, label="lr (right axis)")
     lr_ax.set_ylabel("lr")
-    ax.legend(loc="upper right", fontsize=8)
+    handles = ax.get_legend_handles_labels()[0] + lr_ax.get_legend_handles_labels()[0]
+    ax.legend(handles=handles, loc="upper right", fontsize=8)
     fig.tight_layout()
     fig.savefig(png_path, dpi=110)
     plt.close(fig)
@@ -579,6 +580,9 @@ def train(run: RunConfig, *, resume: bool, build: Callable[[RunConfig], nn.Modul
             raise ValueError(f"{ckpt}: saved with global batch {state['global_batch']}, this run has "
                              f"{global_batch} (batch_size x world_size x grad_accum); they must match to resume")
         start_step, sampler_state = state["step"], SamplerState(state["epoch"], state["epoch_step"])
+        if state.get("max_steps", tc.max_steps) != tc.max_steps and env.is_main:
+            log.warning("resuming a run planned for %d steps with train.max_steps=%d: the cosine schedule is "
+                        "stretched from here on, so the lr jumps", state["max_steps"], tc.max_steps)
         if env.is_main:
             log.info("resuming from %s (step %d)", ckpt, start_step)
     elif resume and env.is_main:
@@ -594,7 +598,7 @@ def train(run: RunConfig, *, resume: bool, build: Callable[[RunConfig], nn.Modul
 
     def trainer_state() -> dict[str, Any]:
         return {"epoch": sampler_state.epoch, "epoch_step": sampler_state.step, "global_batch": global_batch,
-                "seed": tc.seed}
+                "seed": tc.seed, "max_steps": tc.max_steps}
 
     bar = None
     if env.is_main:
