@@ -120,6 +120,17 @@ def test_mixture_rejects_bad_weights_and_unknown_datasets():
     with pytest.raises(ValueError, match="data.datasets entry .nonexistent.*unknown dataset"):
         Mixture.from_config(DataConfig(datasets=[DatasetSpec("nonexistent")]))
 
+    def broken(sample):
+        if sample.meta["index"] == 3:
+            raise ValueError("bad mask")
+        return train_toy.ToyProcessor()(sample)
+
+    mix = Mixture([train_toy.ToyDataset(2), train_toy.ToyDataset(6)], [1.0, 1.0], ["ok", "flaky"])
+    stream = BatchStream(MixtureSampler(mix, 8, 0), broken, train_toy.ToyProcessor().collate, rank=0,
+                         world_size=1, grad_accum=1)
+    with pytest.raises(RuntimeError, match="dataset 'flaky' sample 3: .*ValueError: bad mask"):
+        stream.build_window(0, 0, 1)
+
 
 def test_global_batches_do_not_depend_on_world_size_or_accumulation():
     sampler = MixtureSampler(Mixture([train_toy.ToyDataset(40)], [1.0]), global_batch=8, seed=3)

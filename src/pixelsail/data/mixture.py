@@ -69,11 +69,16 @@ class Mixture:
     def __len__(self) -> int:
         return self.offsets[-1]
 
-    def __getitem__(self, index: int) -> Any:
+    def locate(self, index: int) -> tuple[int, int]:
+        """Global index -> (dataset number, index inside that dataset)."""
         d = bisect_right(self.offsets, index) - 1
         if index < 0 or d >= len(self.datasets):
             raise IndexError(f"mixture index {index} out of range [0, {len(self)})")
-        return self.datasets[d][index - self.offsets[d]]
+        return d, index - self.offsets[d]
+
+    def __getitem__(self, index: int) -> Any:
+        d, i = self.locate(index)
+        return self.datasets[d][i]
 
     def _counts(self) -> list[tuple[int, int]]:
         """Per dataset: (whole passes, extra samples drawn without replacement) per epoch."""
@@ -222,7 +227,9 @@ class BatchStream(IterableDataset):
             try:
                 return self.process(self.sampler.mixture[index])
             except Exception as e:
-                raise RuntimeError(f"processing mixture sample {index} (epoch {epoch}) failed: {e}") from e
+                d, i = self.sampler.mixture.locate(index)
+                raise RuntimeError(f"dataset {self.sampler.mixture.names[d]!r} sample {i}: loading or processing "
+                                   f"failed: {type(e).__name__}: {e}") from e
 
     def build_window(self, epoch: int, first: int, end: int) -> Window:
         chunks = [mb for step in range(first, end)
@@ -234,12 +241,11 @@ class BatchStream(IterableDataset):
         order = list(range(len(flat)))
         if self.length_grouped:
             order.sort(key=lambda j: int(feats[j]["length"]))
-            groups = [order[k * size:(k + 1) * size] for k in range(len(chunks))]
+        groups = [order[k * size:(k + 1) * size] for k in range(len(chunks))]
+        if self.length_grouped:
             # the same permutation on every rank: long and short micro-batches interleave over steps
             perm = np.random.default_rng([self.sampler.seed, epoch, first, 1]).permutation(len(groups))
             groups = [groups[p] for p in perm]
-        else:
-            groups = [order[k * size:(k + 1) * size] for k in range(len(chunks))]
         return Window(epoch, first, [self.collate([feats[j] for j in g]) for g in groups],
                       [[flat[j] for j in g] for g in groups])
 
