@@ -1,0 +1,97 @@
+"""Benchmarks: the FLOP counter against a hand count and torch's counter, the quick run end to end, the fused
+prefix attention on the hot path, and the peer pipeline's output."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from benchmarks import flops, run
+from benchmarks.peer_pipeline import PeerPipeline
+from model_utils import random_image, tiny_config, tiny_model
+from pixelsail.model.backbone import AttentionLayout
+from pixelsail.tokens import SEG
+
+
+def test_prefill_flops_match_a_hand_count():
+    # hidden 64, 2 layers, 4 heads (head_dim 16), 2 kv heads (kv width 32), MLP 128, patch 16 -> stride 4 (2 steps),
+    # upsampler width 64 (no pre-projection), mask_dim 32; a 2 x 3 patch grid -> 8 vision tokens
+    cfg = tiny_config()
+    got = flops.prefill(cfg, (2, 3))
+    assert got["patch_embed"] == 2 * 6 * 768 * 64
+    per_token = 2 * (64 * 64 + 2 * 64 * 32 + 64 * 64 + 3 * 64 * 128)  # q, k, v, o, gate, up, down = 73,728
+    assert got["decoder_linear"] == per_token * 8 * 2
+    assert got["attention"] == 4 * (8 * 8) * 16 * 4 * 2  # 64 pairs, QK and AV, 4 heads, 2 layers
+    # step 1 on 6 pixels: up 6x64x256, depth-wise on 24 px, point-wise 24x64x64; step 2: 24 -> 96 px; MLP on 96 px
+    up = 2 * 6 * 64 * 256 + 2 * 24 * 64 * 64 + 2 * 24 * 64 * 256 + 2 * 96 * 64 * 64
+    assert got["upsampler"] == up + 2 * 96 * (64 * 64 + 64 * 32)
+    assert got["upsampler_depthwise"] == 2 * 9 * 24 * 64 + 2 * 9 * 96 * 64
+    assert flops.prefix_pairs(vision=3, text=2, past=0) == 9 + 2 * 3 + 3  # text rows see 4 and 5 keys
+
+
+@pytest.mark.parametrize("attn", ["prefix_sdpa", "sdpa"])
+def test_flop_counter_agrees_with_torch_for_the_matmuls(attn):
+    model = tiny_model(attn_implementation=attn).train()
+    batch, shape = run.make_batch(model, batch=2, side=48, num_masks=2)
+    with FlopCounterMode(display=False) as fwd_counter:
+        out = model(**batch)
+    with FlopCounterMode(display=False) as bwd_counter:
+        out.loss.backward()
+    forward = flops.matmul_part(flops.forward(model.config, shape))
+    step = flops.matmul_part(flops.train_step(model.config, shape))
+    # CPU fused attention is invisible to FlopCounterMode, so only the matmul part is compared
+    assert fwd_counter.get_total_flops() == pytest.approx(forward, rel=0.02)
+    assert fwd_counter.get_total_flops() + bwd_counter.get_total_flops() == pytest.approx(step, rel=0.02)
+
+
+def test_prefix_sdpa_builds_no_square_mask_on_a_uniform_batch(monkeypatch):
+    model = tiny_model(attn_implementation="prefix_sdpa").train()
+    batch, _ = run.make_batch(model, batch=2, side=48)
+    calls = []
+    original = AttentionLayout.allowed
+
+    def recording(self, q_len, kv_len, device):
+        calls.append((q_len, kv_len))
+        return original(self, q_len, kv_len, device)
+
+    monkeypatch.setattr(AttentionLayout, "allowed", recording)
+    model(**batch).loss.backward()
+    prefix = model.eval().prefill_image(random_image(48, 48))
+    model.respond(prefix, "Please segment the red circle.", answer_prefix=f"Sure, {SEG}.", max_new_tokens=2)
+    assert calls == []
+    model.backbone.set_attention("sdpa")  # the explicit-mask path does build it: the patch is live
+    model.train()(**batch)
+    assert calls == [(batch["input_ids"].shape[1],) * 2]
+
+
+def test_peer_pipeline_returns_one_full_size_mask_per_seg():
+    model = tiny_model()
+    torch.manual_seed(0)
+    peer = PeerPipeline(tiny_config(), model.processor).eval()
+    image = random_image(40, 70)
+    masks = peer.segment(image, "Please segment the red circle.", f"Sure, {SEG} and {SEG}.")
+    assert [m.shape for m in masks] == [(40, 70)] * 2
+    assert all(m.dtype == np.bool_ for m in masks)
+    params = peer.component_parameters()
+    assert params["llm"] == flops.parameter_count(model.backbone.llm)
+
+
+def test_quick_benchmark_writes_the_table_and_plot(tmp_path):
+    out = tmp_path / "PERFORMANCE.md"
+    results = run.main(["--quick", "--repeats", "1", "--out", str(out)])
+    text = out.read_text()
+    for heading in ("ratio to matmul", "peer / pixelsail", "follow-up / first", "sdpa / prefix", "[SEG]"):
+        assert heading in text
+    assert (tmp_path / "performance_scaling.png").stat().st_size > 10_000
+    limit = results["limit"][0]
+    assert limit["train"].flops == flops.total(flops.train_step(run.model_config("quick"), limit["train_shape"]))
+    assert all(v > 0 for v in limit["train"].ref_ratio.values)
+    assert [r["patches"] for r in results["scaling"]["prefill"]] == [4, 16]
+
+
+def test_a_rerun_keeps_the_hand_written_findings(tmp_path):
+    out = tmp_path / "PERFORMANCE.md"
+    assert run.kept_findings(out) == ""
+    out.write_text("# table\n\n## Findings\n\nthe upsampler dominates\n")
+    assert run.kept_findings(out) == "\n## Findings\n\nthe upsampler dominates\n"
