@@ -1,0 +1,566 @@
+"""The paper's ablation on the shapes world: plain baseline, + learnable upsampling, + visual-prompt injection,
++ vision-expert distillation (= full Pixel-SAIL), each trained with several seeds on the same budget and data and
+evaluated with :mod:`pixelsail.evaluate`.
+
+Layout of the output directory::
+
+    <out>/<variant>/seed-<s>/          the training run (run.yaml, metrics.jsonl, checkpoints/, model/)
+    <out>/<variant>/seed-<s>/eval/     predictions.jsonl of the evaluation set
+    <out>/<variant>/seed-<s>/results.json   the run's metrics (written last: its presence marks the run finished)
+    <out>/summary.json                 mean / std per variant and metric
+
+and ``<docs>/ABLATION.md`` (table of mean ± std, budget, machine, command) plus ``<docs>/ablation.png``.
+A finished (variant, seed) is skipped on a re-run; a run interrupted during training resumes from its checkpoint.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import platform
+import re
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from pixelsail.config import DatasetSpec, DistillConfig, RunConfig, from_dict, to_dict
+
+RESULTS_FILE = "results.json"
+EVAL_TASKS = ("res", "gres", "vt_res", "vp_mcq", "region_caption")
+TEACHER = "shapes"
+READING_START = "<!-- reading:start -->"
+READING_END = "<!-- reading:end -->"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of the ablation: which of the paper's three improvements are switched on."""
+
+    name: str
+    title: str
+    upsample: bool
+    vp_injection: bool
+    distill: bool
+
+
+# cumulative, as in the paper: each row adds one improvement to the row above
+VARIANTS: tuple[Variant, ...] = (
+    Variant("baseline", "plain baseline", upsample=False, vp_injection=False, distill=False),
+    Variant("upsample", "+ learnable upsampling", upsample=True, vp_injection=False, distill=False),
+    Variant("vp_injection", "+ visual-prompt injection", upsample=True, vp_injection=True, distill=False),
+    Variant("distill", "+ expert distillation (full Pixel-SAIL)", upsample=True, vp_injection=True, distill=True),
+)
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str          # key in a run's results.json
+    label: str        # column header
+    scale: float = 1.0  # multiplier for the bar chart (MCQ accuracy is a fraction; the chart is in %)
+
+
+METRICS: tuple[Metric, ...] = (
+    Metric("res_single_ciou", "RES single cIoU"),
+    Metric("res_single_giou", "RES single gIoU"),
+    Metric("res_multi_ciou", "RES multi cIoU"),
+    Metric("res_multi_giou", "RES multi gIoU"),
+    Metric("res_none_giou", "no-target gIoU"),
+    Metric("res_none_nacc", "no-target N-acc"),
+    Metric("vt_res_ciou", "V-T RES cIoU"),
+    Metric("vt_res_giou", "V-T RES gIoU"),
+    Metric("mcq_acc", "VP MCQ acc", scale=100.0),
+    Metric("meteor", "caption METEOR"),
+    Metric("overall", "PerBench overall"),
+)
+
+
+@dataclass
+class AblationSettings:
+    """The budget and evaluation every run shares."""
+
+    seeds: Sequence[int] = (0, 1, 2)
+    eval_split: str = "val"
+    eval_per_task: int = 40          # evaluation samples per task (EVAL_TASKS)
+    eval_seed: int = 0
+    max_new_tokens: int = 32          # the longest shapes answer (a region description) is 26 tokens
+    captions: bool = True            # METEOR (Java); without it METEOR and the PerBench overall are not computed
+    threads: int = 1                 # torch threads per run
+    jobs: int = 1                    # runs trained at the same time (separate processes)
+    variants: Sequence[str] = field(default_factory=lambda: [v.name for v in VARIANTS])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# building the variants
+
+
+def teacher_channels() -> dict[str, int]:
+    """Channels of the shipped shapes expert's "pixel" and "image" features (from its config)."""
+    from pixelsail.experts import load_teacher
+
+    return load_teacher(TEACHER).channels()
+
+
+def distill_teachers() -> dict[str, dict[str, Any]]:
+    """``distill.teachers``: the "pixel" map into the upsampled features, the "image" map into the vision tokens."""
+    from pixelsail.experts.cache import DEFAULT_SOURCES
+
+    return {name: {"channels": c, "source": DEFAULT_SOURCES[name]} for name, c in teacher_channels().items()}
+
+
+def with_teacher(spec: DatasetSpec) -> DatasetSpec:
+    """The same dataset, its samples carrying the shapes expert's features (computed online, per sample)."""
+    return DatasetSpec("distilled", spec.weight,
+                       {"dataset": {"name": spec.name, "args": copy.deepcopy(spec.args)}, "teacher": TEACHER})
+
+
+def variant_run(base: RunConfig, variant: Variant, seed: int, out_dir: str | Path,
+                teachers: dict[str, dict[str, Any]] | None = None) -> RunConfig:
+    """``base`` with ``variant``'s switches, ``seed`` and its own output directory; nothing else changes.
+
+    Distillation also wraps every training dataset so its samples carry teacher features (same samples, same order).
+    """
+    run = from_dict(RunConfig, copy.deepcopy(to_dict(base)))
+    run.model.upsample = variant.upsample
+    run.model.vp_injection = variant.vp_injection
+    if variant.distill:
+        run.model.distill = DistillConfig(enabled=True, teachers=teachers or distill_teachers(),
+                                          weight=base.model.distill.weight)
+        run.data.datasets = [with_teacher(s) for s in run.data.datasets]
+    else:
+        run.model.distill = DistillConfig(enabled=False, teachers={}, weight=base.model.distill.weight)
+    run.train.seed = int(seed)
+    run.train.output_dir = str(Path(out_dir) / variant.name / f"seed-{seed}")
+    return run
+
+
+def variant_by_name(name: str) -> Variant:
+    for v in VARIANTS:
+        if v.name == name:
+            return v
+    raise ValueError(f"unknown ablation variant {name!r}; expected one of {[v.name for v in VARIANTS]}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# evaluation set
+
+
+class EvalSet:
+    """``per_task`` shapes samples of each task in EVAL_TASKS, interleaved so one scene's tasks are adjacent."""
+
+    def __init__(self, split: str, per_task: int, image_size: int, seed: int = 0,
+                 tasks: Sequence[str] = EVAL_TASKS):
+        from pixelsail.data.shapes import ShapesDataset
+
+        self.tasks = list(tasks)
+        self.parts = [ShapesDataset(split=split, tasks=[t], image_size=image_size, size=per_task, seed=seed)
+                      for t in self.tasks]
+        self.per_task = per_task
+
+    def __len__(self) -> int:
+        return self.per_task * len(self.tasks)
+
+    def __getitem__(self, i: int):
+        if not 0 <= i < len(self):
+            raise IndexError(f"evaluation index {i} out of range [0, {len(self)})")
+        return self.parts[i % len(self.tasks)][i // len(self.tasks)]
+
+
+def training_image_size(run: RunConfig) -> int:
+    """The shapes image size of the training mixture (looking inside 'distilled' wrappers)."""
+    for spec in run.data.datasets:
+        name, args = spec.name, spec.args
+        if name == "distilled":
+            name, args = args["dataset"]["name"], args["dataset"].get("args", {})
+        if name == "shapes":
+            return int(args.get("image_size", 128))
+    raise ValueError("the ablation's base config must train on the 'shapes' dataset")
+
+
+def ablation_metrics(records: list[dict], captions: bool = True) -> dict[str, float]:
+    """The ablation's numbers from prediction records, scored by :func:`pixelsail.evaluate.score_records`.
+
+    Referring segmentation is split three ways: ``res`` (one target), ``gres`` with targets (multi) and ``gres``
+    without (no target). Under the LISA convention a no-target sample has I = 0, so its cIoU is 0 whatever the model
+    does; its gIoU (1 for an empty prediction, else 0) and ReLA's N-acc are the informative numbers.
+    """
+    from pixelsail.evaluate import score_records
+    from pixelsail.metrics import METEOR_KEY
+
+    full = score_records(records, captions=captions).results
+    multi = [r for r in records if r["task"] == "gres" and not r.get("meta", {}).get("no_target")]
+    none = [r for r in records if r["task"] == "gres" and r.get("meta", {}).get("no_target")]
+    multi_res = score_records(multi, captions=False).results.get("gres", {})
+    none_res = score_records(none, captions=False).results.get("gres", {})
+    nan = float("nan")
+    out = {
+        "res_single_ciou": full.get("res", {}).get("cIoU (LISA)", nan),
+        "res_single_giou": full.get("res", {}).get("gIoU (LISA)", nan),
+        "res_multi_ciou": multi_res.get("cIoU (LISA)", nan),
+        "res_multi_giou": multi_res.get("gIoU (LISA)", nan),
+        "res_none_ciou": none_res.get("cIoU (LISA)", nan),
+        "res_none_giou": none_res.get("gIoU (LISA)", nan),
+        "res_none_nacc": none_res.get("N-acc (ReLA)", nan),
+        "vt_res_ciou": full.get("vt_res", {}).get("cIoU (LISA)", nan),
+        "vt_res_giou": full.get("vt_res", {}).get("gIoU (LISA)", nan),
+        "mcq_acc": full.get("vp_mcq", {}).get("MCQ acc (PerBench)", nan),
+        "meteor": full.get("region_caption", {}).get(METEOR_KEY, nan),
+        "overall": full.get("perbench", {}).get("Overall (PerBench)", nan),
+    }
+    out["samples_multi"], out["samples_none"] = len(multi), len(none)
+    return {k: float(v) for k, v in out.items()}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# one run
+
+
+def run_dir(out_dir: str | Path, variant: str, seed: int) -> Path:
+    return Path(out_dir) / variant / f"seed-{seed}"
+
+
+def load_result(out_dir: str | Path, variant: str, seed: int) -> dict | None:
+    path = run_dir(out_dir, variant, seed) / RESULTS_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def train_and_evaluate(run_dict: dict, variant: str, settings_dict: dict, log_file: str | None = None) -> dict:
+    """Train one (variant, seed) run (resuming a checkpoint if one exists), evaluate it, write its results.json.
+
+    Takes plain dicts so it can run in a spawned worker process.
+    """
+    import torch
+
+    if log_file is not None:  # a worker process: keep its progress bars out of the shared terminal
+        fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+    import pixelsail.experts.cache  # noqa: F401  (registers the 'distilled' dataset)
+    from pixelsail.evaluate import predict, write_jsonl
+    from pixelsail.model import PixelSail
+    from pixelsail.train import latest_checkpoint, train
+
+    settings = AblationSettings(**settings_dict)
+    torch.set_num_threads(max(1, settings.threads))
+    run = from_dict(RunConfig, run_dict)
+    out = Path(run.train.output_dir)
+    model_dir = out / "model"
+    train_info: dict[str, Any]
+    info_file = out / "train_summary.json"
+    if model_dir.is_dir() and info_file.is_file():
+        train_info = json.loads(info_file.read_text())
+    else:
+        summary = train(run, resume=latest_checkpoint(out) is not None)
+        if summary.stopped_early:
+            raise RuntimeError(f"{out}: training was stopped at step {summary.steps}")
+        train_info = {"steps": summary.steps, "wall_s": summary.wall_s, "samples_per_s": summary.samples_per_s,
+                      "final_loss": summary.final_loss, "losses": summary.losses}
+        info_file.write_text(json.dumps(train_info, indent=1))
+
+    t0 = time.perf_counter()
+    model = PixelSail.from_pretrained(model_dir).eval()
+    dataset = EvalSet(settings.eval_split, settings.eval_per_task, training_image_size(run), settings.eval_seed)
+    with torch.inference_mode():
+        records = predict(model, dataset, max_new_tokens=settings.max_new_tokens, progress=False)
+    write_jsonl(records, out / "eval" / "predictions.jsonl")
+    metrics = ablation_metrics(records, captions=settings.captions)
+    result = {"variant": variant, "seed": run.train.seed, "metrics": metrics, "train": train_info,
+              "eval": {"split": settings.eval_split, "per_task": settings.eval_per_task, "samples": len(records),
+                       "max_new_tokens": settings.max_new_tokens, "captions": settings.captions,
+                       "wall_s": time.perf_counter() - t0},
+              "threads": settings.threads, "run": to_dict(run)}
+    tmp = out / f".{RESULTS_FILE}.tmp"
+    tmp.write_text(json.dumps(result, indent=1))
+    os.replace(tmp, out / RESULTS_FILE)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the whole ablation
+
+
+@dataclass
+class AblationResult:
+    results: list[dict]            # one per (variant, seed), in variant then seed order
+    skipped: list[tuple[str, int]]  # runs found finished
+    wall_s: float
+
+
+def run_ablation(base: RunConfig, out_dir: str | Path, settings: AblationSettings,
+                 echo: Callable[[str], None] = print) -> AblationResult:
+    """Train and evaluate every (variant, seed) not finished yet; return all results."""
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    variants = [variant_by_name(n) for n in settings.variants]
+    teachers = distill_teachers() if any(v.distill for v in variants) else None
+    todo, skipped = [], []
+    for v in variants:
+        for s in settings.seeds:
+            if load_result(out, v.name, s) is not None:
+                skipped.append((v.name, s))
+            else:
+                todo.append((v, s, variant_run(base, v, s, out, teachers)))
+    for name, s in skipped:
+        echo(f"skip {name} seed {s}: {run_dir(out, name, s) / RESULTS_FILE} exists")
+    settings_dict = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in vars(settings).items()}
+    if settings.jobs <= 1 or len(todo) <= 1:
+        for v, s, run in todo:
+            echo(f"run {v.name} seed {s} -> {run.train.output_dir}")
+            _report(echo, train_and_evaluate(to_dict(run), v.name, settings_dict))
+    else:
+        import multiprocessing
+
+        with ProcessPoolExecutor(settings.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = []
+            for v, s, run in todo:
+                Path(run.train.output_dir).mkdir(parents=True, exist_ok=True)
+                log = str(Path(run.train.output_dir) / "log.txt")
+                echo(f"queue {v.name} seed {s} -> {run.train.output_dir} (log: {log})")
+                futures.append(pool.submit(train_and_evaluate, to_dict(run), v.name, settings_dict, log))
+            for f in futures:
+                _report(echo, f.result())
+    results = [r for v in variants for s in settings.seeds if (r := load_result(out, v.name, s)) is not None]
+    return AblationResult(results, skipped, time.perf_counter() - t0)
+
+
+def _report(echo: Callable[[str], None], r: dict) -> None:
+    m = r["metrics"]
+    echo(f"done {r['variant']} seed {r['seed']}: train {r['train']['wall_s']:.0f} s, eval {r['eval']['wall_s']:.0f} s, "
+         f"RES cIoU {m['res_single_ciou']:.1f}, MCQ {m['mcq_acc']:.2f}, METEOR {m['meteor']:.1f}, "
+         f"overall {m['overall']:.1f}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# summary, table, chart
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1; 0 for a single value), ignoring NaNs."""
+    v = np.asarray([x for x in values if not math.isnan(x)], dtype=float)
+    if v.size == 0:
+        return float("nan"), float("nan")
+    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
+
+
+def summarize(results: Sequence[dict]) -> dict[str, dict[str, Any]]:
+    """{variant: {"seeds": [...], metric: [mean, std], ...}} in VARIANTS order."""
+    out: dict[str, dict[str, Any]] = {}
+    for v in VARIANTS:
+        runs = [r for r in results if r["variant"] == v.name]
+        if not runs:
+            continue
+        row: dict[str, Any] = {"seeds": [r["seed"] for r in runs]}
+        for key in sorted({k for r in runs for k in r["metrics"]}):
+            row[key] = list(mean_std([r["metrics"].get(key, float("nan")) for r in runs]))
+        out[v.name] = row
+    return out
+
+
+LOSSES: tuple[tuple[str, str], ...] = (("loss", "total"), ("loss/lm", "LM"), ("loss/mask_bce", "mask BCE"),
+                                        ("loss/mask_dice", "mask Dice"), ("loss/distill_pixel", "distill pixel"),
+                                        ("loss/distill_image", "distill image"))
+
+
+def loss_table(results: Sequence[dict]) -> str:
+    """Training losses of the last log interval, mean ± std over seeds: a signal that exists even when the
+    evaluation metrics are still at zero."""
+    lines = ["| variant | " + " | ".join(label for _, label in LOSSES) + " |", "|---|" + "---:|" * len(LOSSES)]
+    for v in VARIANTS:
+        runs = [r for r in results if r["variant"] == v.name]
+        if not runs:
+            continue
+        cells = []
+        for key, _ in LOSSES:
+            values = [r["train"]["losses"][key] for r in runs if key in r["train"].get("losses", {})]
+            cells.append(_cell(*mean_std(values), digits=3) if values else "–")
+        lines.append(f"| {v.title} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _cell(mean: float, std: float, fraction: bool = False, digits: int | None = None) -> str:
+    if math.isnan(mean):
+        return "–"
+    d = digits if digits is not None else 3 if fraction else 1
+    return f"{mean:.{d}f} ± {std:.{d}f}"
+
+
+def results_table(summary: dict[str, dict[str, Any]]) -> str:
+    header = "| variant | seeds | " + " | ".join(m.label for m in METRICS) + " |"
+    lines = [header, "|---|---:|" + "---:|" * len(METRICS)]
+    for v in VARIANTS:
+        row = summary.get(v.name)
+        if row is None:
+            continue
+        cells = [_cell(*row.get(m.key, [float("nan")] * 2), fraction=m.key == "mcq_acc") for m in METRICS]
+        lines.append(f"| {v.title} | {len(row['seeds'])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def compare_steps(summary: dict[str, dict[str, Any]], keys: Sequence[str] = ("res_single_ciou", "res_multi_ciou",
+                  "res_none_nacc", "vt_res_ciou", "mcq_acc", "meteor", "overall")) -> list[str]:
+    """One line per improvement: the change of each headline metric against the row above, and whether it is
+    larger than twice its standard error (Welch) — "up"/"down" — or not ("~")."""
+    lines = []
+    names = [v.name for v in VARIANTS if v.name in summary]
+    for prev, cur in zip(names, names[1:]):
+        a, b = summary[prev], summary[cur]
+        na, nb = len(a["seeds"]), len(b["seeds"])
+        parts = []
+        for k in keys:
+            (ma, sa), (mb, sb) = a.get(k, [math.nan] * 2), b.get(k, [math.nan] * 2)
+            if math.isnan(ma) or math.isnan(mb):
+                continue
+            diff = mb - ma
+            se = math.sqrt(sa ** 2 / na + sb ** 2 / nb)
+            verdict = "~" if se == 0 and diff == 0 else ("up" if diff > 2 * se else "down" if diff < -2 * se else "~")
+            label = next(m.label for m in METRICS if m.key == k)
+            parts.append(f"{label} {diff:+.3f} ({verdict})" if k == "mcq_acc" else f"{label} {diff:+.1f} ({verdict})")
+        lines.append(f"- {variant_by_name(cur).title} vs {variant_by_name(prev).title}: " + ", ".join(parts))
+    return lines
+
+
+def plot_summary(summary: dict[str, dict[str, Any]], png: str | Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [m for m in METRICS if m.key not in ("res_single_giou", "res_multi_giou", "vt_res_giou")]
+    names = [v for v in VARIANTS if v.name in summary]
+    x = np.arange(len(shown))
+    width = 0.8 / max(1, len(names))
+    fig, ax = plt.subplots(figsize=(11, 4.8))
+    for j, v in enumerate(names):
+        row = summary[v.name]
+        means = [row.get(m.key, [math.nan, math.nan])[0] * m.scale for m in shown]
+        stds = [row.get(m.key, [math.nan, math.nan])[1] * m.scale for m in shown]
+        ax.bar(x + (j - (len(names) - 1) / 2) * width, means, width, yerr=stds, capsize=2,
+               label=f"{v.title} (n={len(row['seeds'])})")
+    ax.set_xticks(x)
+    ax.set_xticklabels([m.label + (" ×100" if m.scale != 1 else "") for m in shown], rotation=25, ha="right",
+                       fontsize=8)
+    ax.set_ylabel("% (mean ± std over seeds)")
+    ax.set_title("Pixel-SAIL ablation on the shapes world")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
+def machine_description(threads: int, jobs: int) -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{cpu}, {os.cpu_count()} cores visible, Python {platform.python_version()}, torch {torch.__version__}; "
+            f"{jobs} run(s) at a time, {threads} torch thread(s) each, fp32")
+
+
+def budget_lines(results: Sequence[dict]) -> list[str]:
+    if not results:
+        return []
+    r0 = results[0]
+    tc, data = r0["run"]["train"], r0["run"]["data"]
+    model = r0["run"]["model"]
+    steps, batch = tc["max_steps"], tc["batch_size"] * tc["grad_accum"]
+    train_s = [r["train"]["wall_s"] for r in results]
+    eval_s = [r["eval"]["wall_s"] for r in results]
+    inner = [d["args"]["dataset"] if d["name"] == "distilled" else d for d in data["datasets"]]
+    return [
+        f"- training per run: {steps} steps × batch {batch} = {steps * batch} samples, lr {tc['lr']}, "
+        f"warm-up {tc['warmup_ratio']}, {tc['precision']}; data {json.dumps(inner)}",
+        f"- model: hidden {model['hidden_size']}, {model['num_hidden_layers']} layers, patch {model['patch_size']}, "
+        f"mask_dim {model['mask_dim']}, upsample stride {model['upsample_stride']}",
+        f"- evaluation per run: shapes `{r0['eval']['split']}` split, {r0['eval']['per_task']} samples of each of "
+        f"{', '.join(EVAL_TASKS)} ({r0['eval']['samples']} in all), greedy, ≤ {r0['eval']['max_new_tokens']} new "
+        f"tokens",
+        f"- wall time per run: training {np.mean(train_s):.0f} s (min {min(train_s):.0f}, max {max(train_s):.0f}), "
+        f"evaluation {np.mean(eval_s):.0f} s; {len(results)} runs, {sum(train_s) + sum(eval_s):.0f} s of run time",
+    ]
+
+
+def _kept_reading(path: Path) -> str | None:
+    if not path.is_file():
+        return None
+    m = re.search(re.escape(READING_START) + r"(.*?)" + re.escape(READING_END), path.read_text(), re.S)
+    return m.group(1).strip("\n") if m else None
+
+
+def write_report(results: Sequence[dict], docs_dir: str | Path, *, command: str, machine: str, wall_s: float,
+                 full_command: str | None = None) -> tuple[Path, Path]:
+    """``ABLATION.md`` and ``ablation.png`` in ``docs_dir``. A hand-written reading between the reading markers of
+    an existing ``ABLATION.md`` is kept."""
+    docs = Path(docs_dir)
+    docs.mkdir(parents=True, exist_ok=True)
+    md, png = docs / "ABLATION.md", docs / "ablation.png"
+    summary = summarize(results)
+    plot_summary(summary, png)
+    reading = _kept_reading(md) or ("(No hand-written reading yet: write it between the markers; a re-run keeps "
+                                    "it.)")
+    lines = [
+        "# Ablation: Pixel-SAIL's three improvements on the shapes world",
+        "",
+        "Each row adds one improvement to the row above, trained on the same data with the same budget "
+        "(`pixelsail.ablation`); every number is the mean ± sample standard deviation over seeds.",
+        "",
+        results_table(summary),
+        "",
+        f"![ablation bar chart]({png.name})",
+        "",
+        "Metrics (all from `pixelsail.evaluate.score_records`): IoU values in %, LISA convention; *single* = "
+        "`res` samples (one target), *multi* = `gres` samples with targets, *no-target* = `gres` samples without "
+        "(LISA cIoU is 0 there by construction, so the table shows their gIoU — the share answered with an empty "
+        "mask — and ReLA's N-acc instead). V-T RES = visual-text referring segmentation (`vt_res`). VP MCQ acc is "
+        "a fraction (PerBench rule: the answer letter occurs in the output). METEOR = COCOEvalCap Java METEOR 1.5 "
+        "on region descriptions. PerBench overall = mean(METEOR, acc × 100, (V-T cIoU + gIoU) / 2) "
+        "(`pixelsail.metrics.perbench_overall`).",
+        "",
+        "## Change per improvement (automatic)",
+        "",
+        "Difference of the means against the row above; *up*/*down* when it exceeds twice its standard error "
+        "(Welch), else *~* (not distinguishable at this budget and number of seeds).",
+        "",
+        *compare_steps(summary),
+        "",
+        "## Training losses at the end of training",
+        "",
+        "Mean over the last log interval of each run (`metrics.jsonl`), mean ± std over seeds; the total includes "
+        "each variant's own terms (distillation adds two), so compare the components.",
+        "",
+        loss_table(results),
+        "",
+        "## Reading",
+        "",
+        READING_START,
+        reading,
+        READING_END,
+        "",
+        "## Budget and machine",
+        "",
+        *budget_lines(results),
+        f"- machine: {machine}",
+        f"- wall time of the command that wrote this file: {wall_s:.0f} s (finished runs are skipped on a re-run)",
+        "",
+        "## Command",
+        "",
+        "```",
+        command,
+        "```",
+    ]
+    if full_command:
+        lines += ["", "The budget the issue asks for (about an hour of a quiet 2-core machine):", "", "```",
+                  full_command, "```"]
+    md.write_text("\n".join(lines) + "\n")
+    return md, png
