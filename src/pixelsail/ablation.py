@@ -21,7 +21,6 @@ import os
 import platform
 import re
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -289,18 +288,25 @@ class AblationResult:
     results: list[dict]            # one per (variant, seed), in variant then seed order
     skipped: list[tuple[str, int]]  # runs found finished
     wall_s: float
+    failed: list[tuple[str, int, str]] = field(default_factory=list)  # (variant, seed, error)
 
 
 def run_ablation(base: RunConfig, out_dir: str | Path, settings: AblationSettings,
-                 echo: Callable[[str], None] = print) -> AblationResult:
-    """Train and evaluate every (variant, seed) not finished yet; return all results."""
+                 echo: Callable[[str], None] = print, report_only: bool = False,
+                 stop_after_s: float | None = None) -> AblationResult:
+    """Train and evaluate every (variant, seed) not finished yet (none with ``report_only``); return all finished
+    results. A run that fails is listed in ``failed`` and the others go on.
+
+    ``stop_after_s``: no run starts after this many seconds; with ``jobs > 1`` the runs still training then are
+    asked to stop (SIGTERM: they save a checkpoint, which the next invocation resumes)."""
     t0 = time.perf_counter()
     out = Path(out_dir)
     variants = [variant_by_name(n) for n in settings.variants]
     teachers = distill_teachers() if any(v.distill for v in variants) else None
     todo, skipped = [], []
-    for v in variants:
-        for s in settings.seeds:
+    # seed-major: when time runs out, the finished runs cover every variant with the same seeds
+    for s in settings.seeds:
+        for v in variants:
             if load_result(out, v.name, s) is not None:
                 skipped.append((v.name, s))
             else:
@@ -308,24 +314,74 @@ def run_ablation(base: RunConfig, out_dir: str | Path, settings: AblationSetting
     for name, s in skipped:
         echo(f"skip {name} seed {s}: {run_dir(out, name, s) / RESULTS_FILE} exists")
     settings_dict = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in vars(settings).items()}
-    if settings.jobs <= 1 or len(todo) <= 1:
-        for v, s, run in todo:
-            echo(f"run {v.name} seed {s} -> {run.train.output_dir}")
-            _report(echo, train_and_evaluate(to_dict(run), v.name, settings_dict))
+    deadline = None if stop_after_s is None else t0 + stop_after_s
+    if report_only:
+        todo = []
+    if settings.jobs <= 1:
+        failed = _run_inline(todo, settings_dict, deadline, echo)
     else:
-        import multiprocessing
-
-        with ProcessPoolExecutor(settings.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = []
-            for v, s, run in todo:
-                Path(run.train.output_dir).mkdir(parents=True, exist_ok=True)
-                log = str(Path(run.train.output_dir) / "log.txt")
-                echo(f"queue {v.name} seed {s} -> {run.train.output_dir} (log: {log})")
-                futures.append(pool.submit(train_and_evaluate, to_dict(run), v.name, settings_dict, log))
-            for f in futures:
-                _report(echo, f.result())
+        failed = _run_in_processes(todo, settings_dict, settings.jobs, deadline, echo)
     results = [r for v in variants for s in settings.seeds if (r := load_result(out, v.name, s)) is not None]
-    return AblationResult(results, skipped, time.perf_counter() - t0)
+    return AblationResult(results, skipped, time.perf_counter() - t0, failed)
+
+
+Todo = list[tuple[Variant, int, RunConfig]]
+
+
+def _run_inline(todo: Todo, settings_dict: dict, deadline: float | None,
+                echo: Callable[[str], None]) -> list[tuple[str, int, str]]:
+    failed = []
+    for v, s, run in todo:
+        if deadline is not None and time.perf_counter() > deadline:
+            echo(f"time is up: {v.name} seed {s} not started")
+            failed.append((v.name, s, "not started (time limit)"))
+            continue
+        echo(f"run {v.name} seed {s} -> {run.train.output_dir}")
+        try:
+            _report(echo, train_and_evaluate(to_dict(run), v.name, settings_dict))
+        except Exception as e:  # one failed run must not lose the others' report
+            failed.append((v.name, s, f"{type(e).__name__}: {e}"))
+            echo(f"FAILED {v.name} seed {s}: {type(e).__name__}: {e}")
+    return failed
+
+
+def _run_in_processes(todo: Todo, settings_dict: dict, jobs: int, deadline: float | None,
+                      echo: Callable[[str], None]) -> list[tuple[str, int, str]]:
+    """Up to ``jobs`` runs at a time, each in its own spawned process writing to its ``log.txt``."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    queue, running, failed = list(todo), {}, []
+    stopping = False
+    while queue or running:
+        if not stopping and deadline is not None and time.perf_counter() > deadline:
+            stopping = True
+            for v, s, _ in queue:
+                failed.append((v.name, s, "not started (time limit)"))
+            echo(f"time is up: {len(queue)} run(s) not started, asking {len(running)} to stop")
+            queue.clear()
+            for proc in running:
+                proc.terminate()
+        while queue and len(running) < jobs:
+            v, s, run = queue.pop(0)
+            log = Path(run.train.output_dir) / "log.txt"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            proc = ctx.Process(target=train_and_evaluate, args=(to_dict(run), v.name, settings_dict, str(log)),
+                               name=f"ablation-{v.name}-{s}")
+            proc.start()
+            running[proc] = (v.name, s, run.train.output_dir)
+            echo(f"start {v.name} seed {s} (pid {proc.pid}) -> {run.train.output_dir} (log: {log})")
+        time.sleep(0.5)
+        for proc in [p for p in running if not p.is_alive()]:
+            proc.join()
+            name, s, out = running.pop(proc)
+            result = load_result(Path(out).parent.parent, name, s)
+            if proc.exitcode == 0 and result is not None:
+                _report(echo, result)
+            else:
+                failed.append((name, s, f"exit code {proc.exitcode}"))
+                echo(f"FAILED {name} seed {s}: exit code {proc.exitcode} (see {out}/log.txt)")
+    return failed
 
 
 def _report(echo: Callable[[str], None], r: dict) -> None:
@@ -447,7 +503,8 @@ def plot_summary(summary: dict[str, dict[str, Any]], png: str | Path) -> None:
     ax.set_ylabel("% (mean ± std over seeds)")
     ax.set_title("Pixel-SAIL ablation on the shapes world")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
+    if names:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(png, dpi=110)
     plt.close(fig)
@@ -498,7 +555,7 @@ def _kept_reading(path: Path) -> str | None:
     return m.group(1).strip("\n") if m else None
 
 
-def write_report(results: Sequence[dict], docs_dir: str | Path, *, command: str, machine: str, wall_s: float,
+def write_report(results: Sequence[dict], docs_dir: str | Path, *, command: str, machine: str, wall_s: float | None,
                  full_command: str | None = None) -> tuple[Path, Path]:
     """``ABLATION.md`` and ``ablation.png`` in ``docs_dir``. A hand-written reading between the reading markers of
     an existing ``ABLATION.md`` is kept."""
@@ -551,7 +608,8 @@ def write_report(results: Sequence[dict], docs_dir: str | Path, *, command: str,
         "",
         *budget_lines(results),
         f"- machine: {machine}",
-        f"- wall time of the command that wrote this file: {wall_s:.0f} s (finished runs are skipped on a re-run)",
+        *([f"- wall time of the command that wrote this file: {wall_s:.0f} s (finished runs are skipped on a "
+            "re-run)"] if wall_s is not None else []),
         "",
         "## Command",
         "",

@@ -45,6 +45,21 @@ def base_config(config: Optional[Path], quick: bool, steps: Optional[int], batch
     return apply_overrides(run, items + list(overrides))
 
 
+def _invocation(out: Path, report_only: bool, machine: str) -> tuple[str, str]:
+    """(command as typed, machine) of this invocation, kept in <out>/invocation.json; with --report-only, those of
+    the invocation that trained the runs."""
+    saved = out / "invocation.json"
+    if report_only and saved.is_file():
+        kept = json.loads(saved.read_text())
+        return kept["command"], kept["machine"]
+    argv = sys.argv[2:] if len(sys.argv) > 1 and sys.argv[1] == "ablate" else []
+    command = " ".join(["pixelsail ablate", *(shlex.quote(a) for a in argv)])
+    if not report_only:
+        out.mkdir(parents=True, exist_ok=True)
+        saved.write_text(json.dumps({"command": command, "machine": machine}, indent=1) + "\n")
+    return command, machine
+
+
 def ablate_command(
     overrides: Optional[List[str]] = typer.Argument(None, help="base-config overrides, e.g. train.lr=5e-4"),
     quick: bool = typer.Option(False, "--quick", help="tiny model, a few steps, a handful of eval samples"),
@@ -60,6 +75,11 @@ def ablate_command(
     variants: Optional[List[str]] = typer.Option(None, "--variant", help="only these variants (repeatable)"),
     jobs: int = typer.Option(1, "--jobs", min=1, help="runs trained at the same time (processes)"),
     threads: int = typer.Option(1, "--threads", min=1, help="torch threads per run"),
+    stop_after: Optional[float] = typer.Option(None, "--stop-after", min=0.0,
+                                               help="minutes: start no run after this; with --jobs > 1 also stop "
+                                               "the runs still training (they keep a checkpoint to resume)"),
+    report_only: bool = typer.Option(False, "--report-only", help="train nothing: write the report from the "
+                                     "finished runs in --out"),
     captions: bool = typer.Option(True, "--captions/--no-captions",
                                   help="score region descriptions with METEOR (Java); needed for the overall"),
 ) -> None:
@@ -81,13 +101,17 @@ def ablate_command(
                                 eval_per_task=eval_per_task or (QUICK_EVAL_PER_TASK if quick else 40),
                                 max_new_tokens=QUICK_MAX_NEW_TOKENS if quick else 32, threads=threads, jobs=jobs,
                                 variants=names, captions=captions)
-    result = run_ablation(base, out, settings, echo=typer.echo)
+    result = run_ablation(base, out, settings, echo=typer.echo, report_only=report_only,
+                          stop_after_s=None if stop_after is None else 60.0 * stop_after)
     (out / "summary.json").write_text(json.dumps(summarize(result.results), indent=1))
-    command = "pixelsail ablate " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 1 \
-        and sys.argv[1] == "ablate" else "pixelsail ablate"
-    md, png = write_report(result.results, docs, command=command, machine=machine_description(threads, jobs),
-                           wall_s=result.wall_s, full_command=None if quick else FULL_BUDGET)
+    command, machine = _invocation(out, report_only, machine_description(threads, jobs))
+    md, png = write_report(result.results, docs, command=command, machine=machine,
+                           wall_s=None if report_only else result.wall_s, full_command=None if quick else FULL_BUDGET)
     typer.echo(f"{len(result.results)} runs ({len(result.skipped)} skipped as finished)\ntable: {md}\nchart: {png}")
+    if result.failed:
+        typer.echo(f"{len(result.failed)} run(s) failed: " + "; ".join(f"{v} seed {s}" for v, s, _ in result.failed),
+                   err=True)
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:
