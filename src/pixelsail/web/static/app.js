@@ -184,7 +184,7 @@ $("new-chat").addEventListener("click", async () => {
 
 function showResult(r) {
   $("result").hidden = false;
-  $("answer").textContent = r.text;
+  $("answer").textContent = r.text.trim() ? r.text : "(the model gave an empty answer)";
   $("overlay").src = r.overlay;
   const masks = $("masks");
   masks.dataset.count = String(r.masks.length);
@@ -192,7 +192,8 @@ function showResult(r) {
     const li = document.createElement("li");
     li.className = "mask";
     li.dataset.area = String(m.area);
-    li.textContent = `mask ${i}: ${m.area} px, box [${m.box}], score ${m.score.toFixed(2)}`;
+    const box = m.box ? `box [${m.box}]` : "empty";
+    li.textContent = `mask ${i}: ${m.area} px, ${box}, score ${m.score.toFixed(2)}`;
     return li;
   }));
   const reuse = r.prefix_reused ? " (image prefix reused)" : "";
