@@ -422,18 +422,27 @@ LOSSES: tuple[tuple[str, str], ...] = (("loss", "total"), ("loss/lm", "LM"), ("l
                                         ("loss/distill_image", "distill image"))
 
 
+def loss_stats(results: Sequence[dict]) -> dict[str, dict[str, tuple[float, float]]]:
+    """{variant: {loss name: (mean, std)}} of the last logged training losses."""
+    out: dict[str, dict[str, tuple[float, float]]] = {}
+    for v in VARIANTS:
+        runs = [r for r in results if r["variant"] == v.name]
+        for key, _ in LOSSES:
+            values = [r["train"]["losses"][key] for r in runs if key in r["train"].get("losses", {})]
+            if values:
+                out.setdefault(v.name, {})[key] = mean_std(values)
+    return out
+
+
 def loss_table(results: Sequence[dict]) -> str:
     """Training losses of the last log interval, mean ± std over seeds: a signal that exists even when the
     evaluation metrics are still at zero."""
+    stats = loss_stats(results)
     lines = ["| variant | " + " | ".join(label for _, label in LOSSES) + " |", "|---|" + "---:|" * len(LOSSES)]
     for v in VARIANTS:
-        runs = [r for r in results if r["variant"] == v.name]
-        if not runs:
+        if v.name not in stats:
             continue
-        cells = []
-        for key, _ in LOSSES:
-            values = [r["train"]["losses"][key] for r in runs if key in r["train"].get("losses", {})]
-            cells.append(_cell(*mean_std(values), digits=3) if values else "–")
+        cells = [_cell(*stats[v.name][k], digits=3) if k in stats[v.name] else "–" for k, _ in LOSSES]
         lines.append(f"| {v.title} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -480,7 +489,20 @@ def compare_steps(summary: dict[str, dict[str, Any]], keys: Sequence[str] = ("re
     return lines
 
 
-def plot_summary(summary: dict[str, dict[str, Any]], png: str | Path) -> None:
+def _grouped_bars(ax: Any, labels: Sequence[str], rows: Sequence[tuple[str, list[float], list[float]]]) -> None:
+    """One group of bars per label, one bar per (name, means, stds) row, with std error bars."""
+    x = np.arange(len(labels))
+    width = 0.8 / max(1, len(rows))
+    for j, (name, means, stds) in enumerate(rows):
+        ax.bar(x + (j - (len(rows) - 1) / 2) * width, means, width, yerr=stds, capsize=2, label=name)
+    ax.set_xticks(x)
+    ax.set_xticklabels(labels, rotation=25, ha="right", fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+
+
+def plot_summary(summary: dict[str, dict[str, Any]], losses: dict[str, dict[str, tuple[float, float]]],
+                 png: str | Path) -> None:
+    """Evaluation metrics (left) and the end-of-training losses (right), per variant, mean ± std over seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -488,21 +510,19 @@ def plot_summary(summary: dict[str, dict[str, Any]], png: str | Path) -> None:
 
     shown = [m for m in METRICS if m.key not in ("res_single_giou", "res_multi_giou", "vt_res_giou")]
     names = [v for v in VARIANTS if v.name in summary]
-    x = np.arange(len(shown))
-    width = 0.8 / max(1, len(names))
-    fig, ax = plt.subplots(figsize=(11, 4.8))
-    for j, v in enumerate(names):
-        row = summary[v.name]
-        means = [row.get(m.key, [math.nan, math.nan])[0] * m.scale for m in shown]
-        stds = [row.get(m.key, [math.nan, math.nan])[1] * m.scale for m in shown]
-        ax.bar(x + (j - (len(names) - 1) / 2) * width, means, width, yerr=stds, capsize=2,
-               label=f"{v.title} (n={len(row['seeds'])})")
-    ax.set_xticks(x)
-    ax.set_xticklabels([m.label + (" ×100" if m.scale != 1 else "") for m in shown], rotation=25, ha="right",
-                       fontsize=8)
+    nan2 = [math.nan, math.nan]
+    fig, (ax, lax) = plt.subplots(1, 2, figsize=(14, 4.8), gridspec_kw={"width_ratios": [3, 1]})
+    _grouped_bars(ax, [m.label + (" ×100" if m.scale != 1 else "") for m in shown],
+                  [(f"{v.title} (n={len(summary[v.name]['seeds'])})",
+                    [summary[v.name].get(m.key, nan2)[0] * m.scale for m in shown],
+                    [summary[v.name].get(m.key, nan2)[1] * m.scale for m in shown]) for v in names])
     ax.set_ylabel("% (mean ± std over seeds)")
-    ax.set_title("Pixel-SAIL ablation on the shapes world")
-    ax.grid(axis="y", alpha=0.3)
+    ax.set_title("Pixel-SAIL ablation on the shapes world: evaluation")
+    keys = [(k, label) for k, label in LOSSES if k in ("loss/lm", "loss/mask_bce", "loss/mask_dice")]
+    _grouped_bars(lax, [label for _, label in keys],
+                  [(v.title, [losses.get(v.name, {}).get(k, (math.nan, math.nan))[0] for k, _ in keys],
+                    [losses.get(v.name, {}).get(k, (math.nan, math.nan))[1] for k, _ in keys]) for v in names])
+    lax.set_title("training loss at the end")
     if names:
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -563,7 +583,7 @@ def write_report(results: Sequence[dict], docs_dir: str | Path, *, command: str,
     docs.mkdir(parents=True, exist_ok=True)
     md, png = docs / "ABLATION.md", docs / "ablation.png"
     summary = summarize(results)
-    plot_summary(summary, png)
+    plot_summary(summary, loss_stats(results), png)
     reading = _kept_reading(md) or ("(No hand-written reading yet: write it between the markers; a re-run keeps "
                                     "it.)")
     lines = [
