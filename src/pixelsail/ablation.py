@@ -638,7 +638,8 @@ def write_report(results: Sequence[dict], docs_dir: str | Path, *, command: str,
         "```",
     ]
     if full_command:
-        lines += ["", "The budget the issue asks for (about an hour of a quiet 2-core machine):", "", "```",
+        lines += ["", "The budget the issue asks for, about an hour of a quiet 2-core machine (estimated from the step "
+                  "times above, not run):", "", "```",
                   full_command, "```"]
     md.write_text("\n".join(lines) + "\n")
     return md, png
