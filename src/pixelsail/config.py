@@ -93,7 +93,7 @@ class TrainConfig:
     weight_decay: float = 0.05
     warmup_ratio: float = 0.05
     grad_clip: float = 1.0
-    precision: str = "bf16"           # "bf16" autocast | "fp32"
+    precision: str = "auto"           # "auto": bf16 autocast where bf16 is fast (GPU, AVX512-BF16/AMX CPU) | "bf16" | "fp32"
     gradient_checkpointing: bool = False
     parallel: str = "ddp"             # "ddp" | "fsdp" (used when launched with torchrun)
     length_grouped: bool = True
@@ -149,6 +149,11 @@ def _coerce(tp: Any, value: Any) -> Any:
         return [_coerce(inner, v) for v in value]
     if origin is tuple and isinstance(value, (list, tuple)):
         return tuple(value)
+    if tp is float and isinstance(value, (str, int)) and not isinstance(value, bool):
+        try:
+            return float(value)  # YAML 1.1 reads "1e-4" (no dot) as a string
+        except ValueError:
+            raise ValueError(f"expected a number, got {value!r}") from None
     return value
 
 

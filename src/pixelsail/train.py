@@ -37,6 +37,7 @@ import torch.distributed as dist
 from torch import nn
 
 from pixelsail.config import RunConfig, TrainConfig, save_yaml
+from pixelsail.hardware import autocast_dtype
 from pixelsail.data.mixture import BatchStream, Mixture, MixtureSampler, SamplerState, micro_batches
 
 log = logging.getLogger("pixelsail.train")
@@ -535,8 +536,8 @@ def _checked_train_config(tc: TrainConfig) -> TrainConfig:
                 changes[f.name] = float(value)
             except ValueError:
                 raise ValueError(f"train.{f.name} must be a number, got {value!r}") from None
-    if tc.precision not in ("bf16", "fp32"):
-        raise ValueError(f"train.precision must be 'bf16' or 'fp32', got {tc.precision!r}")
+    if tc.precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"train.precision must be 'auto', 'bf16' or 'fp32', got {tc.precision!r}")
     if min(tc.max_steps, tc.batch_size, tc.grad_accum, tc.log_every) < 1:
         raise ValueError("train.max_steps, train.batch_size, train.grad_accum and train.log_every must be >= 1")
     return replace(tc, **changes)
@@ -594,7 +595,8 @@ def train(run: RunConfig, *, resume: bool, build: Callable[[RunConfig], nn.Modul
                          grad_accum=tc.grad_accum, length_grouped=tc.length_grouped, start=sampler_state,
                          group_batches=max(1, GROUP_SAMPLES // (tc.batch_size * tc.grad_accum)))
     metrics = MetricsLog(out_dir, start_step if ckpt is not None else None, tc.tensorboard) if env.is_main else None
-    autocast = torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")
+    amp_dtype = autocast_dtype(tc.precision, env.device)
+    autocast = torch.autocast(env.device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None)
 
     def trainer_state() -> dict[str, Any]:
         return {"epoch": sampler_state.epoch, "epoch_step": sampler_state.step, "global_batch": global_batch,

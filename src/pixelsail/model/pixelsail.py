@@ -100,7 +100,8 @@ class PixelSail(nn.Module):
         self.config = config
         self.backbone = Backbone(llm, config.attn_implementation)
         hidden = self.backbone.hidden_size
-        self.patch_embed = PatchEmbed(patch_size=config.patch_size, hidden_size=hidden)
+        embed_std = float(self.backbone.llm.get_input_embeddings().weight.detach().float().std())
+        self.patch_embed = PatchEmbed(patch_size=config.patch_size, hidden_size=hidden, output_std=embed_std)
         self.prompt_injector = PromptInjector(hidden_size=hidden) if config.vp_injection else None
         self.mask_features = MaskFeatures(hidden_size=hidden, patch_size=config.patch_size, mask_dim=config.mask_dim,
                                           upsample=config.upsample, stride=config.upsample_stride,
