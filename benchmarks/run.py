@@ -64,18 +64,22 @@ class Bench:
     repeats: int
     ref_seconds: float
     autocast_dtype: torch.dtype | None = None
+    clock: str = "wall"            # "cpu": process CPU time, which other processes' load does not inflate
     log: Callable[[str], None] = print
+    last_wall: float = 0.0
 
     def sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
 
     def seconds(self, fn: Callable[[], object]) -> float:
+        """Seconds of one call by the chosen clock; the wall-clock seconds are kept in ``last_wall``."""
         self.sync()
-        t0 = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         fn()
         self.sync()
-        return time.perf_counter() - t0
+        self.last_wall = time.perf_counter() - wall
+        return time.process_time() - cpu if self.clock == "cpu" else self.last_wall
 
     def autocast(self):
         if self.autocast_dtype is None:
@@ -171,17 +175,18 @@ def measure(name: str, fn: Callable[[], object], bench: Bench, *, flop_count: fl
             ref: MatmulReference | None = None, memory: bool = True) -> CaseResult:
     """Warm up, then ``repeats`` x (matmul reference, the case); then one untimed call for peak memory."""
     fn()
-    times, ratios, rates = [], [], []
+    times, walls, ratios, rates = [], [], [], []
     for _ in range(bench.repeats):
         ref_rate = ref.rate() if ref else 0.0
         t = bench.seconds(fn)
         times.append(t)
+        walls.append(bench.last_wall)
         if ref:
             rates.append(ref_rate)
             ratios.append(flop_count / t / ref_rate)
     peak = peak_memory(fn, bench.device) if memory else 0
     result = CaseResult(name, Stats(times), flop_count, Stats(ratios) if ref else None,
-                        Stats(rates) if ref else None, peak)
+                        Stats(rates) if ref else None, peak, {"wall": Stats(walls)})
     bench.log(f"  {name}: {result.seconds.fmt(1e3, 1, ' ms')}"
               + (f", {result.ref_ratio.fmt(100, 0, '%')} of matmul" if ref else "")
               + (f", peak +{peak / 2**20:.0f} MiB" if memory else ""))
@@ -222,9 +227,11 @@ def model_config(name: str, attn: str = PREFIX_SDPA) -> PixelSailConfig:
     return replace(cfg, attn_implementation=attn)
 
 
-def make_model(cfg: PixelSailConfig, device: torch.device, seed: int = 0) -> PixelSail:
+def make_model(cfg: PixelSailConfig, bench: Bench, seed: int = 0) -> PixelSail:
     torch.manual_seed(seed)
-    return build_model(cfg).to(device)
+    model = build_model(cfg).to(bench.device)
+    model.inference_dtype = bench.autocast_dtype  # prefill/respond autocast themselves (bf16 where it is fast)
+    return model
 
 
 def make_sample(side: int, num_masks: int = 1, seed: int = 0, question: str = QUESTION) -> Sample:
@@ -254,9 +261,8 @@ def make_batch(model: PixelSail, batch: int, side: int, num_masks: int = 1) -> t
 
 
 def train_step_fn(model: PixelSail, batch: dict, bench: Bench) -> Callable[[], None]:
-    model.train()
-
     def step():
+        model.train()
         model.zero_grad(set_to_none=True)
         with bench.autocast():
             out = model(**batch)
@@ -265,8 +271,7 @@ def train_step_fn(model: PixelSail, batch: dict, bench: Bench) -> Callable[[], N
 
 
 def prefill_fn(model: PixelSail, image: np.ndarray) -> Callable[[], object]:
-    model.eval()
-    return lambda: model.prefill_image(image)
+    return lambda: model.eval().prefill_image(image)
 
 
 def pixelsail_query(model: PixelSail, image: np.ndarray, question: str = QUESTION, answer: str = f"Sure, {SEG}."):
@@ -290,7 +295,8 @@ def profile_breakdown(fn: Callable[[], object], top: int = 6) -> dict:
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
     with profile(activities=acts) as prof:
         fn()
-    rows = [(e.key, e.self_cpu_time_total, e.count) for e in prof.key_averages()]
+    timer = "self_device_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+    rows = [(e.key, getattr(e, timer), e.count) for e in prof.key_averages()]
     total = sum(t for _, t, _ in rows) or 1.0
     mm = sum(t for k, t, _ in rows if k in MATMUL_OPS)
     attn = sum(t for k, t, _ in rows if k in ATTENTION_OPS)
@@ -320,7 +326,7 @@ FULL = Plan(limit_configs=[("shapes-tiny", 16, 128, 256), ("100m", 2, 256, 256)]
 QUICK = Plan(limit_configs=[("quick", 2, 64, 64)], peer_configs=[("quick", 64)], scaling_config="quick",
              prefill_sides=[32, 64], train_sides=[32, 64], seg_counts=[1, 2], seg_side=32, seg_batch=1)
 CUDA = Plan(limit_configs=[("100m", 16, 256, 512), ("0.5b", 8, 448, 1024)], peer_configs=[("0.5b", 448)],
-            scaling_config="0.5b", prefill_sides=[128, 256, 512, 1024], train_sides=[128, 256, 512, 1024],
+            scaling_config="0.5b", prefill_sides=[128, 256, 512, 1024], train_sides=[128, 256, 512],
             seg_counts=[1, 2, 4, 8, 16], seg_side=448, seg_batch=4)
 
 
@@ -328,7 +334,7 @@ def near_limit(plan: Plan, bench: Bench) -> list[dict]:
     rows = []
     for name, batch, train_side, prefill_side in plan.limit_configs:
         cfg = model_config(name)
-        model = make_model(cfg, bench.device)
+        model = make_model(cfg, bench)
         params = flops.parameter_count(model)
         bench.log(f"[limit] {name}: {params / 1e6:.1f}M parameters")
         data, shape = make_batch(model, batch, train_side)
@@ -356,7 +362,7 @@ def peer_comparison(plan: Plan, bench: Bench) -> list[dict]:
     rows = []
     for name, side in plan.peer_configs:
         cfg = model_config(name)
-        model = make_model(cfg, bench.device).eval()
+        model = make_model(cfg, bench).eval()
         torch.manual_seed(1)
         peer = PeerPipeline(model_config(name), model.processor).to(bench.device).eval()
         image = make_sample(side).image
@@ -376,9 +382,19 @@ def peer_comparison(plan: Plan, bench: Bench) -> list[dict]:
             if len(peer.segment(image, QUESTION, answer)) != 1:
                 raise RuntimeError("the peer pipeline did not return one mask")
 
+        inputs = model.processor.image_inputs(image)
+        patches = inputs.patches.to(bench.device)
+        vision_map = torch.randn(1, cfg.hidden_size, *inputs.grid, device=bench.device)
+        with torch.no_grad():
+            image_embed = peer.neck(peer.vit(patches, inputs.grid))
+            prompt = torch.randn(1, image_embed.shape[-1], device=bench.device)
+        parts = {"pixelsail_mask_features": lambda: model.mask_features(vision_map),
+                 "peer_vit": lambda: peer.vit(patches, inputs.grid),
+                 "peer_mask_decoder": lambda: peer.decoder(image_embed, inputs.grid, prompt)}
+
         bench.log(f"[peer] {name} at {side}px")
         with torch.no_grad(), bench.autocast():
-            times = interleaved({"pixelsail": first, "follow_up": follow_up, "peer": peer_query}, bench)
+            times = interleaved({"pixelsail": first, "follow_up": follow_up, "peer": peer_query, **parts}, bench)
             memory = {k: peak_memory(fn, bench.device) for k, fn in
                       (("pixelsail", first), ("follow_up", follow_up), ("peer", peer_query))}
         row = {"config": name, "side": side, "times": times, "memory": memory,
@@ -394,7 +410,7 @@ def peer_comparison(plan: Plan, bench: Bench) -> list[dict]:
 
 def scaling(plan: Plan, bench: Bench) -> dict:
     cfg = model_config(plan.scaling_config)
-    model = make_model(cfg, bench.device)
+    model = make_model(cfg, bench)
     out: dict = {"config": plan.scaling_config, "prefill": [], "train": [], "seg_train": [], "seg_query": []}
     for side in plan.prefill_sides:
         image = make_sample(side).image
@@ -411,7 +427,8 @@ def scaling(plan: Plan, bench: Bench) -> dict:
         _log_times(bench, times)
     for side in plan.train_sides:
         data, shape = make_batch(model, 1, side)
-        fns = {attn: _with_attention(model, attn, train_step_fn(model, data, bench)) for attn in ATTENTION_IMPLEMENTATIONS}
+        fns = {attn: _with_attention(model, attn, train_step_fn(model, data, bench))
+               for attn in ATTENTION_IMPLEMENTATIONS}
         bench.log(f"[scaling] train step {shape.patches} patches")
         times = interleaved(fns, bench)
         mem = {attn: peak_memory(fn, bench.device) for attn, fn in fns.items()}
@@ -430,7 +447,8 @@ def scaling(plan: Plan, bench: Bench) -> dict:
     with bench.autocast():
         query_times = interleaved(seg_query, bench)
     for k in plan.seg_counts:
-        out["seg_train"].append({"masks": k, "seconds": train_times[k], "memory": peak_memory(seg_train[k], bench.device)})
+        out["seg_train"].append({"masks": k, "seconds": train_times[k],
+                                 "memory": peak_memory(seg_train[k], bench.device)})
         with bench.autocast():
             out["seg_query"].append({"masks": k, "seconds": query_times[k],
                                      "memory": peak_memory(seg_query[k], bench.device)})
@@ -494,15 +512,18 @@ def render(results: dict, meta: dict) -> str:
         f"- date: {meta['date']}; torch {torch.__version__}; python {platform.python_version()}",
         f"- every time is median (min–max) over {meta['repeats']} repeats after a warm-up; ratios are taken inside "
         "each repeat (the matmul reference runs right before the case), then summarised the same way",
+        ("- times are CPU seconds of the benchmark process (`time.process_time`, fixed thread count): time slices "
+         "taken by other processes on this shared machine do not count; wall-clock medians are shown in section 1"
+         if meta["clock"] == "cpu" else "- times are wall-clock seconds (device synchronised)"),
         "- FLOPs are counted analytically (`benchmarks/flops.py`: decoder matmuls, allowed attention pairs, patch "
         "embedding, upsampler, mask head; backward = 2x forward); memory is the peak extra "
         + ("CUDA allocation" if meta["device"] == "cuda" else "resident set (RSS) of one call, heap trimmed before it"),
         "",
         "## 1. How close to the machine's matmul rate",
         "",
-        "| config | params | case | shape | time | achieved GFLOP/s | matmul reference GFLOP/s | ratio to matmul |"
+        "| config | params | case | shape | time | wall time | achieved GFLOP/s | matmul reference GFLOP/s | ratio to matmul |"
         + (" MFU (bf16 peak) |" if peak else "") + " peak memory MiB |",
-        "|---|---|---|---|---|---|---|---|" + ("---|" if peak else "") + "---|",
+        "|---|---|---|---|---|---|---|---|---|" + ("---|" if peak else "") + "---|",
     ]
     for row in results["limit"]:
         s = row["train_shape"]
@@ -513,7 +534,8 @@ def render(results: dict, meta: dict) -> str:
             r = row["train" if case.startswith("train") else "prefill"]
             mfu = f" {Stats([x / peak for x in r.rate.values]).fmt(100, 1, '%')} |" if peak else ""
             lines.append(f"| {row['config']} | {row['params'] / 1e6:.1f}M | {case} | {shape} | "
-                         f"{r.seconds.fmt(1e3, 1, ' ms')} | {r.rate.fmt(1e-9, 1)} | "
+                         f"{r.seconds.fmt(1e3, 1, ' ms')} | {r.extra['wall'].median * 1e3:.1f} ms | "
+                         f"{r.rate.fmt(1e-9, 1)} | "
                          f"{r.ref_rate.fmt(1e-9, 1)} ({'x'.join(map(str, ref_shape))}) | "
                          f"**{r.ref_ratio.fmt(100, 0, '%')}** |{mfu} {mib(r.peak_bytes)} |")
     lines += ["", "Where the time goes (torch.profiler self time, one call):", ""]
@@ -527,12 +549,12 @@ def render(results: dict, meta: dict) -> str:
                          f"{100 * p['attention_share']:.1f}% | {other} |")
     lines += ["", "## 2. Against a matched three-model pipeline (ViT + the same LLM + SAM-style decoder)", "",
               "One referring-segmentation query, image in -> mask out, answer forced to `Sure, [SEG].` in both "
-              "(decoding costs the same in both: same LLM, same text). The three callables run back to back in "
-              "every repeat.", "",
+              "(decoding costs the same in both: same LLM, same text). All callables (both pipelines, the "
+              "follow-up, the parts) run back to back in every repeat.", "",
               "| config | image | params pixelsail | params peer (ViT / LLM / mask decoder) | pixelsail query | "
               "peer query | **peer / pixelsail** | follow-up (cached prefix) | **follow-up / first** | "
-              "peak MiB pixelsail / peer |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "peak MiB pixelsail / peer | of which: pixelsail upsampler + mask MLP / peer ViT / peer mask decoder |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in results["peer"]:
         p, t = row["params"], row["times"]
         peer_total = p["vit"] + p["llm"] + p["mask_decoder"]
@@ -541,7 +563,9 @@ def render(results: dict, meta: dict) -> str:
                      f"{t['pixelsail'].fmt(1e3, 1, ' ms')} | {t['peer'].fmt(1e3, 1, ' ms')} | "
                      f"**{row['speedup'].fmt(digits=2, unit='x')}** | {t['follow_up'].fmt(1e3, 1, ' ms')} | "
                      f"**{row['follow_up_ratio'].fmt(digits=3)}** | "
-                     f"{mib(row['memory']['pixelsail'])} / {mib(row['memory']['peer'])} |")
+                     f"{mib(row['memory']['pixelsail'])} / {mib(row['memory']['peer'])} | "
+                     + " / ".join(t[k].fmt(1e3, 1, " ms") for k in ("pixelsail_mask_features", "peer_vit",
+                                                                      "peer_mask_decoder")) + " |")
     sc = results["scaling"]
     attns = list(ATTENTION_IMPLEMENTATIONS)
     header = ["| patches | GFLOP | " + " | ".join(f"{a} ms" for a in attns) + " | sdpa / prefix | eager / prefix | "
@@ -630,6 +654,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (fixed, for stable numbers)")
     parser.add_argument("--repeats", type=int, help="timed repeats per case (default 3, quick 2)")
+    parser.add_argument("--clock", choices=["cpu", "wall"],
+                        help="what a time is: process CPU time (default on CPU: immune to other processes' load) "
+                             "or wall-clock time (always on CUDA)")
     parser.add_argument("--peak-tflops", type=float, help="the device's dense bf16 peak, for MFU")
     parser.add_argument("--only", nargs="*", choices=["limit", "peer", "scaling"], help="run only these parts")
     args = parser.parse_args(argv)
@@ -641,7 +668,8 @@ def main(argv: list[str] | None = None) -> dict:
     plan = QUICK if args.quick else (CUDA if device.type == "cuda" else FULL)
     repeats = args.repeats or (2 if args.quick else 3)
     bench = Bench(device=device, repeats=repeats, ref_seconds=0.02 if args.quick else 0.15,
-                  autocast_dtype=torch.bfloat16 if fast_bf16(device) else None)
+                  autocast_dtype=torch.bfloat16 if fast_bf16(device) else None,
+                  clock="wall" if device.type == "cuda" else (args.clock or "cpu"))
     out = args.out or (REPO / "runs" / "benchmarks-quick" / "PERFORMANCE.md" if args.quick
                        else REPO / "docs" / "PERFORMANCE.md")
     parts = args.only or ["limit", "peer", "scaling"]
@@ -654,10 +682,11 @@ def main(argv: list[str] | None = None) -> dict:
     if "scaling" in parts:
         results["scaling"] = scaling(plan, bench)
     command = "python -m benchmarks.run" + (" --quick" if args.quick else "") + \
-        (f" --device {args.device}" if args.device != "cpu" else "") + f" --threads {args.threads}"
+        (f" --device {args.device}" if args.device != "cpu" else "") + f" --threads {args.threads}" + \
+        (f" --clock {args.clock}" if args.clock else "")
     meta = {"command": command, "machine": machine_description(device, args.threads), "repeats": repeats,
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "device": device.type, "peak": bf16_peak(device, args.peak_tflops),
+            "device": device.type, "peak": bf16_peak(device, args.peak_tflops), "clock": bench.clock,
             "notes": [f"- wall time of the whole benchmark: {time.perf_counter() - started:.0f} s"]}
     out.parent.mkdir(parents=True, exist_ok=True)
     if results["limit"] and results["peer"] and results["scaling"]:
