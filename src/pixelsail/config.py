@@ -37,6 +37,7 @@ class PixelSailConfig:
     rms_norm_eps: float = 1e-6
     max_position_embeddings: int = 8192
     tie_word_embeddings: bool = True
+    initializer_range: float = 0.02
     attn_implementation: str = "sdpa"
     # vision input
     patch_size: int = 16

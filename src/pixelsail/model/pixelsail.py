@@ -78,6 +78,7 @@ def build_llm(config: PixelSailConfig) -> Qwen2ForCausalLM:
         num_attention_heads=config.num_attention_heads, num_key_value_heads=config.num_key_value_heads,
         intermediate_size=config.intermediate_size, rope_theta=config.rope_theta, rms_norm_eps=config.rms_norm_eps,
         max_position_embeddings=config.max_position_embeddings, tie_word_embeddings=config.tie_word_embeddings,
+        initializer_range=config.initializer_range,
     )
     return Qwen2ForCausalLM._from_config(llm_cfg, attn_implementation="sdpa")
 
