@@ -196,7 +196,7 @@ class PixelSail(nn.Module):
         has_image = [i for i, im in enumerate(images) if im is not None]
         features = self._mask_features_batch(hidden, images, has_image)
         num_masks = sum(int(m.shape[0]) for m in masks)
-        touch = sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0  # every parameter in the graph (DDP)
+        touch = self._touch_all_parameters()
         if num_masks:
             counts = seg.sum(dim=1).tolist()
             for i, m in enumerate(masks):
@@ -235,6 +235,16 @@ class PixelSail(nn.Module):
                 if name.startswith("distill_"):
                     total = total + self.config.distill.weight * losses[name]
         return PixelSailOutput(loss=total, losses={k: torch.as_tensor(v).detach() for k, v in losses.items()})
+
+    def _touch_all_parameters(self) -> torch.Tensor | float:
+        """Zero that depends on every parameter, so DDP sees a gradient for each even when a batch has no masks,
+        prompts or teacher maps. Only under multi-process training: in one process it would cost a fill per
+        parameter per step (a fifth of a shapes-tiny step)."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return 0.0
+        return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
 
     def _mask_features_batch(self, hidden: torch.Tensor, images: list, idx: list[int]) -> dict[int, torch.Tensor]:
         """Upsampled features per image index; images sharing a grid are run as one batch."""
