@@ -427,14 +427,11 @@ def test_train_command_reports_bad_configs_clearly(tmp_path):
 
 
 def test_float_fields_written_without_a_dot_are_numbers():
-    from pixelsail.train import _checked_train_config
-
-    run = apply_overrides(RunConfig(), ["train.lr=1e-4", "train.weight_decay=5e-2"])
-    assert run.train.lr == "1e-4"                      # PyYAML reads 1e-4 as a string
-    checked = _checked_train_config(run.train)
-    assert checked.lr == pytest.approx(1e-4) and checked.weight_decay == pytest.approx(0.05)
-    with pytest.raises(ValueError, match="train.lr must be a number"):
-        _checked_train_config(apply_overrides(RunConfig(), ["train.lr=fast"]).train)
+    run = apply_overrides(RunConfig(), ["train.lr=1e-4", "train.weight_decay=5e-2"])  # PyYAML reads 1e-4 as a string
+    assert run.train.lr == pytest.approx(1e-4) and isinstance(run.train.lr, float)
+    assert run.train.weight_decay == pytest.approx(0.05)
+    with pytest.raises(ValueError, match="TrainConfig.lr: expected a number, got 'fast'"):
+        apply_overrides(RunConfig(), ["train.lr=fast"])
 
 
 def test_a_non_finite_loss_stops_training_with_the_step_named(tmp_path):

@@ -137,7 +137,10 @@ def from_dict(cls: type, data: dict[str, Any]) -> Any:
         raise ValueError(f"{cls.__name__}: unknown field(s) {sorted(unknown)}; known: {sorted(known)}")
     kwargs = {}
     for name, value in data.items():
-        kwargs[name] = _coerce(hints[name], value)
+        try:
+            kwargs[name] = _coerce(hints[name], value)
+        except ValueError as e:
+            raise ValueError(f"{cls.__name__}.{name}: {e}") from None
     return cls(**kwargs)
 
 
