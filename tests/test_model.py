@@ -234,3 +234,14 @@ def test_overfits_one_batch_of_shapes():
     first, last = history[0], history[-1]
     assert last["lm"] < 0.1 * first["lm"], (first, last)
     assert last["mask_bce"] + last["mask_dice"] < 0.1 * (first["mask_bce"] + first["mask_dice"]), (first, last)
+
+
+def test_half_precision_checkpoint_loads_back_into_fp32(tmp_path):
+    model = tiny_model().eval()
+    model.save_pretrained(tmp_path, dtype=torch.float16)
+    loaded = PixelSail.from_pretrained(tmp_path)
+    assert loaded.patch_embed.proj.weight.dtype == torch.float32
+    for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a.half().float(), b), name
+    assert (tmp_path / "model.safetensors").stat().st_size < 0.6 * sum(
+        p.numel() * 4 for p in model.parameters())

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model, save_file, save_model
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerBase, Qwen2Config, Qwen2ForCausalLM
 
@@ -361,12 +361,20 @@ class PixelSail(nn.Module):
         return self.backbone.logits(hidden)
 
     # ----------------------------------------------------------------------------------------------- save / load
-    def save_pretrained(self, directory: str | Path) -> None:
+    def save_pretrained(self, directory: str | Path, *, dtype: torch.dtype | None = None) -> None:
+        """Config, tokenizer and safetensors weights; ``dtype`` (e.g. float16) stores smaller weights, which
+        :meth:`from_pretrained` casts back to the model's dtype."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         meta = {"pixelsail": to_dict(self.config), "llm": self.backbone.llm.config.to_dict()}
         (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
-        save_model(self, str(directory / WEIGHTS_FILE))
+        if dtype is None:
+            save_model(self, str(directory / WEIGHTS_FILE))
+        else:
+            state = {k: v.detach().to(dtype).contiguous() for k, v in self.state_dict().items()}
+            if self.config.tie_word_embeddings:
+                state.pop("backbone.llm.lm_head.weight", None)
+            save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
         self.tokenizer.save_pretrained(str(directory))
 
     @classmethod
