@@ -5,7 +5,7 @@
     python -m benchmarks.run --device cuda         # MFU against the card's bf16 peak, 0.5B-shaped config
 
 Every figure is a min/median/max over repeated runs or a ratio measured inside one repeat: a plain matmul of a
-similar shape runs right before the measured case, so machine load hits numerator and denominator alike.
+similar shape runs right before and after the measured case, so machine load hits numerator and denominator alike.
 """
 from __future__ import annotations
 
@@ -173,15 +173,16 @@ class CaseResult:
 
 def measure(name: str, fn: Callable[[], object], bench: Bench, *, flop_count: float = 0.0,
             ref: MatmulReference | None = None, memory: bool = True) -> CaseResult:
-    """Warm up, then ``repeats`` x (matmul reference, the case); then one untimed call for peak memory."""
+    """Warm up, then ``repeats`` x (matmul reference, the case, matmul reference); then one call for peak memory."""
     fn()
     times, walls, ratios, rates = [], [], [], []
     for _ in range(bench.repeats):
-        ref_rate = ref.rate() if ref else 0.0
+        before = ref.rate() if ref else 0.0
         t = bench.seconds(fn)
         times.append(t)
         walls.append(bench.last_wall)
         if ref:
+            ref_rate = (before + ref.rate()) / 2  # the reference on both sides of the case
             rates.append(ref_rate)
             ratios.append(flop_count / t / ref_rate)
     peak = peak_memory(fn, bench.device) if memory else 0
@@ -511,7 +512,7 @@ def render(results: dict, meta: dict) -> str:
         f"- machine: {meta['machine']}",
         f"- date: {meta['date']}; torch {torch.__version__}; python {platform.python_version()}",
         f"- every time is median (min–max) over {meta['repeats']} repeats after a warm-up; ratios are taken inside "
-        "each repeat (the matmul reference runs right before the case), then summarised the same way",
+        "each repeat (the matmul reference runs right before and right after the case), then summarised the same way",
         ("- times are CPU seconds of the benchmark process (`time.process_time`, fixed thread count): time slices "
          "taken by other processes on this shared machine do not count; wall-clock medians are shown in section 1"
          if meta["clock"] == "cpu" else "- times are wall-clock seconds (device synchronised)"),
@@ -521,8 +522,8 @@ def render(results: dict, meta: dict) -> str:
         "",
         "## 1. How close to the machine's matmul rate",
         "",
-        "| config | params | case | shape | time | wall time | achieved GFLOP/s | matmul reference GFLOP/s | ratio to matmul |"
-        + (" MFU (bf16 peak) |" if peak else "") + " peak memory MiB |",
+        "| config | params | case | shape | time | wall time | achieved GFLOP/s | matmul reference GFLOP/s "
+        "| ratio to matmul |" + (" MFU (bf16 peak) |" if peak else "") + " peak memory MiB |",
         "|---|---|---|---|---|---|---|---|---|" + ("---|" if peak else "") + "---|",
     ]
     for row in results["limit"]:
