@@ -245,3 +245,21 @@ def test_half_precision_checkpoint_loads_back_into_fp32(tmp_path):
         assert torch.equal(a.half().float(), b), name
     assert (tmp_path / "model.safetensors").stat().st_size < 0.6 * sum(
         p.numel() * 4 for p in model.parameters())
+
+
+def test_depthwise_conv_paths_agree_with_a_grouped_conv():
+    from torch import nn
+
+    from pixelsail.model.upsampler import DepthwiseConv3x3
+
+    dw = DepthwiseConv3x3(8)
+    conv = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+    with torch.no_grad():
+        conv.weight.copy_(dw.weight.permute(2, 0, 1)[:, None])
+        conv.bias.copy_(dw.bias)
+    x = torch.randn(2, 5, 7, 8)
+    expected = conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+    assert torch.allclose(dw(x), expected, atol=1e-5)  # fp32: grouped conv
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        shifted = dw(x)  # autocast on a CPU: the shifted multiply-adds
+    assert torch.allclose(shifted.float(), expected, atol=1e-5)

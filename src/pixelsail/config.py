@@ -38,7 +38,7 @@ class PixelSailConfig:
     max_position_embeddings: int = 8192
     tie_word_embeddings: bool = True
     initializer_range: float = 0.02
-    attn_implementation: str = "sdpa"
+    attn_implementation: str = "prefix_sdpa"   # fused, no L x L mask; "sdpa" and "eager" take explicit masks
     # vision input
     patch_size: int = 16
     max_image_size: int = 1024

@@ -254,8 +254,8 @@ class PixelSail(nn.Module):
         out = {}
         for grid, members in by_grid.items():
             maps = torch.stack([self._vision_grid(hidden[i], grid) for i in members])
-            feats = self.mask_features(maps)
-            out.update({i: feats[j] for j, i in enumerate(members)})
+            # unbind, not feats[j]: indexing makes backward zero-fill a whole-batch gradient per image
+            out.update(zip(members, self.mask_features(maps).unbind(0)))
         return out
 
     # ----------------------------------------------------------------------------------------------- inference

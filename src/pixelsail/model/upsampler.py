@@ -24,6 +24,12 @@ class DepthwiseConv3x3(nn.Module):
         nn.init.uniform_(self.weight, -1 / 3, 1 / 3)  # conv2d's default bound for fan_in = 9
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (x.device.type == "cpu" and (x.dtype == torch.bfloat16 or torch.is_autocast_enabled("cpu"))):
+            # (B, H, W, C) viewed as (B, C, H, W) in channels-last memory: oneDNN's grouped conv, ~8x faster in fp32
+            weight = self.weight.permute(2, 0, 1)[:, None].to(x.dtype)  # (C, 1, 3, 3)
+            out = F.conv2d(x.permute(0, 3, 1, 2), weight, self.bias.to(x.dtype), padding=1, groups=x.shape[-1])
+            return out.permute(0, 2, 3, 1)
+        # bf16 on a CPU: nine shifted multiply-adds (the bf16 conv kernel is far slower there)
         _, h, w, _ = x.shape
         padded = F.pad(x, (0, 0, 1, 1, 1, 1))  # (B, H+2, W+2, C)
         out = self.bias.to(x.dtype).expand_as(x)
