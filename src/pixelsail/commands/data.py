@@ -9,12 +9,9 @@ from typing import Any, Optional
 
 import typer
 
+from pixelsail.commands import fail as _fail
+
 data_app = typer.Typer(help="Check, preview and dry-run training data.", no_args_is_help=True)
-
-
-def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
 
 
 @data_app.command("validate")

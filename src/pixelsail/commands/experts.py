@@ -8,12 +8,9 @@ from typing import Any, Optional
 
 import typer
 
+from pixelsail.commands import fail as _fail
+
 expert_app = typer.Typer(help="Vision experts (distillation teachers).", no_args_is_help=True)
-
-
-def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
 
 
 @expert_app.command("train-shapes")
