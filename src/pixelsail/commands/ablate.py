@@ -10,7 +10,7 @@ from typing import List, Optional
 import typer
 
 DEFAULT_CONFIG = Path("configs/shapes-tiny.yaml")
-FULL_BUDGET = "pixelsail ablate --seeds 3 --steps 144 --jobs 2 --eval-per-task 40"
+FULL_BUDGET = "pixelsail ablate --seeds 3 --steps 256 --jobs 2 --eval-per-task 40"
 
 # --quick: a tiny model and budget, for tests and a first look (minutes on a laptop)
 QUICK_MODEL = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
