@@ -40,9 +40,13 @@ def test_flop_counter_agrees_with_torch_for_the_matmuls(attn):
         out.loss.backward()
     forward = flops.matmul_part(flops.forward(model.config, shape))
     step = flops.matmul_part(flops.train_step(model.config, shape))
-    # CPU fused attention is invisible to FlopCounterMode, so only the matmul part is compared
-    assert fwd_counter.get_total_flops() == pytest.approx(forward, rel=0.02)
-    assert fwd_counter.get_total_flops() + bwd_counter.get_total_flops() == pytest.approx(step, rel=0.02)
+    # CPU fused attention is invisible to FlopCounterMode, so only the matmul part is compared; the depth-wise 3x3
+    # (a grouped convolution, not a matmul, and FlopCounterMode's conv backward formula ignores groups) is left out
+    def matmul_flops(counter: FlopCounterMode) -> int:
+        return sum(n for op, n in counter.get_flop_counts()["Global"].items() if "convolution" not in str(op))
+
+    assert matmul_flops(fwd_counter) == pytest.approx(forward, rel=0.02)
+    assert matmul_flops(fwd_counter) + matmul_flops(bwd_counter) == pytest.approx(step, rel=0.02)
 
 
 def test_prefix_sdpa_builds_no_square_mask_on_a_uniform_batch(monkeypatch):
