@@ -14,7 +14,6 @@ import ctypes
 import datetime
 import os
 import platform
-import re
 import statistics
 import threading
 import time
@@ -29,7 +28,7 @@ from benchmarks import flops
 from benchmarks.peer_pipeline import PeerPipeline
 from pixelsail.config import PixelSailConfig, RunConfig, load_yaml, replace
 from pixelsail.data.sample import Sample
-from pixelsail.hardware import fast_bf16
+from pixelsail.hardware import cpu_name, fast_bf16
 from pixelsail.model import PixelSail, build_model
 from pixelsail.model.backbone import ATTENTION_IMPLEMENTATIONS, PREFIX_SDPA
 from pixelsail.tokens import SEG
@@ -482,10 +481,7 @@ def _log_times(bench: Bench, times: dict[str, Stats]) -> None:
 def machine_description(device: torch.device, threads: int) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
-    info = Path("/proc/cpuinfo")
-    found = re.search(r"^model name\s*:\s*(.+)$", info.read_text() if info.is_file() else "", re.MULTILINE)
-    cpu = found.group(1) if found else platform.machine()
-    return (f"{cpu}, {os.cpu_count()} cores visible, {threads} torch thread(s), fp32 "
+    return (f"{cpu_name()}, {os.cpu_count()} cores visible, {threads} torch thread(s), fp32 "
             f"(fast bf16: {fast_bf16('cpu')})")
 
 

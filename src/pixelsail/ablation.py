@@ -533,15 +533,9 @@ def plot_summary(summary: dict[str, dict[str, Any]], losses: dict[str, dict[str,
 def machine_description(threads: int, jobs: int) -> str:
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{cpu}, {os.cpu_count()} cores visible, Python {platform.python_version()}, torch {torch.__version__}; "
+    from pixelsail.hardware import cpu_name
+
+    return (f"{cpu_name()}, {os.cpu_count()} cores visible, Python {platform.python_version()}, torch {torch.__version__}; "
             f"{jobs} run(s) at a time, {threads} torch thread(s) each, fp32")
 
 

@@ -38,3 +38,18 @@ def autocast(device: torch.device | str, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
+
+
+def cpu_name() -> str:
+    """The processor's model name (from /proc/cpuinfo where there is one), for reports of measured numbers."""
+    import platform
+    from pathlib import Path
+
+    info = Path("/proc/cpuinfo")
+    try:
+        for line in info.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
