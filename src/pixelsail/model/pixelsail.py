@@ -123,7 +123,11 @@ class PixelSail(nn.Module):
         return self.patch_embed.proj.weight.device
 
     def gradient_checkpointing_enable(self) -> None:
-        self.backbone.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        llm = self.backbone.llm
+        if hasattr(llm, "activation_checkpointing_enable"):  # transformers >= 5.2x
+            llm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     def _patch_embeds(self, image: ImageInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (embeddings to add to the <vpatch> tokens (N, C), raw patch embeddings (N, C))."""
