@@ -19,10 +19,10 @@ from typing import Any, Callable, Iterable, Protocol, Sequence
 import numpy as np
 
 from pixelsail.data.annotations import decode_segmentation
+from pixelsail.data.export import mask_to_rle
 from pixelsail.data.sample import Sample
 from pixelsail.metrics import (METEOR_KEY, CaptionMetric, LisaMaskMetric, McqMetric, RelaMaskMetric,
                                perbench_overall, predicted_no_target, sample_iou, union_mask)
-from pixelsail.predictor import mask_to_rle
 from pixelsail.tokens import SEG
 
 VTRES_RETRY_PREFIX = f"It is {SEG}."

@@ -97,8 +97,7 @@ class Processor:
         items = []
         for k, mask in prompts.items():
             k = int(k)
-            if not 0 <= k < self.config.num_vp_tokens:
-                raise ValueError(f"unknown visual prompt <vp_{k}>: this model has <vp_0>..<vp_{self.config.num_vp_tokens - 1}>")
+            self.check_vp_index(k)
             mask = np.asarray(mask)
             if mask.shape != (h, w):
                 raise ValueError(f"prompt mask for <vp_{k}> has shape {mask.shape}, image is {(h, w)}")
@@ -121,10 +120,13 @@ class Processor:
     def vision_block_ids(self, grid: tuple[int, int]) -> list[int]:
         return [self.ids["vision_start"], *([self.ids["vpatch"]] * (grid[0] * grid[1])), self.ids["vision_end"]]
 
-    def check_text(self, text: str, prompts: dict[int, np.ndarray] | None = None) -> None:
+    def check_vp_index(self, k: int) -> None:
+        if not 0 <= k < self.config.num_vp_tokens:
+            raise ValueError(f"unknown visual prompt <vp_{k}>: this model has <vp_0>..<vp_{self.config.num_vp_tokens - 1}>")
+
+    def check_text(self, text: str) -> None:
         for k in vp_indices(text):
-            if k >= self.config.num_vp_tokens:
-                raise ValueError(f"unknown visual prompt <vp_{k}>: this model has <vp_0>..<vp_{self.config.num_vp_tokens - 1}>")
+            self.check_vp_index(k)
 
     def conversation_ids(self, turns: list[tuple[str, str]]) -> tuple[list[int], list[int]]:
         """Token ids and labels of the chat part; only answer tokens (and their end-of-turn) are supervised."""
