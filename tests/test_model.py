@@ -263,3 +263,23 @@ def test_depthwise_conv_paths_agree_with_a_grouped_conv():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         shifted = dw(x)  # autocast on a CPU: the shifted multiply-adds
     assert torch.allclose(shifted.float(), expected, atol=1e-5)
+
+
+def test_seg_query_standardizes_with_batch_statistics_in_training_and_running_ones_otherwise():
+    from pixelsail.model.mask_head import SegQuery
+
+    torch.manual_seed(0)
+    head = SegQuery(hidden_size=8, mask_dim=4, standardize=True)
+    shared = torch.randn(8) * 50  # one large vector common to every [SEG] state, as in a freshly trained model
+    states = shared + 0.01 * torch.randn(6, 8)
+    head.train()
+    out = head(states)
+    # the shared part is gone: the queries spread as if the states had unit scale
+    plain = SegQuery(hidden_size=8, mask_dim=4, standardize=False)
+    plain.load_state_dict({k: v for k, v in head.state_dict().items() if k.startswith("mlp")})
+    assert out.std(0).mean() > 10 * plain(states).std(0).mean()
+    assert head(states[:1]).shape == (1, 4)  # one query: running statistics, no error
+    head.eval()
+    alone = head(states[:1])
+    together = head(states)[:1]
+    assert torch.allclose(alone, together, atol=1e-6)  # at inference a query does not depend on its batch

@@ -350,3 +350,26 @@ def test_generation_is_fast():
         ds[i]
     rate = 400 / (time.process_time() - start)
     assert rate > 200, f"{rate:.0f} samples/s"   # 400-540/s measured on one core of the shared dev machine
+
+
+def test_echo_samples_are_text_only_and_repeat_what_the_question_refers_to():
+    from pixelsail.data.shapes import ShapesEchoDataset
+
+    ds = ShapesEchoDataset("train", size=60, seed=0)
+    kinds = set()
+    for i in range(len(ds)):
+        sample = ds[i]
+        sample.validate()
+        (question, answer), = sample.turns
+        assert sample.meta["text_only"] and not sample.masks and not sample.prompts
+        if answer.startswith("Sure, [SEG] "):
+            expression = answer[len("Sure, [SEG] "):-1]
+            assert expression in question
+            kinds.add("expression")
+        else:
+            tag = answer[:-1]
+            assert tag.startswith("<vp_") and tag in question
+            kinds.add("prompt")
+    assert kinds == {"expression", "prompt"}
+    with pytest.raises(ValueError, match="cannot echo"):
+        ShapesEchoDataset("train", tasks={"gcg": 1.0})

@@ -403,6 +403,42 @@ def test_trains_and_resumes_the_real_tiny_pixelsail_on_shapes(tmp_path):
     assert isinstance(resp.text, str)
 
 
+def test_language_warm_up_comes_first_and_resumes_across_the_switch(tmp_path):
+    """text_warmup_steps draw text-only echo samples (no mask losses); then the main mixture starts. A run resumed
+    from the checkpoint written on the warm-up's last step continues exactly like the uninterrupted one."""
+    import shutil
+
+    from model_utils import tiny_config, tiny_tokenizer
+
+    tiny_tokenizer().save_pretrained(str(tmp_path / "tokenizer"))
+    run = RunConfig()
+    run.model = tiny_config()
+    run.data.datasets = [DatasetSpec("shapes", 1.0, {"split": "train", "image_size": 64, "size": 32,
+                                                     "tasks": {"res": 1.0}})]
+    run.data.warmup_datasets = [DatasetSpec("shapes_echo", 1.0, {"split": "train", "size": 32})]
+    out = tmp_path / "run"
+    fields = {"output_dir": str(out), "max_steps": 4, "batch_size": 2, "lr": 1e-3, "precision": "fp32",
+              "save_every": 2, "log_every": 1, "tokenizer": str(tmp_path / "tokenizer"), "text_warmup_steps": 2}
+    run = apply_overrides(run, [f"train.{k}={v}" for k, v in fields.items()])
+    train(run, resume=False)
+    records = {r["step"]: r for r in read_metrics(out / "metrics.jsonl")}
+    assert all("loss/mask_bce" not in records[s] for s in (1, 2))
+    assert all("loss/mask_bce" in records[s] for s in (3, 4))
+    reference = losses_by_step(out)
+
+    shutil.rmtree(out / "checkpoints" / "step-00000004")
+    shutil.rmtree(out / "model")
+    train(run, resume=True)
+    resumed = losses_by_step(out)
+    assert [resumed[s] for s in (3, 4)] == pytest.approx([reference[s] for s in (3, 4)], abs=1e-6)
+
+
+def test_warm_up_without_its_datasets_is_refused(tmp_path):
+    run = toy_run(tmp_path / "run", text_warmup_steps=2)
+    with pytest.raises(ValueError, match="warmup_datasets"):
+        train(run, resume=False)
+
+
 def test_shipped_recipe_loads_and_builds_its_mixture():
     from pixelsail.config import load_yaml
 

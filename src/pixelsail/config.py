@@ -49,6 +49,8 @@ class PixelSailConfig:
     upsample_stride: int = 4
     upsample_max_width: int = 1024
     mask_dim: int = 512
+    # [SEG] hidden states standardised before the query MLP (False: the paper's plain MLP; see SegQuery)
+    seg_query_norm: bool = True
     # improvement 2: visual-prompt injection (False: the baseline's pooled patch embeddings)
     vp_injection: bool = True
     num_vp_tokens: int = DEFAULT_NUM_VP_TOKENS
@@ -78,6 +80,8 @@ class DatasetSpec:
 @dataclass
 class DataConfig:
     datasets: list[DatasetSpec] = field(default_factory=lambda: [DatasetSpec("shapes")])
+    # text-only mixture for the first train.text_warmup_steps steps (e.g. "shapes_echo")
+    warmup_datasets: list[DatasetSpec] = field(default_factory=list)
     max_length: int = 8192
     num_workers: int = 0
 
@@ -98,6 +102,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     parallel: str = "ddp"             # "ddp" | "fsdp" (used when launched with torchrun)
     length_grouped: bool = True
+    text_warmup_steps: int = 0        # first steps drawn from data.warmup_datasets (a language warm-up)
     save_every: int = 200
     log_every: int = 10
     tensorboard: bool = False

@@ -136,6 +136,25 @@ def build_optimizer(model: nn.Module, lr: float, betas: tuple[float, float], wei
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=tuple(betas))
 
 
+@torch.no_grad()
+def init_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """Give every parameter its (zero) AdamW state now, with one zero-gradient step at lr 0.
+
+    torch.distributed.checkpoint does this to a fresh optimizer when a run resumes; doing it at the start too
+    keeps a parameter that first gets a gradient late (the mask head after a text-only warm-up) on the same
+    bias-correction count in a resumed run as in one that never stopped.
+    """
+    lrs = [g["lr"] for g in optimizer.param_groups]
+    for group in optimizer.param_groups:
+        group["lr"] = 0.0
+        for p in group["params"]:
+            p.grad = torch.zeros_like(p)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    for group, lr in zip(optimizer.param_groups, lrs):
+        group["lr"] = lr
+
+
 def lr_factor(step: int, max_steps: int, warmup_ratio: float) -> float:
     """Multiplier of the peak lr at optimizer step ``step`` (0-based): linear warm-up, then cosine to 0."""
     warmup = max(1, math.ceil(warmup_ratio * max_steps)) if warmup_ratio > 0 else 0
@@ -564,6 +583,7 @@ def train(run: RunConfig, *, resume: bool, build: Callable[[RunConfig], nn.Modul
     wrapped = wrap_model(model, env, tc.parallel)
     model.train()
     optimizer = build_optimizer(model, tc.lr, tc.betas, tc.weight_decay)
+    init_optimizer_state(optimizer)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, tc.max_steps, tc.warmup_ratio))
     _seed_all(tc.seed + 1000 * env.rank + 1)
@@ -584,18 +604,27 @@ def train(run: RunConfig, *, resume: bool, build: Callable[[RunConfig], nn.Modul
     elif resume and env.is_main:
         log.warning("--resume: no checkpoint in %s, starting from scratch", out_dir / "checkpoints")
 
-    mixture = Mixture.from_config(run.data)
-    sampler = MixtureSampler(mixture, global_batch, tc.seed)
-    stream = BatchStream(sampler, processor, processor.collate, rank=env.rank, world_size=env.world_size,
-                         grad_accum=tc.grad_accum, length_grouped=tc.length_grouped, start=sampler_state,
-                         group_batches=max(1, GROUP_SAMPLES // (tc.batch_size * tc.grad_accum)))
+    def batches(datasets: list, start: SamplerState) -> Iterator:
+        mixture = Mixture.from_config(replace(run.data, datasets=datasets))
+        stream = BatchStream(MixtureSampler(mixture, global_batch, tc.seed), processor, processor.collate,
+                             rank=env.rank, world_size=env.world_size, grad_accum=tc.grad_accum,
+                             length_grouped=tc.length_grouped, start=start,
+                             group_batches=max(1, GROUP_SAMPLES // (tc.batch_size * tc.grad_accum)))
+        return micro_batches(stream, run.data.num_workers, tc.seed)
+
+    # the language warm-up (text only) takes the first text_warmup_steps steps, then the main mixture from its start
+    warming = start_step < tc.text_warmup_steps
+    if ckpt is not None and state.get("warming", False) and not warming:
+        sampler_state = SamplerState()  # saved on the warm-up's last step: the main mixture starts afresh
+    if tc.text_warmup_steps and not run.data.warmup_datasets:
+        raise ValueError("train.text_warmup_steps > 0 needs data.warmup_datasets (e.g. shapes_echo)")
     metrics = MetricsLog(out_dir, start_step if ckpt is not None else None, tc.tensorboard) if env.is_main else None
     amp_dtype = autocast_dtype(tc.precision, env.device)
     autocast = torch.autocast(env.device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None)
 
     def trainer_state() -> dict[str, Any]:
         return {"epoch": sampler_state.epoch, "epoch_step": sampler_state.step, "global_batch": global_batch,
-                "seed": tc.seed, "max_steps": tc.max_steps}
+                "seed": tc.seed, "max_steps": tc.max_steps, "warming": warming}
 
     bar = None
     if env.is_main:
@@ -604,11 +633,14 @@ def train(run: RunConfig, *, resume: bool, build: Callable[[RunConfig], nn.Modul
         bar = tqdm(total=tc.max_steps, initial=start_step, desc="train", dynamic_ncols=True)
     step, last_saved, last_record = start_step, start_step if ckpt is not None else -1, None
     interval, t0, samples_done = _Interval(), time.perf_counter(), 0
-    steps_iter: Iterator = micro_batches(stream, run.data.num_workers, tc.seed)
+    steps_iter: Iterator = batches(run.data.warmup_datasets if warming else run.data.datasets, sampler_state)
     stopped = False
     try:
         with _StopRequest() as stop:
             while step < tc.max_steps:
+                if warming and step >= tc.text_warmup_steps:
+                    warming, sampler_state = False, SamplerState()
+                    steps_iter = batches(run.data.datasets, sampler_state)
                 sampler_state, mbs = next(steps_iter)
                 _forward_backward(wrapped, mbs, env.device, autocast, interval, step + 1)
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)

@@ -35,6 +35,8 @@ class Sample:
     task:     one of :data:`TASKS`.
     image_id: stable id of the image (used by distillation caches and evaluation).
     meta:     free-form extras (split, ref id, choices, correct answer, no-target flag, ...).
+              ``meta["text_only"]``: the image is a placeholder, never shown to the model; such a sample has no
+              masks or prompts, and a ``[SEG]`` in it is an ordinary token (the language warm-up uses this).
     """
 
     image: np.ndarray
@@ -51,7 +53,10 @@ class Sample:
             raise ValueError(f"image must be (H, W, 3) uint8, got {self.image.shape} {self.image.dtype}")
         h, w = self.image.shape[:2]
         n_seg = sum(a.count(SEG) for _, a in self.turns)
-        if n_seg != len(self.masks):
+        if self.meta.get("text_only"):
+            if self.masks or self.prompts:
+                raise ValueError("a text-only sample cannot have masks or visual prompts")
+        elif n_seg != len(self.masks):
             raise ValueError(f"{n_seg} [SEG] tokens in the answers but {len(self.masks)} masks")
         for i, m in enumerate(self.masks):
             if m.shape != (h, w):

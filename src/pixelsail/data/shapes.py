@@ -14,6 +14,7 @@ The language is deliberately small and regular so a tiny model can learn it in m
 """
 from __future__ import annotations
 
+import re
 import zlib
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
@@ -22,6 +23,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from pixelsail.data.llava import text_only_image
 from pixelsail.data.registry import register_dataset
 from pixelsail.data.sample import Sample
 from pixelsail.prompts import box_to_mask, point_to_mask
@@ -766,6 +768,49 @@ class ShapesDataset:
 @register_dataset("shapes")
 def build_shapes(**kwargs) -> ShapesDataset:
     return ShapesDataset(**kwargs)
+
+
+ECHO_TASKS: tuple[str, ...] = ("res", "gres", "vt_res", "vp_qa", "vp_mcq")
+
+
+class ShapesEchoDataset:
+    """Text-only samples for a language warm-up: a shapes question answered by repeating what it refers to.
+
+    "Please segment the red circle left of the blue star." -> "Sure, [SEG] the red circle left of the blue star."
+    "What colour is <vp_3>? ..." -> "<vp_3>."
+
+    A model trained from scratch behind an image prefix is slow to learn that an answer token should look back at
+    the question (docs/TRAINING.md); without the image it learns that copy in a few dozen steps, and keeps it when
+    the images come. The [SEG] here is a plain token: it learns to attend to the expression it will stand for.
+    """
+
+    def __init__(self, split: str = "train", tasks: Mapping[str, float] | Sequence[str] | None = None,
+                 size: int = 10000, seed: int = 0, image_size: int = 128):
+        self.source = ShapesDataset(split, tasks=tasks if tasks is not None else {t: 1.0 for t in ECHO_TASKS},
+                                    image_size=image_size, size=size, seed=seed)
+        bad = [t for t in self.source.task_names if t not in ECHO_TASKS]
+        if bad:
+            raise ValueError(f"shapes_echo cannot echo task(s) {bad}; it echoes {ECHO_TASKS}")
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> Sample:
+        sample = self.source[index]
+        question = sample.turns[0][0]
+        expression = sample.meta.get("expression")
+        if expression:
+            answer = f"Sure, {SEG} {expression}."
+        else:
+            tags = re.findall(r"<vp_\d+>", question)
+            answer = f"{tags[0]}." if tags else NO_TARGET_ANSWER
+        return Sample(image=text_only_image(), turns=[(question, answer)], task="vqa",
+                      image_id=f"text:{sample.image_id}", meta={"text_only": True, "source": "shapes_echo"})
+
+
+@register_dataset("shapes_echo")
+def build_shapes_echo(**kwargs) -> ShapesEchoDataset:
+    return ShapesEchoDataset(**kwargs)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -7,13 +7,27 @@ from torch import nn
 
 
 class SegQuery(nn.Module):
-    """[SEG] hidden state -> mask query of width ``mask_dim``."""
+    """[SEG] hidden state -> mask query of width ``mask_dim``.
 
-    def __init__(self, *, hidden_size: int, mask_dim: int):
+    With ``standardize`` the hidden states are first standardised per channel, as BatchNorm does (statistics of
+    the batch's [SEG] states while training, running ones otherwise). Why: in a model trained from scratch the
+    final [SEG] state is one large vector shared by every expression plus a small expression-specific part, and
+    the MLP learns from that part only once it is brought to unit scale (docs/TRAINING.md has the measurements).
+    Off, this is the paper's plain MLP.
+    """
+
+    def __init__(self, *, hidden_size: int, mask_dim: int, standardize: bool = False):
         super().__init__()
+        self.norm = nn.BatchNorm1d(hidden_size, affine=False) if standardize else None
         self.mlp = nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.GELU(), nn.Linear(hidden_size, mask_dim))
 
     def forward(self, seg_hidden: torch.Tensor) -> torch.Tensor:
+        """seg_hidden (M, hidden) -> (M, mask_dim)."""
+        if self.norm is not None:
+            norm = self.norm
+            batch_stats = self.training and torch.is_grad_enabled() and seg_hidden.shape[0] > 1
+            seg_hidden = F.batch_norm(seg_hidden.float(), norm.running_mean, norm.running_var, training=batch_stats,
+                                      momentum=norm.momentum, eps=norm.eps).to(seg_hidden.dtype)
         return self.mlp(seg_hidden)
 
 

@@ -107,7 +107,7 @@ class PixelSail(nn.Module):
         self.mask_features = MaskFeatures(hidden_size=hidden, patch_size=config.patch_size, mask_dim=config.mask_dim,
                                           upsample=config.upsample, stride=config.upsample_stride,
                                           max_width=config.upsample_max_width)
-        self.seg_query = SegQuery(hidden_size=hidden, mask_dim=config.mask_dim)
+        self.seg_query = SegQuery(hidden_size=hidden, mask_dim=config.mask_dim, standardize=config.seg_query_norm)
         self.distill = (DistillAdapters(teachers=config.distill.teachers, mask_dim=config.mask_dim, hidden_size=hidden)
                         if config.distill.enabled else None)
         self.vision_prefill_count = 0
@@ -196,8 +196,11 @@ class PixelSail(nn.Module):
 
         # masks: one query per [SEG] in the answers, dotted with its image's per-pixel features
         losses: dict[str, torch.Tensor] = {}
-        seg = (input_ids == self.processor.ids["seg"]) & (labels != IGNORE_INDEX)
         has_image = [i for i, im in enumerate(images) if im is not None]
+        with_image = torch.zeros(len(images), 1, dtype=torch.bool, device=dev)
+        with_image[has_image] = True
+        # in a text-only sample [SEG] is an ordinary token (the language warm-up): no mask, no query
+        seg = (input_ids == self.processor.ids["seg"]) & (labels != IGNORE_INDEX) & with_image
         features = self._mask_features_batch(hidden, images, has_image)
         num_masks = sum(int(m.shape[0]) for m in masks)
         touch = self._touch_all_parameters()
@@ -375,7 +378,8 @@ class PixelSail(nn.Module):
         if dtype is None:
             save_model(self, str(directory / WEIGHTS_FILE))
         else:
-            state = {k: v.detach().to(dtype).contiguous() for k, v in self.state_dict().items()}
+            state = {k: (v.detach().to(dtype) if v.is_floating_point() else v.detach()).contiguous()
+                     for k, v in self.state_dict().items()}
             if self.config.tie_word_embeddings:
                 state.pop("backbone.llm.lm_head.weight", None)
             save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
