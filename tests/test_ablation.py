@@ -139,3 +139,18 @@ def test_quick_ablation_writes_table_and_chart_and_a_rerun_skips_finished_runs(t
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/seed-0/results.json")} == stamps
     assert f"{READING_START}\nMy reading.\n" in (docs / "ABLATION.md").read_text()
     assert READING_END in (docs / "ABLATION.md").read_text()
+
+
+def test_a_shorter_ablation_keeps_the_recipes_share_of_language_warm_up(tmp_path):
+    from pixelsail.commands.ablate import base_config
+    from pixelsail.config import RunConfig, apply_overrides, load_yaml, save_yaml
+
+    shipped = load_yaml(Path(__file__).parents[1] / "configs" / "shapes-tiny.yaml", RunConfig)
+    full = apply_overrides(shipped, ["train.max_steps=950", "train.text_warmup_steps=150",
+                                     "data.warmup_datasets=[{name: shapes_echo, args: {size: 100}}]"])
+    recipe = tmp_path / "recipe.yaml"
+    save_yaml(full, recipe)
+    short = base_config(recipe, False, 95, None, [])
+    assert short.train.max_steps == 95 and short.train.text_warmup_steps == 15
+    assert base_config(recipe, False, None, None, ["train.text_warmup_steps=0"]).train.text_warmup_steps == 0
+    assert base_config(recipe, False, None, None, []).train.text_warmup_steps == 150

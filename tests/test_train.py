@@ -415,6 +415,7 @@ def test_language_warm_up_comes_first_and_resumes_across_the_switch(tmp_path):
     run.model = tiny_config()
     run.data.datasets = [DatasetSpec("shapes", 1.0, {"split": "train", "image_size": 64, "size": 32,
                                                      "tasks": {"res": 1.0}})]
+    run.model.seg_query_norm = True  # its running statistics are checkpointed state too
     run.data.warmup_datasets = [DatasetSpec("shapes_echo", 1.0, {"split": "train", "size": 32})]
     out = tmp_path / "run"
     fields = {"output_dir": str(out), "max_steps": 4, "batch_size": 2, "lr": 1e-3, "precision": "fp32",

@@ -50,7 +50,7 @@ class PixelSailConfig:
     upsample_max_width: int = 1024
     mask_dim: int = 512
     # [SEG] hidden states standardised before the query MLP (False: the paper's plain MLP; see SegQuery)
-    seg_query_norm: bool = True
+    seg_query_norm: bool = False
     # improvement 2: visual-prompt injection (False: the baseline's pooled patch embeddings)
     vp_injection: bool = True
     num_vp_tokens: int = DEFAULT_NUM_VP_TOKENS

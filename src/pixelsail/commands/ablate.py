@@ -42,7 +42,12 @@ def base_config(config: Optional[Path], quick: bool, steps: Optional[int], batch
         items.append(f"train.max_steps={steps}")
     if batch_size is not None:
         items.append(f"train.batch_size={batch_size}")
-    return apply_overrides(run, items + list(overrides))
+    shrunk = apply_overrides(run, items)
+    if run.train.text_warmup_steps and shrunk.train.max_steps != run.train.max_steps:
+        # the language warm-up keeps its share of the (shorter or longer) run
+        share = run.train.text_warmup_steps / run.train.max_steps
+        shrunk.train.text_warmup_steps = max(1, round(share * shrunk.train.max_steps))
+    return apply_overrides(shrunk, list(overrides))
 
 
 def _invocation(out: Path, report_only: bool, machine: str) -> tuple[str, str]:

@@ -409,7 +409,8 @@ class PixelSail(nn.Module):
             raise FileNotFoundError(f"{weights} is missing")
         missing, unexpected = load_model(model, str(weights), strict=False)
         if missing or unexpected:
-            raise ValueError(f"{weights} does not match the config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+            raise ValueError(f"{weights} does not match the config: missing {sorted(missing)[:5]}, "
+                             f"unexpected {sorted(unexpected)[:5]}")
         return model.to(device).eval()
 
     @classmethod
