@@ -326,8 +326,8 @@ def load_checkpoint(path: Path, raw: nn.Module, wrapped: nn.Module, optimizer: t
     state = json.loads((path / STATE_FILE).read_text())
     load_model_weights(raw, wrapped, path / "model")
     optim_state = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
-    # a parameter that has not had a gradient yet (e.g. the mask head before the first batch with masks) has no
-    # optimizer state to restore
+    # checkpoints written before init_optimizer_state existed lack the state of parameters that had not had a
+    # gradient yet (e.g. the mask head before the first batch with masks)
     set_optimizer_state_dict(wrapped, optimizer, optim_state,
                              options=replace(_state_dict_options(), strict=False))
     scheduler.load_state_dict(state["scheduler"])
@@ -613,9 +613,8 @@ def train(run: RunConfig, *, resume: bool, build: Callable[[RunConfig], nn.Modul
         return micro_batches(stream, run.data.num_workers, tc.seed)
 
     # the language warm-up (text only) takes the first text_warmup_steps steps, then the main mixture from its start
-    warming = start_step < tc.text_warmup_steps
-    if ckpt is not None and state.get("warming", False) and not warming:
-        sampler_state = SamplerState()  # saved on the warm-up's last step: the main mixture starts afresh
+    # still drawing from the warm-up stream (a checkpoint from its last step is; the loop below then switches)
+    warming = start_step < tc.text_warmup_steps or (ckpt is not None and state.get("warming", False))
     if tc.text_warmup_steps and not run.data.warmup_datasets:
         raise ValueError("train.text_warmup_steps > 0 needs data.warmup_datasets (e.g. shapes_echo)")
     metrics = MetricsLog(out_dir, start_step if ckpt is not None else None, tc.tensorboard) if env.is_main else None

@@ -197,8 +197,7 @@ class PixelSail(nn.Module):
         # masks: one query per [SEG] in the answers, dotted with its image's per-pixel features
         losses: dict[str, torch.Tensor] = {}
         has_image = [i for i, im in enumerate(images) if im is not None]
-        with_image = torch.zeros(len(images), 1, dtype=torch.bool, device=dev)
-        with_image[has_image] = True
+        with_image = torch.tensor([im is not None for im in images], device=dev)[:, None]
         # in a text-only sample [SEG] is an ordinary token (the language warm-up): no mask, no query
         seg = (input_ids == self.processor.ids["seg"]) & (labels != IGNORE_INDEX) & with_image
         features = self._mask_features_batch(hidden, images, has_image)
