@@ -99,3 +99,25 @@ def test_a_rerun_keeps_the_hand_written_findings(tmp_path):
     assert run.kept_findings(out) == ""
     out.write_text("# table\n\n## Findings\n\nthe upsampler dominates\n")
     assert run.kept_findings(out) == "\n## Findings\n\nthe upsampler dominates\n"
+
+
+def test_oracle_query_ceiling_trains_evaluates_and_writes_its_table(tmp_path):
+    from benchmarks import oracle_query
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        "model: {hidden_size: 64, num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2,\n"
+        "        intermediate_size: 128, mask_dim: 32, upsample_max_width: 64, mask_num_points: 256}\n"
+        "data: {datasets: [{name: shapes, args: {image_size: 64}}]}\n"
+        "train: {batch_size: 4, lr: 1.0e-3}\n")
+    out = tmp_path / "oracle.md"
+    oracle_query.main(["--config", str(config), "--steps", "2", "--eval-every", "1", "--eval-samples", "5",
+                       "--out", str(out)])
+    rows = [line.split("|")[1:-1] for line in out.read_text().splitlines() if line.startswith("| ") and
+            line.split("|")[1].strip().isdigit()]
+    assert [int(r[0]) for r in rows] == [1, 2]
+    assert [int(r[1]) for r in rows] == [4, 8]                 # samples seen = steps x batch
+    for r in rows:
+        ciou = float(r[3])
+        assert 0.0 <= ciou <= 100.0
+        assert abs(float(r[6]) - ciou / 75.0) < 0.01
