@@ -2,6 +2,8 @@
 
     python -m benchmarks.oracle_query                    # 900 steps, about what 10 minutes buys on 2 idle CPU cores
     python -m benchmarks.oracle_query --steps 40 --eval-every 20 --eval-samples 32     # a smoke run
+    python -m benchmarks.oracle_query --no-upsample      # the plain baseline's stride-P mask features
+    python -m benchmarks.oracle_query --distill          # + distillation from the shipped shapes expert
 
 The oracle replaces the query that the ``[SEG]`` hidden state would give with a learned embedding of the target's
 colour + shape + size: the best a language side could hand the mask head. Everything else is the model's own path
@@ -9,6 +11,10 @@ colour + shape + size: the best a language side could hand the mask head. Everyt
 config's weights, AdamW with warm-up + cosine, the predictor's 0.5 threshold). What it answers: within a budget of
 steps, how far can the visual side get, whatever the language side learns? Issue 4 asks for cIoU >= 75 % on
 single-target expressions after a 10-minute CPU run.
+
+The two switches measure two of the paper's improvements with the language side factored out (issue 8): learnable
+upsampling against the baseline's per-pixel MLP on the stride-P token map, and vision-expert distillation (the
+shapes expert's maps regressed from the upsampled features and the vision tokens, the config's distillation weight).
 
 A target that shares colour, shape and size with another visible object cannot be singled out by this oracle (it
 masks both); the table says how many validation targets are like that.
@@ -24,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pixelsail.config import load_yaml
+from pixelsail.config import DistillConfig, load_yaml
 from pixelsail.data.shapes import COLOR_NAMES, SHAPES, SIZES, Scene, ShapesDataset, _scene_and_rng, make_res
 from pixelsail.metrics import LisaMaskMetric
 from pixelsail.model import build_model
@@ -69,6 +75,15 @@ def training_sample(index: int, image_size: int):
     raise RuntimeError(f"no referring sample for train scene {index}")
 
 
+def distill_loss(model, batch, features: dict[int, torch.Tensor], hidden: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of the summed per-teacher MSE, as in PixelSail.forward."""
+    total = 0.0
+    for i, image in enumerate(batch["images"]):
+        student = {"upsampled": features[i], "vision_tokens": model._vision_grid(hidden[i], image.grid)}
+        total = total + sum(model.distill(student, batch["teacher_features"][i]).values())
+    return total / len(batch["images"])
+
+
 def dense_features(model, batch) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
     embeds, positions, layout = model.embed_batch(batch["input_ids"], batch["images"])
     hidden = model.backbone(embeds, positions, layout)
@@ -103,6 +118,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--eval-every", type=int, default=150)
     ap.add_argument("--eval-samples", type=int, default=200)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    ap.add_argument("--seed", type=int, default=None, help="model initialisation seed (default: the recipe's)")
+    ap.add_argument("--no-upsample", action="store_true", help="mask features from the stride-P map (the baseline)")
+    ap.add_argument("--distill", action="store_true", help="add distillation from the shipped shapes expert")
     ap.add_argument("--out", default=None, help="also write the table here (Markdown)")
     args = ap.parse_args(argv)
     if args.threads:
@@ -110,6 +128,17 @@ def main(argv: list[str] | None = None) -> None:
 
     run = load_yaml(args.config)
     image_size = int(run.data.datasets[0].args.get("image_size", 128))
+    if args.seed is not None:
+        run.train.seed = args.seed
+    teacher = None
+    if args.no_upsample:
+        run.model.upsample = False
+    if args.distill:
+        from pixelsail.ablation import TEACHER, distill_teachers
+        from pixelsail.experts.cache import OnlineTeacherProvider
+
+        run.model.distill = DistillConfig(enabled=True, teachers=distill_teachers(), weight=run.model.distill.weight)
+        teacher = OnlineTeacherProvider(TEACHER)
     torch.manual_seed(run.train.seed)
     model = build_model(run.model)
     oracle = OracleQuery(run.model.mask_dim)
@@ -129,14 +158,18 @@ def main(argv: list[str] | None = None) -> None:
     for step in range(1, args.steps + 1):
         items = [training_sample(index + i, image_size) for i in range(bs)]
         index += bs
+        if teacher is not None:
+            items = [(teacher(s), a) for s, a in items]
         batch = model.processor.collate([model.processor(s) for s, _ in items])
-        features, _ = dense_features(model, batch)
+        features, hidden = dense_features(model, batch)
         queries = oracle(torch.tensor([a for _, a in items]))
         logits = mask_logits(queries, torch.stack([features[i] for i in range(bs)]))
         targets = torch.stack([m[0] for m in batch["masks"]]).float()
         bce, dice = mask_losses(logits, targets, num_points=cfg.mask_num_points, oversample=cfg.mask_oversample_ratio,
                                 importance=cfg.mask_importance_ratio, num_masks=bs)
         loss = cfg.mask_bce_weight * bce + cfg.mask_dice_weight * dice
+        if teacher is not None:
+            loss = loss + cfg.distill.weight * distill_loss(model, batch, features, hidden)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params.parameters(), run.train.grad_clip)
@@ -148,7 +181,10 @@ def main(argv: list[str] | None = None) -> None:
             print(f"step {step}: Dice loss {float(dice.detach()):.3f}, val cIoU {ciou['all']:.1f} % "
                   f"(attribute {ciou['attribute']:.1f}, relation {ciou['relation']:.1f})", flush=True)
 
-    lines = [f"Oracle-query ceiling: {args.config}, batch {bs}, lr {run.train.lr}, {args.steps} steps, "
+    variant = ("stride-P features (no upsampling)" if args.no_upsample else "learnable upsampling") + (
+        f", distillation from the shapes expert (weight {cfg.distill.weight})" if args.distill else "")
+    lines = [f"Oracle-query ceiling: {args.config}, {variant}, seed {run.train.seed}, batch {bs}, lr {run.train.lr}, "
+             f"{args.steps} steps, "
              f"{len(val_samples)} val single-target expressions ({n_ambiguous} whose colour+shape+size another "
              f"visible object shares)", "",
              "| step | samples | train Dice loss | val cIoU % | attribute | relation | cIoU / 75 % |",

@@ -101,15 +101,21 @@ def test_a_rerun_keeps_the_hand_written_findings(tmp_path):
     assert run.kept_findings(out) == "\n## Findings\n\nthe upsampler dominates\n"
 
 
-def test_oracle_query_ceiling_trains_evaluates_and_writes_its_table(tmp_path):
-    from benchmarks import oracle_query
-
+def oracle_config(tmp_path, *, batch_size: int):
+    """A recipe for a 2-layer, 64-wide model on 64 px scenes: the oracle benchmark in seconds."""
     config = tmp_path / "tiny.yaml"
     config.write_text(
         "model: {hidden_size: 64, num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2,\n"
         "        intermediate_size: 128, mask_dim: 32, upsample_max_width: 64, mask_num_points: 256}\n"
         "data: {datasets: [{name: shapes, args: {image_size: 64}}]}\n"
-        "train: {batch_size: 4, lr: 1.0e-3}\n")
+        f"train: {{batch_size: {batch_size}, lr: 1.0e-3}}\n")
+    return config
+
+
+def test_oracle_query_ceiling_trains_evaluates_and_writes_its_table(tmp_path):
+    from benchmarks import oracle_query
+
+    config = oracle_config(tmp_path, batch_size=4)
     out = tmp_path / "oracle.md"
     oracle_query.main(["--config", str(config), "--steps", "2", "--eval-every", "1", "--eval-samples", "5",
                        "--out", str(out)])
@@ -121,3 +127,32 @@ def test_oracle_query_ceiling_trains_evaluates_and_writes_its_table(tmp_path):
         ciou = float(r[3])
         assert 0.0 <= ciou <= 100.0
         assert abs(float(r[6]) - ciou / 75.0) < 0.01
+
+
+def test_oracle_query_variants_drop_the_upsampler_and_add_the_experts_loss(tmp_path):
+    from benchmarks import oracle_query
+    from pixelsail.ablation import TEACHER, distill_teachers
+    from pixelsail.config import DistillConfig, PixelSailConfig
+    from pixelsail.experts.cache import OnlineTeacherProvider
+    from pixelsail.model import build_model
+
+    config = oracle_config(tmp_path, batch_size=2)
+    out = tmp_path / "oracle.md"
+    oracle_query.main(["--config", str(config), "--steps", "1", "--eval-samples", "2", "--no-upsample", "--distill",
+                       "--seed", "3", "--out", str(out)])
+    assert "stride-P features (no upsampling), distillation from the shapes expert (weight 0.5), seed 3" in \
+        out.read_text()
+
+    cfg = PixelSailConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                          intermediate_size=128, mask_dim=32, upsample_max_width=64,
+                          distill=DistillConfig(enabled=True, teachers=distill_teachers()))
+    model = build_model(cfg)
+    teacher = OnlineTeacherProvider(TEACHER)
+    samples = [teacher(oracle_query.training_sample(i, 64)[0]) for i in range(2)]
+    batch = model.processor.collate([model.processor(s) for s in samples])
+    features, hidden = oracle_query.dense_features(model, batch)
+    loss = oracle_query.distill_loss(model, batch, features, hidden)
+    assert torch.isfinite(loss) and float(loss.detach()) > 0
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.distill.parameters())
+    assert model.mask_features.steps[0].up.weight.grad.abs().sum() > 0   # it reaches the student's features
