@@ -75,15 +75,6 @@ def training_sample(index: int, image_size: int):
     raise RuntimeError(f"no referring sample for train scene {index}")
 
 
-def distill_loss(model, batch, features: dict[int, torch.Tensor], hidden: torch.Tensor) -> torch.Tensor:
-    """Mean over the batch of the summed per-teacher MSE, as in PixelSail.forward."""
-    total = 0.0
-    for i, image in enumerate(batch["images"]):
-        student = {"upsampled": features[i], "vision_tokens": model._vision_grid(hidden[i], image.grid)}
-        total = total + sum(model.distill(student, batch["teacher_features"][i]).values())
-    return total / len(batch["images"])
-
-
 def dense_features(model, batch) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
     embeds, positions, layout = model.embed_batch(batch["input_ids"], batch["images"])
     hidden = model.backbone(embeds, positions, layout)
@@ -169,7 +160,8 @@ def main(argv: list[str] | None = None) -> None:
                                 importance=cfg.mask_importance_ratio, num_masks=bs)
         loss = cfg.mask_bce_weight * bce + cfg.mask_dice_weight * dice
         if teacher is not None:
-            loss = loss + cfg.distill.weight * distill_loss(model, batch, features, hidden)
+            distill = model.distill_losses(hidden, batch["images"], features, batch["teacher_features"])
+            loss = loss + cfg.distill.weight * sum(distill.values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params.parameters(), run.train.grad_clip)

@@ -151,7 +151,7 @@ def test_oracle_query_variants_drop_the_upsampler_and_add_the_experts_loss(tmp_p
     samples = [teacher(oracle_query.training_sample(i, 64)[0]) for i in range(2)]
     batch = model.processor.collate([model.processor(s) for s in samples])
     features, hidden = oracle_query.dense_features(model, batch)
-    loss = oracle_query.distill_loss(model, batch, features, hidden)
+    loss = sum(model.distill_losses(hidden, batch["images"], features, batch["teacher_features"]).values())
     assert torch.isfinite(loss) and float(loss.detach()) > 0
     loss.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.distill.parameters())

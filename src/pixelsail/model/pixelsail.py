@@ -231,16 +231,23 @@ class PixelSail(nn.Module):
         if num_masks:
             total = total + self.config.mask_bce_weight * losses["mask_bce"] + self.config.mask_dice_weight * losses["mask_dice"]
         if self.distill is not None and teacher_features:
-            for i in has_image:
-                if not teacher_features[i]:
-                    continue
-                student = {"upsampled": features[i], "vision_tokens": self._vision_grid(hidden[i], images[i].grid)}
-                for name, value in self.distill(student, teacher_features[i]).items():
-                    losses[f"distill_{name}"] = losses.get(f"distill_{name}", 0.0) + value / len(has_image)
-            for name in list(losses):
-                if name.startswith("distill_"):
-                    total = total + self.config.distill.weight * losses[name]
+            distill = self.distill_losses(hidden, images, features, teacher_features)
+            losses.update(distill)
+            total = total + self.config.distill.weight * sum(distill.values())
         return PixelSailOutput(loss=total, losses={k: torch.as_tensor(v).detach() for k, v in losses.items()})
+
+    def distill_losses(self, hidden: torch.Tensor, images: list, features: dict[int, torch.Tensor],
+                       teacher_features: list[dict]) -> dict[str, torch.Tensor]:
+        """{"distill_<teacher>": MSE averaged over the batch's images} (an image without teacher maps counts as 0)."""
+        with_image = [i for i, im in enumerate(images) if im is not None]
+        losses: dict[str, torch.Tensor] = {}
+        for i in with_image:
+            if not teacher_features[i]:
+                continue
+            student = {"upsampled": features[i], "vision_tokens": self._vision_grid(hidden[i], images[i].grid)}
+            for name, value in self.distill(student, teacher_features[i]).items():
+                losses[f"distill_{name}"] = losses.get(f"distill_{name}", 0.0) + value / len(with_image)
+        return losses
 
     def _touch_all_parameters(self) -> torch.Tensor | float:
         """Zero that depends on every parameter, so DDP sees a gradient for each even when a batch has no masks,
