@@ -25,16 +25,14 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pixelsail.config import DistillConfig, load_yaml
 from pixelsail.data.shapes import COLOR_NAMES, SHAPES, SIZES, Scene, ShapesDataset, _scene_and_rng, make_res
 from pixelsail.metrics import LisaMaskMetric
 from pixelsail.model import build_model
-from pixelsail.model.mask_head import mask_logits, mask_losses
+from pixelsail.model.mask_head import MASK_THRESHOLD, mask_logits, mask_losses, mask_probabilities
 from pixelsail.train import build_optimizer, lr_factor
 
 REPO = Path(__file__).resolve().parent.parent
@@ -94,8 +92,7 @@ def evaluate(model, oracle: OracleQuery, samples: list, scenes: list, batch_size
             attrs = torch.tensor([target_attributes(scene, sample.meta["target_ids"][0])])
             logits = mask_logits(oracle(attrs), features[i][None])                        # (1, h, w)
             h, w = sample.image.shape[:2]
-            pred = F.interpolate(logits[:, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
-            pred = (pred.sigmoid() > 0.5).numpy()
+            pred = (mask_probabilities(logits, (h, w))[0] > MASK_THRESHOLD).numpy()
             for key in ("all", sample.meta["expression_kind"]):
                 metrics[key].update([pred], sample.masks, (h, w))
     model.train()
@@ -169,8 +166,8 @@ def main(argv: list[str] | None = None) -> None:
         scheduler.step()
         if step % args.eval_every == 0 or step == args.steps:
             ciou = evaluate(model, oracle, val_samples, val_scenes)
-            rows.append((step, time.perf_counter() - t0, float(dice.detach()), ciou))
-            print(f"step {step}: Dice loss {float(dice.detach()):.3f}, val cIoU {ciou['all']:.1f} % "
+            rows.append((step, float(dice.detach()), ciou))
+            print(f"step {step} ({time.perf_counter() - t0:.0f} s): Dice loss {float(dice.detach()):.3f}, val cIoU {ciou['all']:.1f} % "
                   f"(attribute {ciou['attribute']:.1f}, relation {ciou['relation']:.1f})", flush=True)
 
     variant = ("stride-P features (no upsampling)" if args.no_upsample else "learnable upsampling") + (
@@ -181,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
              f"visible object shares)", "",
              "| step | samples | train Dice loss | val cIoU % | attribute | relation | cIoU / 75 % |",
              "|---|---|---|---|---|---|---|"]
-    for step, _, dice, ciou in rows:
+    for step, dice, ciou in rows:
         lines.append(f"| {step} | {step * bs} | {dice:.3f} | {ciou['all']:.1f} | {ciou['attribute']:.1f} | "
                      f"{ciou['relation']:.1f} | {ciou['all'] / TARGET_CIOU:.2f} |")
     table = "\n".join(lines)

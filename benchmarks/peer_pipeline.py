@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pixelsail.config import PixelSailConfig
+from pixelsail.model.mask_head import MASK_THRESHOLD, mask_probabilities
 from pixelsail.model.pixelsail import build_llm
 from pixelsail.processing import Processor
 
@@ -218,8 +219,7 @@ class PeerPipeline(nn.Module):
         out = []
         for prompt in self.seg_to_prompt(seg):
             logits = self.decoder(image_embed, inputs.grid, prompt[None])
-            prob = F.interpolate(logits[:, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0].sigmoid()
-            out.append((prob > 0.5).cpu().numpy())
+            out.append((mask_probabilities(logits, (h, w))[0] > MASK_THRESHOLD).cpu().numpy())
         return out
 
     def component_parameters(self) -> dict[str, int]:

@@ -36,6 +36,14 @@ def mask_logits(queries: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
     return torch.einsum("md,mdhw->mhw", queries, features)
 
 
+MASK_THRESHOLD = 0.5  # a pixel belongs to the mask where its probability exceeds this
+
+
+def mask_probabilities(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """logits (M, h, w) -> probabilities (M, H, W) at the image size (bilinear on the logits, then sigmoid)."""
+    return F.interpolate(logits[:, None], size=size, mode="bilinear", align_corners=False)[:, 0].sigmoid()
+
+
 def point_sample(maps: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
     """Bilinear values of maps (M, h, w) at normalised points coords (M, P, 2) in [0, 1] (x, y) -> (M, P)."""
     grid = coords[:, :, None, :] * 2.0 - 1.0  # (M, P, 1, 2)

@@ -15,7 +15,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerBa
 from pixelsail.config import DistillConfig, PixelSailConfig, from_dict, to_dict
 from pixelsail.model.backbone import AttentionLayout, Backbone, KVCache
 from pixelsail.model.distill import DistillAdapters
-from pixelsail.model.mask_head import SegQuery, mask_logits, mask_losses
+from pixelsail.model.mask_head import MASK_THRESHOLD, SegQuery, mask_logits, mask_losses, mask_probabilities
 from pixelsail.model.patch_embed import PatchEmbed, PromptInjector, pooled_prompts
 from pixelsail.model.upsampler import MaskFeatures
 from pixelsail.processing import IGNORE_INDEX, ImageInputs, Processor
@@ -308,7 +308,6 @@ class PixelSail(nn.Module):
                 max_new_tokens: int = 64, answer_prefix: str = "", use_cache: bool = True) -> Response:
         """Greedy answer to ``question`` about the prefixed image; one mask per [SEG] in the answer."""
         proc = self.processor
-        dev = self.device
         ids = proc.prompt_ids(question, history, answer_prefix)
         answer_start = len(ids) - len(proc.encode(answer_prefix)) if answer_prefix else len(ids)
         seg_id, end_id = proc.ids["seg"], proc.ids["turn_end"]
@@ -359,8 +358,8 @@ class PixelSail(nn.Module):
         queries = self.seg_query(torch.stack(seg_hidden))
         feats = prefix.features.expand(len(seg_hidden), -1, -1, -1)
         logits = mask_logits(queries, feats).float()
-        probs = F.interpolate(logits[:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0].sigmoid()
-        masks = probs > 0.5
+        probs = mask_probabilities(logits, (h, w))
+        masks = probs > MASK_THRESHOLD
         scores = [float(p[m].mean()) if m.any() else 0.0 for p, m in zip(probs, masks)]
         return [m.cpu().numpy() for m in masks], scores
 
