@@ -132,9 +132,8 @@ def test_oracle_query_ceiling_trains_evaluates_and_writes_its_table(tmp_path):
 def test_oracle_query_variants_drop_the_upsampler_and_add_the_experts_loss(tmp_path):
     from benchmarks import oracle_query
     from pixelsail.ablation import TEACHER, distill_teachers
-    from pixelsail.config import DistillConfig, PixelSailConfig
+    from pixelsail.config import DistillConfig
     from pixelsail.experts.cache import OnlineTeacherProvider
-    from pixelsail.model import build_model
 
     config = oracle_config(tmp_path, batch_size=2)
     out = tmp_path / "oracle.md"
@@ -143,10 +142,7 @@ def test_oracle_query_variants_drop_the_upsampler_and_add_the_experts_loss(tmp_p
     assert "stride-P features (no upsampling), distillation from the shapes expert (weight 0.5), seed 3" in \
         out.read_text()
 
-    cfg = PixelSailConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                          intermediate_size=128, mask_dim=32, upsample_max_width=64,
-                          distill=DistillConfig(enabled=True, teachers=distill_teachers()))
-    model = build_model(cfg)
+    model = tiny_model(distill=DistillConfig(enabled=True, teachers=distill_teachers()))
     teacher = OnlineTeacherProvider(TEACHER)
     samples = [teacher(oracle_query.training_sample(i, 64)[0]) for i in range(2)]
     batch = model.processor.collate([model.processor(s) for s in samples])
