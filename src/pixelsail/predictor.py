@@ -17,6 +17,7 @@ import hashlib
 import importlib.resources
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ import numpy as np
 
 from pixelsail.data.export import mask_to_rle
 from pixelsail.imageio import DEFAULT_MAX_PIXELS, ImageInputError, ImageSource, load_image
+from pixelsail.model_check import ModelFileError, ModelFileWarning, check_model_dir
 from pixelsail.prompts import as_prompt_mask, box_to_mask, point_to_mask
 from pixelsail.tokens import NO_TARGET_ANSWER, vp_indices, vp_token
 from pixelsail.viz import draw_prompts, overlay_masks
@@ -125,11 +127,18 @@ class Predictor:
         if not (path / "config.json").is_file():
             hint = "" if model_dir is not None else " (the shipped model is missing; pass --model DIR / model_dir=)"
             raise InputError(f"no pixelsail model in {path}: config.json not found{hint}")
+        try:  # the files' own check first: one clear line instead of a reader's traceback after the model is built
+            for message in check_model_dir(path):
+                warnings.warn(message, ModelFileWarning, stacklevel=3)
+        except ModelFileError as e:
+            raise InputError(str(e)) from None
+        from safetensors import SafetensorError
+
         from pixelsail.model import PixelSail
 
         try:
             return PixelSail.from_pretrained(path, device=device)
-        except (FileNotFoundError, ValueError) as e:
+        except (FileNotFoundError, ValueError, SafetensorError) as e:
             raise InputError(f"cannot load the model in {path}: {e}") from None
 
     # ------------------------------------------------------------------------------------------------ properties

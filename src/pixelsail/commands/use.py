@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, List, Optional
@@ -17,6 +18,7 @@ import typer
 from PIL import Image
 
 from pixelsail.imageio import ImageInputError
+from pixelsail.model_check import ModelFileWarning
 from pixelsail.predictor import InputError, Predictor, Result
 
 ModelOpt = typer.Option(None, "--model", help="model directory (default: the shipped shapes model)")
@@ -70,7 +72,16 @@ def collect_prompts(boxes: Optional[List[str]], points: Optional[List[str]], mas
 
 
 def _predictor(model: Optional[Path], device: str, **kwargs) -> Predictor:
-    return Predictor(model, device=device, **kwargs)
+    """Load the model; what its files' check warns about is printed as one ``warning: ...`` line each."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ModelFileWarning)
+        predictor = Predictor(model, device=device, **kwargs)
+    for w in caught:
+        if issubclass(w.category, ModelFileWarning):
+            typer.echo(f"warning: {w.message}", err=True)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return predictor
 
 
 def _print_result(result: Result) -> None:
