@@ -10,6 +10,7 @@ from typing import Any, Optional
 import typer
 
 from pixelsail.commands import fail as _fail
+from pixelsail.commands import load_dataset_plugins
 
 data_app = typer.Typer(help="Check, preview and dry-run training data.", no_args_is_help=True)
 
@@ -44,6 +45,7 @@ def _datasets_of(path: Path, dataset: Optional[str], args: list[str]) -> list[tu
     from pixelsail.config import RunConfig, load_yaml
     from pixelsail.data.registry import build_dataset
 
+    load_dataset_plugins()
     if dataset is not None:
         kwargs = {}
         for item in args:

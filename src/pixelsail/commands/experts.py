@@ -165,7 +165,5 @@ def distill_cache_command(
 
 
 def register(app: typer.Typer) -> None:
-    import pixelsail.experts.cache  # noqa: F401  registers the "distilled" dataset for `pixelsail train` configs
-
     app.add_typer(expert_app, name="expert")
     app.command("distill-cache")(distill_cache_command)

@@ -16,8 +16,11 @@ def train_command(
     """Train a model. Multi-process: torchrun --nproc_per_node N -m pixelsail.cli train CONFIG.yaml ..."""
     import logging
 
+    from pixelsail.commands import load_dataset_plugins
     from pixelsail.config import RunConfig, apply_overrides, load_yaml
     from pixelsail.train import train
+
+    load_dataset_plugins()
 
     if not config.is_file():
         raise typer.BadParameter(f"config file {config} does not exist")
