@@ -104,7 +104,7 @@ HTTP_CASES = [
     ("json not an object", lambda s: post(s, "/api/ask", b"[1, 2]"), 400, "request body must be a JSON object"),
     ("no session id", lambda s: post(s, "/api/ask", {"mode": "segment", "text": "x"}), 400, "missing session_id"),
     ("unknown session", lambda s: post(s, "/api/ask", {"session_id": "forged", "text": "x"}), 404,
-     "unknown or expired session"),
+     "unknown session (the server may have restarted): load the image again"),
     ("no content length", lambda s: raw_request(s, "POST", "/api/session", headers={"Content-Type": "image/png"}),
      411, "Content-Length header required"),
     ("upload too large", lambda s: post(s, "/api/session", b"\0" * 30_000, "image/png"), 413,

@@ -144,23 +144,27 @@ def test_full_queue_answers_503_and_the_server_recovers():
         codes = sorted(s for s, _ in statuses)
         assert 200 in codes and 503 in codes, codes
         busy = next(body for s, body in statuses if s == 503)
-        assert "busy" in busy["error"]
+        assert "busy" in busy["error"] and "try again in" in busy["error"]
         assert post_json(srv.url, "/api/ask", {"session_id": sids[0], "mode": "segment", "text": "red"})[0] == 200
     finally:
         srv.stop()
 
 
-def test_sessions_expire_and_are_capped():
+def test_sessions_expire_and_are_capped_and_say_so():
     srv = start(Limits(session_ttl_s=0.3, max_sessions=2))
     try:
         s = [post_json(srv.url, "/api/session", {"sample": 0})[1]["session_id"] for _ in range(3)]
         assert len(srv.app.sessions) == 2
         status, r = post_json(srv.url, "/api/ask", {"session_id": s[0], "mode": "segment", "text": "red"})
-        assert status == 404 and "unknown or expired session" in r["error"]
+        assert status == 410 and r["error"] == ("this image's session was closed to make room for newer visitors "
+                                                "(the server keeps 2 at once): load the image again")
         assert post_json(srv.url, "/api/ask", {"session_id": s[2], "mode": "segment", "text": "red"})[0] == 200
         time.sleep(0.4)
         status, r = post_json(srv.url, "/api/ask", {"session_id": s[2], "mode": "segment", "text": "red"})
-        assert status == 404 and len(srv.app.sessions) == 0
+        assert status == 410 and r["error"] == "this image's session expired after 0.3 s unused: load the image again"
+        assert len(srv.app.sessions) == 0
+        status, r = post_json(srv.url, "/api/reset", {"session_id": "never-issued"})
+        assert status == 404 and r["error"].startswith("unknown session")
     finally:
         srv.stop()
 

@@ -210,16 +210,21 @@ def serve(host: str = typer.Option("127.0.0.1", help="address to listen on"),
     """Serve the web demo. Memory stays bounded: sessions x max-pixels images plus a few cached image prefixes."""
     from pixelsail.web import DemoApp, DemoServer, Limits
 
-    with _one_line_errors():
-        predictor = _predictor(model, device, max_pixels=max_pixels)
-    app = DemoApp(predictor, samples=sample_scenes(samples),
-                  limits=Limits(max_upload_bytes=int(max_upload_mb * 1024 * 1024), queue_size=queue,
-                                max_sessions=sessions))
-    try:
-        server = DemoServer(app, host, port)
+    try:  # the port first: a second server on the same port is told so before it spends seconds loading a model
+        server = DemoServer(None, host, port)
     except OSError as e:
-        typer.echo(f"error: cannot listen on {host}:{port}: {e.strerror or e}", err=True)
+        typer.echo(f"error: cannot listen on {host}:{port}: {e.strerror or e} (is another server running there? "
+                   "pick another --port)", err=True)
         raise typer.Exit(2) from None
+    try:
+        with _one_line_errors():
+            predictor = _predictor(model, device, max_pixels=max_pixels)
+    except typer.Exit:
+        server.server_close()
+        raise
+    server.app = DemoApp(predictor, samples=sample_scenes(samples),
+                         limits=Limits(max_upload_bytes=int(max_upload_mb * 1024 * 1024), queue_size=queue,
+                                       max_sessions=sessions))
     typer.echo(f"pixelsail demo on {server.url}  (Ctrl-C to stop)")
     try:
         server.serve_forever()
@@ -227,7 +232,7 @@ def serve(host: str = typer.Option("127.0.0.1", help="address to listen on"),
         pass
     finally:
         server.server_close()
-        app.close()
+        server.app.close()
 
 
 def sample_scenes(n: int, split: str = "test", image_size: int = 128) -> list[tuple[str, np.ndarray]]:

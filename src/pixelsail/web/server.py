@@ -1,9 +1,11 @@
 """The web demo: a stdlib HTTP server, one model behind a bounded job queue, per-visitor sessions.
 
-Design: every model call (image decoding included) runs on ONE worker thread fed by a bounded queue, so memory
-and CPU stay bounded however many people click; a full queue answers 503 at once. Each visitor's image, visual
-prompts' prefix cache and conversation live in a session keyed by a random id; sessions expire after a while and
-the oldest are dropped beyond a cap. Every failure is a JSON ``{"error": message}`` with a 4xx/5xx status and
+Design: every model call (image decoding included) runs on ONE worker thread fed by a bounded queue
+(:mod:`pixelsail.web.worker`), so memory and CPU stay bounded however many people click; a full queue answers 503
+with Retry-After at once, and the listening socket's backlog is large enough that a burst is answered, not reset.
+Each visitor's image, visual prompts' prefix cache and conversation live in a session keyed by a random id
+(:mod:`pixelsail.web.sessions`); sessions expire after a while and the oldest are dropped beyond a cap; either way
+a later request gets 410 and the reason. Every failure is a JSON ``{"error": message}`` with a 4xx/5xx status and
 the server keeps serving.
 
 JSON API (used by ``static/app.js``)::
@@ -22,12 +24,9 @@ import base64
 import io
 import json
 import logging
-import queue
-import secrets
 import threading
 import time
-from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
@@ -40,6 +39,9 @@ from pixelsail.imageio import ImageInputError
 from pixelsail.predictor import DESCRIBE_QUESTION, ChatSession, InputError, Predictor
 from pixelsail.prompts import scribble_to_mask
 from pixelsail.viz import MASK_COLORS
+from pixelsail.web.errors import HttpError
+from pixelsail.web.sessions import Session, SessionStore
+from pixelsail.web.worker import Worker
 
 log = logging.getLogger("pixelsail.web")
 
@@ -57,97 +59,6 @@ class Limits:
     session_ttl_s: float = 30 * 60
     queue_size: int = 8
     job_timeout_s: float = 120.0
-
-
-class HttpError(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-@dataclass
-class Session:
-    image: np.ndarray
-    chat: ChatSession
-    last_used: float = field(default_factory=time.monotonic)
-
-
-class SessionStore:
-    """Sessions by random id, least recently used first; expired or surplus ones are dropped."""
-
-    def __init__(self, max_sessions: int, ttl_s: float):
-        self.max_sessions = max_sessions
-        self.ttl_s = ttl_s
-        self._items: OrderedDict[str, Session] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def add(self, session: Session) -> str:
-        sid = secrets.token_urlsafe(18)
-        with self._lock:
-            self._expire()
-            self._items[sid] = session
-            while len(self._items) > self.max_sessions:
-                self._items.popitem(last=False)
-        return sid
-
-    def get(self, sid: Any) -> Session:
-        if not isinstance(sid, str) or not sid:
-            raise HttpError(400, "missing session_id: load an image first")
-        with self._lock:
-            self._expire()
-            session = self._items.get(sid)
-            if session is None:
-                raise HttpError(404, "unknown or expired session: load the image again")
-            session.last_used = time.monotonic()
-            self._items.move_to_end(sid)
-            return session
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._items)
-
-    def _expire(self) -> None:
-        now = time.monotonic()
-        for sid in [s for s, v in self._items.items() if now - v.last_used > self.ttl_s]:
-            del self._items[sid]
-
-
-class Worker:
-    """One thread runs every model job; ``submit`` fails fast with 503 when the queue is full."""
-
-    def __init__(self, queue_size: int, timeout_s: float):
-        self.timeout_s = timeout_s
-        self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
-        self._thread = threading.Thread(target=self._run, name="pixelsail-model-worker", daemon=True)
-        self._thread.start()
-
-    def submit(self, fn: Callable[[], Any]) -> Any:
-        job = {"fn": fn, "done": threading.Event(), "result": None, "error": None}
-        try:
-            self._queue.put_nowait(job)
-        except queue.Full:
-            raise HttpError(503, "the server is busy (request queue full); try again in a moment") from None
-        if not job["done"].wait(self.timeout_s):
-            raise HttpError(504, f"the request took longer than {self.timeout_s:.0f} s")
-        if job["error"] is not None:
-            raise job["error"]
-        return job["result"]
-
-    def stop(self) -> None:
-        self._queue.put(None)
-
-    def _run(self) -> None:
-        while True:
-            job = self._queue.get()
-            if job is None:
-                return
-            try:
-                job["result"] = job["fn"]()
-            except BaseException as e:  # noqa: BLE001 - handed back to the requesting thread
-                job["error"] = e
-            finally:
-                job["done"].set()
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -344,10 +255,12 @@ class Handler(BaseHTTPRequestHandler):
         return status, json.dumps(obj).encode(), "application/json"
 
     def _handle(self, route: Callable[[], tuple[int, bytes, str]]) -> None:
+        retry_after = None
         try:
             status, body, ctype = route()
         except HttpError as e:
             status, body, ctype = self._json({"error": e.message}, e.status)
+            retry_after = e.retry_after
         except (InputError, ImageInputError) as e:
             status, body, ctype = self._json({"error": str(e)}, 400)
         except Exception as e:  # noqa: BLE001 - the server must stay up; the client gets a message
@@ -358,6 +271,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
         self.send_header("X-Content-Type-Options", "nosniff")
+        if retry_after is not None:
+            self.send_header("Retry-After", str(retry_after))
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
@@ -365,9 +280,17 @@ class Handler(BaseHTTPRequestHandler):
 
 
 class DemoServer(ThreadingHTTPServer):
-    daemon_threads = True
+    """The HTTP server (one thread per connection). ``app`` may be attached after the port is bound, so a busy
+    port is reported before the model loads."""
 
-    def __init__(self, app: DemoApp, host: str = "127.0.0.1", port: int = 7860):
+    daemon_threads = True
+    # connections the kernel holds until they are accepted: the stdlib default of 5 made bursts of requests end in
+    # TCP resets; with room for them every client gets an HTTP answer (200, or 503 + Retry-After from the queue)
+    request_queue_size = 1024
+    allow_reuse_address = True  # restart at once after a stop (TIME_WAIT); a port in use still fails to bind
+    allow_reuse_port = False    # never share a port with a second server (some Python versions default to True)
+
+    def __init__(self, app: DemoApp | None, host: str = "127.0.0.1", port: int = 7860):
         super().__init__((host, port), Handler)
         self.app = app
         self._thread: threading.Thread | None = None
@@ -386,4 +309,5 @@ class DemoServer(ThreadingHTTPServer):
     def stop(self) -> None:
         self.shutdown()
         self.server_close()
-        self.app.close()
+        if self.app is not None:
+            self.app.close()
