@@ -10,8 +10,10 @@ from pycocotools import mask as mask_utils
 from typer.testing import CliRunner
 
 from pixelsail.cli import app
-from pixelsail.data.export import export_shapes, mask_to_rle
+from pixelsail.data.export import (GREFER_DIR, IMAGE_DIR, PERBENCH_DIR, REFER_DIR, REFER_IMAGE_DIR, export_shapes,
+                                   mask_to_rle)
 from pixelsail.data.shapes import SHAPES, generate_scene
+from refer_toolkit import ToolkitStyleReader
 from test_shapes import Oracle
 
 SPLITS = {"val": 6, "test": 3}
@@ -40,8 +42,8 @@ def exported(tmp_path_factory):
 
 def test_instances_rle_decodes_to_the_generated_masks(exported):
     out, result, scenes = exported
-    inst = json.loads((out / "refshapes" / "instances.json").read_text())
-    assert inst == json.loads((out / "grefshapes" / "instances.json").read_text())
+    inst = json.loads((out / REFER_DIR / "instances.json").read_text())
+    assert inst == json.loads((out / GREFER_DIR / "instances.json").read_text())
     assert [c["name"] for c in inst["categories"]] == list(SHAPES)
     images = {im["id"]: im for im in inst["images"]}
     assert len(images) == result.counts["images"] == 9
@@ -49,28 +51,27 @@ def test_instances_rle_decodes_to_the_generated_masks(exported):
     for ann in inst["annotations"]:
         im = images[ann["image_id"]]
         scene = scenes[im["file_name"]]
-        mask = _decode(ann["segmentation"])
+        (rle,) = ann["segmentation"]          # the toolkit's form: a list of RLEs
+        mask = _decode(rle)
         owners = [o for o in scene.visible_objects if np.array_equal(o.mask, mask)]
         assert len(owners) == 1
         o = owners[0]
         seen[im["file_name"]].append(o.index)
-        assert ann["area"] == o.area == mask_utils.area(
-            {"size": ann["segmentation"]["size"], "counts": ann["segmentation"]["counts"].encode()})
+        assert ann["area"] == o.area == mask_utils.area({"size": rle["size"], "counts": rle["counts"].encode()})
         ys, xs = np.nonzero(mask)
         assert ann["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
         assert inst["categories"][ann["category_id"] - 1]["name"] == o.shape and ann["iscrowd"] == 0
     for name, scene in scenes.items():
         assert sorted(seen[name]) == [o.index for o in scene.visible_objects]
-        png = np.asarray(Image.open(out / "images" / "train2014" / name).convert("RGB"))
-        assert np.array_equal(png, scene.image)
-        assert (out / "perbench" / name).is_file()
+        for folder in (IMAGE_DIR, REFER_IMAGE_DIR, PERBENCH_DIR):
+            assert np.array_equal(np.asarray(Image.open(out / folder / name).convert("RGB")), scene.image)
 
 
 def test_refs_pickle_is_plain_and_sentences_denote_their_annotation(exported):
     out, _, scenes = exported
-    raw = (out / "refshapes" / "refs(unc).p").read_bytes()
+    raw = (out / REFER_DIR / "refs(unc).p").read_bytes()
     refs = _PlainOnly(io.BytesIO(raw)).load()
-    inst = json.loads((out / "refshapes" / "instances.json").read_text())
+    inst = json.loads((out / REFER_DIR / "instances.json").read_text())
     anns = {a["id"]: a for a in inst["annotations"]}
     images = {im["id"]: im for im in inst["images"]}
     assert {r["split"] for r in refs} == {"val", "test"}
@@ -81,7 +82,7 @@ def test_refs_pickle_is_plain_and_sentences_denote_their_annotation(exported):
         assert r["sent_ids"] == [s["sent_id"] for s in r["sentences"]]
         assert r["file_name"] == images[r["image_id"]]["file_name"]
         oracle = Oracle(scenes[r["file_name"]])
-        target = oracle.mask_owner(_decode(anns[r["ann_id"]]["segmentation"]))
+        target = oracle.mask_owner(_decode(anns[r["ann_id"]]["segmentation"][0]))
         for s in r["sentences"]:
             assert s["tokens"] == s["sent"].split() and s["raw"] == s["sent"]
             assert oracle.expression_targets(s["sent"]) == [target]
@@ -89,8 +90,8 @@ def test_refs_pickle_is_plain_and_sentences_denote_their_annotation(exported):
 
 def test_grefs_list_targets_in_reading_order_and_mark_no_target(exported):
     out, result, scenes = exported
-    grefs = json.loads((out / "grefshapes" / "grefs(unc).json").read_text())
-    inst = json.loads((out / "grefshapes" / "instances.json").read_text())
+    grefs = json.loads((out / GREFER_DIR / "grefs(unc).json").read_text())
+    inst = json.loads((out / GREFER_DIR / "instances.json").read_text())
     anns = {a["id"]: a for a in inst["annotations"]}
     assert result.counts["no_target_grefs"] == 9
     assert any(len(g["ann_id"]) >= 2 for g in grefs)
@@ -100,7 +101,7 @@ def test_grefs_list_targets_in_reading_order_and_mark_no_target(exported):
         if g["no_target"]:
             assert g["ann_id"] == [-1] and want == []
         else:
-            assert [oracle.mask_owner(_decode(anns[a]["segmentation"])) for a in g["ann_id"]] == want
+            assert [oracle.mask_owner(_decode(anns[a]["segmentation"][0])) for a in g["ann_id"]] == want
 
 
 def test_perbench_files(exported):
@@ -159,7 +160,7 @@ def test_cli_preview_and_export(tmp_path):
     assert sheet.width > 3 * 128 and sheet.height > 256
     res = runner.invoke(app, ["shapes", "export", "--split", "val", "--n", "2", "--out", str(tmp_path / "ex")])
     assert res.exit_code == 0, res.output
-    assert (tmp_path / "ex" / "refshapes" / "refs(unc).p").is_file() and "images: 2" in res.output
+    assert (tmp_path / "ex" / REFER_DIR / "refs(unc).p").is_file() and "images: 2" in res.output
     res = runner.invoke(app, ["shapes", "preview", "--task", "vqa", "-o", str(png)])
     assert res.exit_code != 0 and "unknown shapes task" in res.output
 
@@ -170,16 +171,61 @@ def test_the_project_readers_load_the_export(exported):
     from pixelsail.data.refer import ReferEvalDataset
 
     out, result, scenes = exported
-    refer = ReferEvalDataset(out / "refshapes", split="test")
-    assert len(refer) == sum(1 for r in _PlainOnly(io.BytesIO((out / "refshapes" / "refs(unc).p").read_bytes())).load()
+    refer = ReferEvalDataset(out / REFER_DIR, split="test")
+    assert len(refer) == sum(1 for r in _PlainOnly(io.BytesIO((out / REFER_DIR / "refs(unc).p").read_bytes())).load()
                              if r["split"] == "test" for _ in r["sentences"])
     for i in range(len(refer)):
         s = refer[i]
         oracle = Oracle(next(sc for sc in scenes.values() if np.array_equal(sc.image, s.image)))
         assert [oracle.mask_owner(m) for m in s.masks] == oracle.expression_targets(s.turns[0][0][len("Please segment "):-1])
-    gref = ReferEvalDataset(out / "grefshapes", split="val")
+    gref = ReferEvalDataset(out / GREFER_DIR, split="val")
     assert sum(not gref[i].masks for i in range(len(gref))) == 6
-    bench = PerBench(out / "perbench")
+    bench = PerBench(out / PERBENCH_DIR)
     assert len(bench) == result.counts["captions"] + result.counts["mcqs"] + result.counts["vt_res"]
     for i in range(len(bench)):
         bench[i].validate()
+
+
+def test_the_refer_toolkit_loads_the_export_unchanged(exported):
+    """REFER / G_REFER's access pattern (data_root + dataset name) finds every file and decodes every mask."""
+    out, _, scenes = exported
+    assert (REFER_DIR, GREFER_DIR) == ("refcoco", "grefcoco")
+    refer, grefer = ToolkitStyleReader(out, "refcoco"), ToolkitStyleReader(out, "grefcoco")
+    assert refer.ref_ids("test") and grefer.ref_ids("val")
+    for reader in (refer, grefer):
+        for ref in reader.refs.values():
+            scene = scenes[reader.imgs[ref["image_id"]]["file_name"]]
+            assert np.array_equal(np.asarray(Image.open(reader.image_path(ref)).convert("RGB")), scene.image)
+            oracle = Oracle(scene)
+            want = union_of(scene, oracle.expression_targets(ref["sentences"][0]["sent"]))
+            assert np.array_equal(reader.ref_mask(ref).astype(bool), want)
+
+
+def union_of(scene, indices: list[int]) -> np.ndarray:
+    out = np.zeros(scene.image.shape[:2], dtype=bool)
+    for i in indices:
+        out |= scene.objects[i].mask
+    return out
+
+
+def test_the_toolkit_fails_on_a_bare_rle_segmentation_and_on_other_dataset_names(exported):
+    out, _, _ = exported
+    reader = ToolkitStyleReader(out, "refcoco")
+    ann = dict(next(iter(reader.anns.values())))
+    ann["segmentation"] = ann["segmentation"][0]       # what the exports wrote before: a bare RLE object
+    with pytest.raises(KeyError):
+        reader.ann_mask(ann)
+    with pytest.raises(KeyError, match="refshapes"):
+        ToolkitStyleReader(out, "refshapes")
+
+
+def test_export_refuses_to_overwrite_real_data(tmp_path):
+    real = tmp_path / REFER_DIR / "instances.json"
+    real.parent.mkdir()
+    real.write_text(json.dumps({"info": {"description": "This is stable 1.0 version of the 2014 MS COCO dataset."},
+                                "images": [], "annotations": []}))
+    with pytest.raises(FileExistsError, match="not a shapes-world export"):
+        export_shapes(tmp_path, {"val": 1})
+    assert "MS COCO" in real.read_text()
+    export_shapes(tmp_path / "fresh", {"val": 1})
+    export_shapes(tmp_path / "fresh", {"val": 1})     # re-exporting over an export is fine

@@ -29,10 +29,20 @@ def box(r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
     return m
 
 
-# annotation id -> mask; 1 and 3 are stored as polygons, 2 and 4 as RLE
+# annotation id -> mask; 1 and 3 are stored as polygons, 2 as the REFER toolkit's list of RLEs (two parts), 4 as a
+# bare RLE object (what pixelsail's exports wrote before)
 MASKS = {1: box(0, 4, 0, 4), 2: box(6, 10, 8, 14), 3: box(2, 6, 10, 16), 4: box(8, 12, 0, 5)}
 POLYGONS = {1: [[0, 0, 4, 0, 4, 4, 0, 4]], 3: [[10, 2, 16, 2, 16, 6, 10, 6]]}
+RLE_PARTS = {2: [box(6, 10, 8, 11), box(6, 10, 10, 14)]}     # overlapping parts whose union is MASKS[2]
 IMAGE_OF = {1: 100, 2: 100, 3: 200, 4: 200}
+
+
+def segmentation(ann_id: int):
+    if ann_id in POLYGONS:
+        return POLYGONS[ann_id]
+    if ann_id in RLE_PARTS:
+        return [rle(m) for m in RLE_PARTS[ann_id]]
+    return rle(MASKS[ann_id])
 
 
 def write_coco(root: Path) -> None:
@@ -42,7 +52,7 @@ def write_coco(root: Path) -> None:
     for image_id in (100, 200):
         Image.fromarray(rng.integers(0, 255, (H, W, 3), dtype=np.uint8)).save(images / f"COCO_{image_id}.png")
     anns = [{"id": a, "image_id": IMAGE_OF[a], "category_id": 1, "iscrowd": 0,
-             "segmentation": POLYGONS[a] if a in POLYGONS else rle(MASKS[a])} for a in MASKS]
+             "segmentation": segmentation(a)} for a in MASKS]
     instances = {"images": [{"id": i, "file_name": f"COCO_{i}.png", "height": H, "width": W} for i in (100, 200)],
                  "annotations": anns, "categories": [{"id": 1, "name": "thing"}]}
     (root / "instances.json").write_text(json.dumps(instances))
@@ -101,7 +111,7 @@ def test_refer_reads_rle_annotations_and_the_training_registry(tmp_path):
     ds = build_dataset("refcocog", root=str(root), split="train")        # default split_by for refcocog: umd
     assert len(ds) == 1
     s = ds[0]
-    assert np.array_equal(s.masks[0], MASKS[2])                               # from an RLE
+    assert np.array_equal(s.masks[0], MASKS[2])                               # from a list of two RLEs
     assert s.meta["sent_id"] in (1200, 1201)
     assert ds[0].turns == s.turns                                             # deterministic per index
     seen = {build_dataset("refcocog", root=str(root), split="train", seed=k)[0].meta["sent_id"] for k in range(20)}
@@ -115,9 +125,21 @@ def test_grefcoco_multi_and_no_target(tmp_path):
     assert multi.task == "gres" and multi.turns[0][1] == "Sure, [SEG] and [SEG]."
     assert [m.sum() for m in multi.masks] == [MASKS[2].sum(), MASKS[1].sum()]
     assert none.turns[0][1] == NO_TARGET_ANSWER and none.masks == [] and none.meta["no_target"] is True
-    assert single.turns[0][1] == "Sure, [SEG]." and np.array_equal(single.masks[0], MASKS[4])
+    assert single.turns[0][1] == "Sure, [SEG]." and np.array_equal(single.masks[0], MASKS[4])   # bare RLE
     for s in (multi, none, single):
         s.validate()
+
+
+def test_rle_lists_union_their_parts_and_bad_parts_are_named(tmp_path):
+    from pixelsail.data.annotations import FormatError
+    from pixelsail.data.refer import decode_refer_segmentation
+
+    parts = [rle(m) for m in RLE_PARTS[2]]
+    assert sum(p.sum() for p in RLE_PARTS[2]) == MASKS[2].sum() + 4        # the parts overlap on 4 pixels
+    assert np.array_equal(decode_refer_segmentation(parts, H, W, "ann 2"), MASKS[2])
+    assert np.array_equal(decode_refer_segmentation(rle(MASKS[4]), H, W, "ann 4"), MASKS[4])
+    with pytest.raises(FormatError, match=r"ann 2 RLE 1: mask size \[3, 3\]"):
+        decode_refer_segmentation([parts[0], rle(np.ones((3, 3), bool))], H, W, "ann 2")
 
 
 def test_clear_errors_for_missing_files_and_splits(tmp_path):

@@ -1,16 +1,24 @@
 """Write the shapes world in the real datasets' file formats, so the real loaders can be run on it.
 
-Layout under ``out``::
+Layout under ``out`` is the one the REFER toolkit (``REFER`` / ``G_REFER`` of refer.py, which LISA's and the
+authors' evaluation code import) expects of its ``data_root``, so it loads the export unchanged::
 
-    images/train2014/<image_id>.png      scene images (the place REFER readers look beside the dataset folders)
-    refshapes/instances.json             COCO instances: one annotation per visible object, RLE of its visible mask
-    refshapes/refs(unc).p                REFER refs (pickle of plain lists/dicts/str/int only)
-    grefshapes/instances.json            the same instances
-    grefshapes/grefs(unc).json           gRefCOCO refs: ``ann_id`` is a list, ``[-1]`` and ``no_target`` for none
+    images/mscoco/images/train2014/<image_id>.png   scene images, where ``REFER`` looks for refcoco(+/g)
+    images/train2014/<image_id>.png                 the same images, where ``G_REFER`` looks for grefcoco
+    refcoco/instances.json               COCO instances: one annotation per visible object; ``segmentation`` is a
+                                         list holding one RLE of its visible mask (the toolkit indexes ``[0]``)
+    refcoco/refs(unc).p                  REFER refs (pickle of plain lists/dicts/str/int only)
+    grefcoco/instances.json              the same instances
+    grefcoco/grefs(unc).json             gRefCOCO refs: ``ann_id`` is a list, ``[-1]`` and ``no_target`` for none
     perbench/caption.json                {image_name, object_annotations: [{segmentation, caption}]}
     perbench/mcq.json                    {image_name, mcqs: [{object: {tag: rle}, question, answer}]}
     perbench/vt_res.json                 {image_name, question, answer, segmentations: {tag: rle}}
     perbench/<image_id>.png              the PerBench images, next to the JSON
+
+The toolkit accepts only the dataset names refcoco, refcoco+, refcocog, refclef and grefcoco, so the shapes
+world is written under ``refcoco`` and ``grefcoco``; ``instances.json`` says in its ``info`` that it is the shapes
+world, and an export refuses to write into a folder whose ``instances.json`` says otherwise (real data).
+PerBench masks stay bare RLE objects: the authors' PerBench scripts decode them directly.
 
 PerBench tags are ``<objN>`` (N = the object's paint index); a reader renames question tags to ``<vp_k>``.
 MCQ ``answer`` is the string that must occur in a model's output, e.g. ``"(B)"``.
@@ -33,10 +41,12 @@ from pixelsail.data.shapes import (
     multi_referrals, no_target_referral, reading_order, region_caption, relation_referrals,
 )
 
-REFER_DIR = "refshapes"
-GREFER_DIR = "grefshapes"
+REFER_DIR = "refcoco"            # names the REFER toolkit accepts
+GREFER_DIR = "grefcoco"
 PERBENCH_DIR = "perbench"
-IMAGE_DIR = Path("images") / "train2014"
+IMAGE_DIR = Path("images") / "train2014"                            # where G_REFER looks
+REFER_IMAGE_DIR = Path("images") / "mscoco" / "images" / "train2014"  # where REFER looks for refcoco(+/g)
+EXPORT_DESCRIPTION = "pixelsail shapes world"
 MAX_SENTENCES_PER_REF = 3
 _VP_TAG = re.compile(r"<vp_(\d+)>")
 
@@ -160,6 +170,19 @@ def _perbench_vt_res(scene: Scene, rng: np.random.Generator, image_name: str) ->
             "segmentations": {_obj_tag(i): mask_to_rle(scene.objects[i].mask) for i in (anchor, target)}}
 
 
+def _refuse_foreign_instances(path: Path) -> None:
+    """The export's folder names are real datasets' names: never overwrite a real dataset's files."""
+    if not path.is_file():
+        return
+    try:
+        description = str(json.loads(path.read_text()).get("info", {}).get("description", ""))
+    except (json.JSONDecodeError, AttributeError, UnicodeDecodeError):
+        description = ""
+    if not description.startswith(EXPORT_DESCRIPTION):
+        raise FileExistsError(f"{path} exists and is not a shapes-world export: refusing to overwrite it "
+                              "(choose another --out)")
+
+
 def export_shapes(out: str | Path, splits: Mapping[str, int] | Iterable[tuple[str, int]], seed: int = 0,
                   image_size: int = 128, progress=None) -> ExportResult:
     """Export ``n`` scenes of each ``split`` (e.g. ``{"val": 100, "test": 100}``) in every format.
@@ -167,6 +190,8 @@ def export_shapes(out: str | Path, splits: Mapping[str, int] | Iterable[tuple[st
     ``progress`` (optional) is called with the number of scenes written so far.
     """
     out = Path(out)
+    for folder in (REFER_DIR, GREFER_DIR):
+        _refuse_foreign_instances(out / folder / "instances.json")
     plan = list(splits.items()) if isinstance(splits, Mapping) else list(splits)
     for split, n in plan:
         if int(n) < 1:
@@ -180,7 +205,8 @@ def export_shapes(out: str | Path, splits: Mapping[str, int] | Iterable[tuple[st
             scene = generate_scene(split, index, seed, image_size)
             image_id += 1
             file_name = f"{scene.image_id}.png"
-            _save_png(scene.image, out / IMAGE_DIR / file_name)
+            for folder in (IMAGE_DIR, REFER_IMAGE_DIR):
+                _save_png(scene.image, out / folder / file_name)
             _save_png(scene.image, out / PERBENCH_DIR / file_name)
             images.append({"id": image_id, "file_name": file_name, "height": image_size, "width": image_size,
                            "split": split})
@@ -188,7 +214,7 @@ def export_shapes(out: str | Path, splits: Mapping[str, int] | Iterable[tuple[st
             for obj in scene.visible_objects:
                 ann_of[obj.index] = ids.next("ann")
                 annotations.append({"id": ann_of[obj.index], "image_id": image_id, "category_id": category_id(obj),
-                                    "segmentation": mask_to_rle(obj.mask), "area": float(obj.area),
+                                    "segmentation": [mask_to_rle(obj.mask)], "area": float(obj.area),
                                     "bbox": coco_bbox(obj), "iscrowd": 0, "color": obj.color, "size": obj.size})
             rng = make_rng(seed, split, index, 3)
             refs += _refer_refs(scene, image_id, split, file_name, ann_of, ids)
@@ -202,7 +228,7 @@ def export_shapes(out: str | Path, splits: Mapping[str, int] | Iterable[tuple[st
                 vt_res.append(record)
             if progress is not None:
                 progress(image_id)
-    instances = {"info": {"description": f"pixelsail shapes world, seed {seed}"}, "images": images,
+    instances = {"info": {"description": f"{EXPORT_DESCRIPTION}, seed {seed}"}, "images": images,
                  "annotations": annotations, "categories": categories()}
     result = ExportResult(out)
     result.files += [_write_json(instances, out / REFER_DIR / "instances.json"),

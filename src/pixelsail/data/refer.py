@@ -142,7 +142,8 @@ class ReferIndex:
         im = self.images[image_id]
         h, w = int(im["height"]), int(im["width"])
         where = f"{self.root / 'instances.json'}: annotation"
-        return [decode_segmentation(self.annotations[a].get("segmentation"), h, w, f"{where} {a}") for a in ann_ids]
+        return [decode_refer_segmentation(self.annotations[a].get("segmentation"), h, w, f"{where} {a}")
+                for a in ann_ids]
 
     def sample(self, ref_id: int, image_id: int, ann_ids: list[int], sentence: str, sent_id: int | None,
                *, one_seg_per_target: bool) -> Sample:
@@ -161,6 +162,18 @@ class ReferIndex:
                       task="gres" if self.generalized else "res", image_id=str(image_id),
                       meta={"ref_id": ref_id, "sent_id": sent_id, "no_target": not ann_ids, "split": self.split,
                             "sentence": sentence})
+
+
+def decode_refer_segmentation(seg: Any, h: int, w: int, where: str) -> np.ndarray:
+    """A REFER annotation's ``segmentation`` -> (h, w) bool mask.
+
+    The toolkit's form is a list: of polygons, or of RLEs (their union is the mask, as ``REFER.getMask`` sums
+    them). A bare RLE object (what pixelsail's exports wrote before they followed the toolkit) is read too.
+    """
+    if isinstance(seg, list) and seg and all(isinstance(part, dict) for part in seg):
+        parts = [decode_segmentation(part, h, w, f"{where} RLE {j}") for j, part in enumerate(seg)]
+        return np.logical_or.reduce(parts)
+    return decode_segmentation(seg, h, w, where)
 
 
 def _find_image_dir(root: Path, image_dir: str | Path | None) -> Path:
