@@ -75,7 +75,7 @@ def test_rela_convention_hand_case():
     m = RelaMaskMetric()
     m.update([], True, [], SHAPE)                              # no target, said so: gIoU 1, nothing added
     m.update([row(0, 3)], False, [], SHAPE)                   # no target, 3-pixel mask: U += 3
-    m.update([row(1, 4)], True, [row(1, 4)], SHAPE)           # target, said "no target": mask ignored, I=0 U=4
+    m.update([row(1, 4)], True, [row(1, 4)], SHAPE)           # target, said "no target": I = 0, U = 4
     m.update([row(2, 5) | mask((3, 0), (3, 1))], False, [row(2, 5) | row(3, 5)], SHAPE)  # I=7, U=10: IoU 0.7 tie
     out = m.compute()
     assert out["cIoU (ReLA)"] == pytest.approx(100 * 7 / 17)
@@ -83,6 +83,17 @@ def test_rela_convention_hand_case():
     assert out["N-acc (ReLA)"] == 50.0
     assert out["T-acc (ReLA)"] == 50.0
     assert out["Pr@0.7 (ReLA)"] == 50.0 and out["Pr@0.8 (ReLA)"] == 0.0
+
+
+def test_rela_keeps_the_mask_of_a_no_target_answer_in_the_union():
+    # the text says "No target." but a 3-pixel mask came with it, on a sample whose target is 4 pixels overlapping
+    # it on 2: ReLA counts I = 0 and U = |pred ∪ target| = 5 (not the target's 4, as zeroing the mask would)
+    m = RelaMaskMetric()
+    assert m.update([row(0, 3)], predicted_no_target("No target.", [row(0, 3)]), [row(0, 4, start=1)], SHAPE) == (0, 5)
+    m.update([row(2, 2)], False, [row(2, 2)], SHAPE)          # an exact 2-pixel hit: I = U = 2
+    out = m.compute()
+    assert out["cIoU (ReLA)"] == pytest.approx(100 * 2 / 7)   # zeroing the mask would give 2 / 6
+    assert out["gIoU (ReLA)"] == 50.0 and out["T-acc (ReLA)"] == 50.0
 
 
 def test_rela_without_no_target_samples_reports_nan_n_acc():

@@ -151,8 +151,9 @@ class LisaMaskMetric(_Summable):
 class RelaMaskMetric(_Summable):
     """gRefCOCO canonical (ReLA) convention: explicit no-target decisions, N-acc, T-acc, Pr@{0.7,0.8,0.9}.
 
-    ``pred_no_target`` is the model's decision (see :func:`predicted_no_target`). When it decides "no target" its
-    masks are ignored (an all-zero prediction), exactly as ReLA zeroes the mask of a no-target decision.
+    ``pred_no_target`` is the model's decision (see :func:`predicted_no_target`). As in ReLA's evaluator, a
+    "no target" decision on a sample that has targets sets its intersection to 0 but keeps its union
+    (prediction ∪ target: a mask the model drew anyway still counts), and on a no-target sample adds nothing.
     """
 
     intersection: int = 0
@@ -167,9 +168,10 @@ class RelaMaskMetric(_Summable):
 
     def update(self, pred_masks: Sequence[np.ndarray], pred_no_target: bool, target_masks: Sequence[np.ndarray],
                shape: tuple[int, int]) -> tuple[int, int]:
-        pred = np.zeros(shape, dtype=bool) if pred_no_target else union_mask(pred_masks, shape)
         target = union_mask(target_masks, shape)
-        i, u = intersection_union(pred, target)
+        i, u = intersection_union(union_mask(pred_masks, shape), target)
+        if pred_no_target:
+            i = 0
         self.add(i, u, pred_no_target=pred_no_target, target_empty=not target.any())
         return i, u
 
@@ -185,6 +187,8 @@ class RelaMaskMetric(_Summable):
             return
         self.target_total += 1
         self.target_kept += int(not pred_no_target)
+        if pred_no_target:
+            intersection = 0
         iou = 0.0 if union == 0 else intersection / union
         self.intersection += intersection
         self.union += union
