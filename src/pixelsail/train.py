@@ -292,29 +292,45 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 def save_checkpoint(output_dir: Path, step: int, raw: nn.Module, wrapped: nn.Module, optimizer: torch.optim.Optimizer,
                     scheduler: Any, trainer_state: dict[str, Any], env: DistEnv, sharded: bool,
                     keep_last: int) -> Path:
-    """Collective: every rank must call it. Rank 0 writes the shared files, every rank its RNG state."""
+    """Collective: every rank must call it. Rank 0 writes the shared files, every rank its RNG state.
+
+    A failed write (a full disk, the output directory deleted under the run) raises an OSError that names the
+    checkpoint and the cause, after removing the partial temporary directory; earlier checkpoints stay as they were.
+    """
+    import errno
+
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
     root = output_dir / "checkpoints"
     final = root / f"step-{step:08d}"
     tmp = root / f".tmp-step-{step:08d}"
-    if env.is_main:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    env.barrier()
-    torch.save(_rng_state(), tmp / f"rng_rank{env.rank}.pt")
-    options = _state_dict_options()
-    model_state = get_model_state_dict(wrapped, options=options)
-    optim_state = get_optimizer_state_dict(wrapped, optimizer, options=options)
-    env.barrier()
-    if env.is_main:
-        save_model_dir(raw, model_state, tmp / "model", sharded)
-        torch.save(optim_state, tmp / "optimizer.pt")
-        state = dict(trainer_state, step=step, scheduler=scheduler.state_dict(), world_size=env.world_size)
-        (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
-        _publish(tmp, final)
-        for _, old in list_checkpoints(root)[:-keep_last] if keep_last > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
+    try:
+        if env.is_main:
+            if not output_dir.is_dir():  # not recreated: a deleted run directory means the run is gone
+                raise FileNotFoundError(errno.ENOENT, f"the output directory {output_dir} was deleted during the run")
+            shutil.rmtree(tmp, ignore_errors=True)
+            root.mkdir(exist_ok=True)
+            tmp.mkdir()
+        env.barrier()
+        torch.save(_rng_state(), tmp / f"rng_rank{env.rank}.pt")
+        options = _state_dict_options()
+        model_state = get_model_state_dict(wrapped, options=options)
+        optim_state = get_optimizer_state_dict(wrapped, optimizer, options=options)
+        env.barrier()
+        if env.is_main:
+            save_model_dir(raw, model_state, tmp / "model", sharded)
+            torch.save(optim_state, tmp / "optimizer.pt")
+            state = dict(trainer_state, step=step, scheduler=scheduler.state_dict(), world_size=env.world_size)
+            (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
+            _publish(tmp, final)
+            for _, old in list_checkpoints(root)[:-keep_last] if keep_last > 0 else []:
+                shutil.rmtree(old, ignore_errors=True)
+    except OSError as e:
+        if env.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        kept = f"; earlier checkpoints in {root} are unchanged" if root.is_dir() else ""
+        message = f"checkpoint {final.name} not written ({e.strerror or e}){kept}"
+        raise (OSError(message) if e.errno is None else OSError(e.errno, message)) from e
     env.barrier()
     return final
 

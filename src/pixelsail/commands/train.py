@@ -32,7 +32,7 @@ def train_command(
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         summary = train(run, resume=resume, keep_last=keep_last)
-    except (FileExistsError, FileNotFoundError, ValueError) as e:
+    except (OSError, ValueError) as e:  # bad paths, a full disk, a deleted output directory: one line
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     import os
