@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 import pixelsail.commands.use as use
 from fake_pixelsail import FakePixelSail, scene
 from pixelsail.cli import app
-from pixelsail.predictor import Predictor
+from pixelsail.predictor import Predictor, shipped_model_dir
 
 runner = CliRunner()
 
@@ -124,3 +124,24 @@ def test_serve_on_a_busy_port_is_a_one_line_error(fake):
         res = runner.invoke(app, ["serve", "--port", str(port), "--samples", "1"])
     assert res.exit_code == 2
     assert res.output.strip().startswith(f"error: cannot listen on 127.0.0.1:{port}")
+
+
+def test_shapes_scene_writes_one_plain_scene_and_names_its_objects(tmp_path):
+    from pixelsail.data.shapes import generate_scene
+
+    out = tmp_path / "scene.png"
+    res = runner.invoke(app, ["shapes", "scene", "-o", str(out), "--index", "3", "--split", "test"])
+    assert res.exit_code == 0, res.output
+    expected = generate_scene("test", 3)
+    np.testing.assert_array_equal(np.array(Image.open(out)), expected.image)
+    lines = res.stdout.splitlines()
+    assert lines[0] == f"wrote {out} (split 'test' scene #3, 128x128)"
+    boxes = {f"box {','.join(str(int(v)) for v in o.bbox)}" for o in expected.visible_objects}
+    assert len(lines) > 1 and all(ln.startswith("  'the ") and ln.split("  ")[-1] in boxes for ln in lines[1:])
+
+
+@pytest.mark.skipif(not (shipped_model_dir() / "config.json").is_file(), reason="the shipped shapes model is absent")
+def test_eval_defaults_to_the_shipped_model(tmp_path):
+    res = runner.invoke(app, ["eval", "--task", "shapes", "--limit", "1", "--gallery", "0", "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "results.json").read_text())["model"] == str(shipped_model_dir())

@@ -5,6 +5,9 @@ import sys
 import time
 
 import pytest
+from PIL import Image
+
+from fake_pixelsail import scene
 
 # runs the CLI as `pixelsail ARGS` would, then reports on stderr whether torch got imported
 PROBE = """
@@ -33,10 +36,16 @@ def run_cli(*args: str) -> tuple[subprocess.CompletedProcess, float]:
     (["segment", "--help"], "0", "referring expression"),
     (["segment"], "2", "Missing argument"),
     (["eval", "--task", "nonsense", "--out", "x", "--bogus"], "2", "No such option"),
-    (["segment", "x.png", "the red circle", "--model", "/no/such/model"], "2", "no pixelsail model in /no/such/model"),
+    (["segment", "/no/such.png", "the red circle"], "2", "error: image file not found: /no/such.png"),
+    (["describe", "/no/such.png"], "2", "error: image file not found: /no/such.png"),
+    (["ask", "/no/such.png", "What is <vp_0>?", "--box", "1,2,3"], "2", "error: image file not found"),
+    (["segment", "IMG", "the red circle", "--model", "/no/such/model"], "2", "no pixelsail model in /no/such/model"),
+    (["segment", "IMG", "  "], "2", "error: the referring expression is empty"),
 ])
-def test_help_and_argument_errors_do_not_import_torch(args, code, expect):
-    proc, seconds = run_cli(*args)
+def test_help_and_argument_errors_do_not_import_torch(args, code, expect, tmp_path):
+    image = tmp_path / "scene.png"
+    Image.fromarray(scene()).save(image)
+    proc, seconds = run_cli(*[str(image) if a == "IMG" else a for a in args])
     status = proc.stderr.strip().splitlines()[-1]
     assert status == f"TORCH-NOT-IMPORTED {code}", proc.stderr[-2000:]
     assert expect in proc.stdout + proc.stderr

@@ -2,15 +2,28 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
 EVAL_TASKS = ("res", "gres", "region-caption", "perbench", "shapes")
+CONVENTION_HELP = ("scoring convention: standard (the field's: LISA, ReLA, COCOEvalCap) or authors (the Pixel-SAIL "
+                   "authors' scripts: first mask, PerBench by NLTK METEOR); repeat for several tables. "
+                   "See docs/EVALUATION.md")
+
+
+def _conventions(names: List[str]) -> List[str]:
+    from pixelsail.scoring import check_convention
+
+    try:
+        return [check_convention(n) for n in names]
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--convention") from None
 
 
 def eval_command(
-    model: Path = typer.Option(..., "--model", help="pixelsail checkpoint directory"),
+    model: Optional[Path] = typer.Option(None, "--model", help="pixelsail checkpoint directory "
+                                         "(default: the shipped shapes model)"),
     task: str = typer.Option(..., "--task", help="res | gres | region-caption | perbench | shapes"),
     data: Optional[str] = typer.Option(None, "--data", help="dataset directory or file (not needed for shapes)"),
     split: str = typer.Option("val", "--split", help="split (REFER: val/testA/testB/test; shapes: val/test)"),
@@ -22,14 +35,20 @@ def eval_command(
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1),
     gallery: int = typer.Option(8, "--gallery", min=0, help="best / worst samples drawn per gallery (0: none)"),
     device: str = typer.Option("cpu", "--device", help="torch device"),
+    convention: List[str] = typer.Option(["standard"], "--convention", help=CONVENTION_HELP),
 ) -> None:
     """Evaluate a model on an evaluation set: predictions JSONL, results JSON + Markdown, a gallery."""
     from pixelsail.evaluate import build_eval_dataset, evaluate
 
     if task not in EVAL_TASKS:
         raise typer.BadParameter(f"--task must be one of {', '.join(EVAL_TASKS)}, got {task!r}")
+    if model is None:
+        from pixelsail.predictor import shipped_model_dir
+
+        model = shipped_model_dir()
     if not model.is_dir():
         raise typer.BadParameter(f"--model {model} is not a directory")
+    conventions = _conventions(convention)
     try:
         dataset = build_eval_dataset(task, data, split=split, split_by=split_by, image_dir=image_dir,
                                      shapes_size=limit or 500)
@@ -44,7 +63,7 @@ def eval_command(
     info = {"model": str(model), "task": task, "data": data, "split": split, "limit": limit}
     with torch.inference_mode():
         run = evaluate(net, dataset, out, limit=limit, max_new_tokens=max_new_tokens, gallery=gallery, info=info,
-                       title=f"{task} {split} — {model.name}")
+                       title=f"{task} {split} — {model.name}", conventions=conventions)
     for name, path in run.files.items():
         typer.echo(f"{name}: {path}")
 
@@ -53,22 +72,28 @@ def score_command(
     predictions: Path = typer.Argument(..., help="predictions.jsonl written by `pixelsail eval`"),
     out: Optional[Path] = typer.Option(None, "--out", help="where results.json / results.md go "
                                        "(default: beside the predictions)"),
-    captions: bool = typer.Option(True, "--captions/--no-captions", help="compute BLEU/METEOR/CIDEr (Java)"),
+    captions: bool = typer.Option(True, "--captions/--no-captions", help="compute the caption metrics "
+                                  "(BLEU/METEOR/CIDEr: Java; NLTK too under --convention authors)"),
+    convention: List[str] = typer.Option(["standard"], "--convention", help=CONVENTION_HELP),
 ) -> None:
     """Recompute every metric from a predictions file, without the model."""
-    from pixelsail.evaluate import print_results, read_jsonl, save_results, score_records
+    from pixelsail.evaluate import read_jsonl, report, score_records
 
+    conventions = _conventions(convention)
     try:
         records = read_jsonl(predictions)
     except (FileNotFoundError, ValueError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
-    scores = score_records(records, captions=captions)
     title = f"scores of {predictions}"
-    print_results(scores.results, title)
-    json_path, md_path = save_results(scores.results, out or predictions.parent,
-                                      {"predictions": str(predictions)}, title)
-    typer.echo(f"json: {json_path}\nmarkdown: {md_path}")
+    for name in dict.fromkeys(conventions):
+        try:
+            scores = score_records(records, captions=captions, convention=name)
+        except RuntimeError as e:  # a missing scorer (Java, WordNet): say what to install
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+        json_path, md_path = report(scores, out or predictions.parent, {"predictions": str(predictions)}, title)
+        typer.echo(f"{name} convention: json: {json_path}\nmarkdown: {md_path}")
 
 
 def register(app: typer.Typer) -> None:

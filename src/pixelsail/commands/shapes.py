@@ -1,4 +1,5 @@
-"""``pixelsail shapes preview`` (a PNG grid of samples) and ``pixelsail shapes export`` (the real file formats)."""
+"""``pixelsail shapes preview`` (a PNG grid of samples), ``shapes scene`` (one plain scene image) and ``shapes export``
+(the real file formats)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -58,6 +59,37 @@ def preview(
     out.parent.mkdir(parents=True, exist_ok=True)
     grid.save(out)
     typer.echo(f"wrote {out} ({n} samples of split {split!r}, {grid.width}x{grid.height})")
+
+
+@shapes_app.command("scene")
+def scene_command(
+    out: Path = typer.Option(Path("scene.png"), "-o", "--out", help="PNG file to write"),
+    index: int = typer.Option(0, "--index", min=0, help="scene number within the split"),
+    split: str = typer.Option("test", "--split", help="split name (test: scenes the shipped model never saw)"),
+    seed: int = typer.Option(0, "--seed"),
+    image_size: int = typer.Option(128, "--image-size", min=32),
+) -> None:
+    """Write one scene as a plain image (for segment / ask / describe / chat); list an expression and box per object."""
+    from PIL import Image
+
+    from pixelsail.data.shapes import attribute_referrals, generate_scene
+
+    scene = generate_scene(split, index, seed=seed, image_size=image_size)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(scene.image).save(out)
+    typer.echo(f"wrote {out} (split {split!r} scene #{index}, {image_size}x{image_size})")
+    named: dict[int, str] = {}  # each object's most specific unique expression, naming its shape if one does
+
+    def rank(obj, expression: str) -> tuple[bool, int]:
+        return obj.shape in expression, len(expression)
+
+    for ref in attribute_referrals(scene):
+        target = ref.targets[0]
+        if target.index not in named or rank(target, ref.expression) > rank(target, named[target.index]):
+            named[target.index] = ref.expression
+    for obj in scene.visible_objects:
+        if obj.index in named:
+            typer.echo(f"  {named[obj.index]!r}  box {','.join(str(int(v)) for v in obj.bbox)}")
 
 
 @shapes_app.command("export")

@@ -17,7 +17,7 @@ import numpy as np
 import typer
 from PIL import Image
 
-from pixelsail.imageio import ImageInputError
+from pixelsail.imageio import ImageInputError, load_image
 from pixelsail.model_check import ModelFileWarning
 from pixelsail.predictor import InputError, Predictor, Result
 
@@ -106,7 +106,8 @@ def segment(image: str = typer.Argument(..., help="image file"),
             model: Optional[Path] = ModelOpt, device: str = DeviceOpt) -> None:
     """Segment what a referring expression names."""
     with _one_line_errors():
-        result = _predictor(model, device).segment(image, text)
+        pixels, _ = load_image(image), Predictor.segment_question(text)  # bad inputs fail before the model loads
+        result = _predictor(model, device).segment(pixels, text)
     _print_result(result)
     _save_overlay(result, out)
     if masks_json is not None:
@@ -125,8 +126,8 @@ def ask(image: str = typer.Argument(..., help="image file"),
         model: Optional[Path] = ModelOpt, device: str = DeviceOpt) -> None:
     """Ask a question, optionally about visual prompts (numbered boxes, then points, then masks)."""
     with _one_line_errors():
-        prompts = collect_prompts(box, point, mask)
-        result = _predictor(model, device).ask(image, question, prompts=prompts)
+        pixels, prompts = load_image(image), collect_prompts(box, point, mask)
+        result = _predictor(model, device).ask(pixels, question, prompts=prompts)
     _print_result(result)
     _save_overlay(result, out)
 
@@ -138,10 +139,10 @@ def describe(image: str = typer.Argument(..., help="image file"),
              model: Optional[Path] = ModelOpt, device: str = DeviceOpt) -> None:
     """Describe one region given as --box, --point or --mask."""
     with _one_line_errors():
-        prompts = collect_prompts(box, point, mask)
+        pixels, prompts = load_image(image), collect_prompts(box, point, mask)
         if len(prompts) != 1:
             raise UsageError(f"describe needs exactly one of --box, --point or --mask (got {len(prompts)})")
-        result = _predictor(model, device).describe(image, prompts[0])
+        result = _predictor(model, device).describe(pixels, prompts[0])
     _print_result(result)
     _save_overlay(result, out)
 
@@ -155,7 +156,8 @@ def chat(image: str = typer.Argument(..., help="image file"),
          model: Optional[Path] = ModelOpt, device: str = DeviceOpt) -> None:
     """Talk about one image; reads questions from stdin (one per line), so it also works when piped."""
     with _one_line_errors():
-        session = _predictor(model, device).chat(image)
+        pixels = load_image(image)
+        session = _predictor(model, device).chat(pixels)
     interactive = sys.stdin.isatty()
     if interactive:
         typer.echo(CHAT_HELP)
