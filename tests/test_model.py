@@ -283,3 +283,74 @@ def test_seg_query_standardizes_with_batch_statistics_in_training_and_running_on
     alone = head(states[:1])
     together = head(states)[:1]
     assert torch.allclose(alone, together, atol=1e-6)  # at inference a query does not depend on its batch
+
+
+def _qwen2_with_biases(seed: int = 0) -> Qwen2ForCausalLM:
+    """A GQA Qwen2 (4 query heads, 2 key/value heads) whose q/k/v biases are non-zero (transformers inits them 0)."""
+    torch.manual_seed(seed)
+    llm = Qwen2ForCausalLM(Qwen2Config(vocab_size=64, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                       num_key_value_heads=2, intermediate_size=128)).eval()
+    with torch.no_grad():
+        for layer in llm.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.bias.normal_(0, 0.5)
+            layer.input_layernorm.weight.normal_(1, 0.2)
+    return llm
+
+
+@pytest.mark.parametrize("attn", ATTENTION_IMPLEMENTATIONS)
+def test_decoder_layer_matches_the_installed_transformers_layer(attn):
+    from pixelsail.model.attention import AttentionLayout, bind_attention
+    from pixelsail.model.backbone import Backbone
+    from pixelsail.model.decoder import decoder_layer
+
+    llm = _qwen2_with_biases()
+    backbone = Backbone(llm, attn)
+    b, seq_len = 2, 9
+    hidden = torch.randn(b, seq_len, 64)
+    positions = torch.arange(seq_len).expand(3, b, seq_len)  # text: 1-D RoPE on every axis
+    cos, sin = backbone.rotary(positions, hidden.dtype)
+    layer = llm.model.layers[1]
+    attend = bind_attention(attn, AttentionLayout(torch.zeros(b, dtype=torch.long)), seq_len, hidden.dtype,
+                            hidden.device)
+    with torch.no_grad():
+        ours = decoder_layer(layer, hidden, cos, sin, attend, backbone.spec, layer_idx=1)
+        theirs = layer(hidden, attention_mask=None, position_embeddings=(cos, sin))
+    theirs = theirs[0] if isinstance(theirs, tuple) else theirs
+    assert torch.allclose(ours, theirs, atol=1e-5)
+    assert (ours - hidden).abs().max() > 1e-2  # the layer did something
+
+
+@pytest.mark.parametrize("attn", ATTENTION_IMPLEMENTATIONS)
+def test_backbone_text_logits_match_transformers(attn):
+    from pixelsail.model.attention import AttentionLayout
+    from pixelsail.model.backbone import Backbone
+
+    llm = _qwen2_with_biases(seed=1)
+    backbone = Backbone(llm, attn).eval()
+    ids = torch.randint(0, 64, (2, 11), generator=torch.Generator().manual_seed(0))
+    positions = torch.arange(11).expand(3, 2, 11)
+    with torch.no_grad():
+        expected = llm(input_ids=ids).logits
+        got = backbone.logits(backbone(backbone.embed(ids), positions, AttentionLayout(torch.zeros(2, dtype=torch.long))))
+    assert torch.allclose(expected, got, atol=1e-5)
+
+
+def test_gradient_checkpointing_recomputes_each_layer_with_equal_gradients(monkeypatch):
+    import pixelsail.model.backbone as backbone_module
+
+    calls = []
+    real = backbone_module.decoder_layer
+    monkeypatch.setattr(backbone_module, "decoder_layer", lambda *a, **k: calls.append(1) or real(*a, **k))
+    image = random_image(48, 64)
+    batch_of = lambda m: m.processor.collate([m.processor(res_sample(image, box_mask(48, 64, 5, 30, 10, 40)))])
+    grads = []
+    for checkpointing in (False, True):
+        model = tiny_model().train()
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        calls.clear()
+        model(**batch_of(model)).loss.backward()
+        assert len(calls) == model.config.num_hidden_layers * (2 if checkpointing else 1)
+        grads.append(model.backbone.llm.model.layers[0].self_attn.q_proj.weight.grad.clone())
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
