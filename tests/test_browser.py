@@ -1,12 +1,17 @@
 """End to end in real headless Chromium (Debian packages chromium + chromium-driver; python package selenium)."""
+import json
+import os
 import shutil
 import tempfile
+import time
+import urllib.request
+from pathlib import Path
 
 import pytest
 
 from fake_pixelsail import FakePixelSail, scene
 from pixelsail.predictor import Predictor, shipped_model_dir
-from pixelsail.web import DemoApp, DemoServer
+from pixelsail.web import DemoApp, DemoServer, Limits
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -30,6 +35,8 @@ const c = document.createElement('canvas'); c.width = img.naturalWidth; c.height
 const g = c.getContext('2d'); g.drawImage(img, 0, 0);
 return Array.from(g.getImageData(arguments[0], arguments[1], 1, 1).data.slice(0, 3));
 """
+VIEWPORT = (1200, 900)  # a laptop screen: the whole flow must fit it without scrolling
+BOX = "const r = document.getElementById(arguments[0]).getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom];"
 
 
 @pytest.fixture()
@@ -39,17 +46,36 @@ def browser():
     opts.binary_location = CHROMIUM
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-                 f"--user-data-dir={profile}", "--window-size=1200,1000"):
+                 f"--user-data-dir={profile}", f"--window-size={VIEWPORT[0]},{VIEWPORT[1]}", "--hide-scrollbars"):
         opts.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
     driver.set_page_load_timeout(60)
+    # the window size includes the browser's frame; this sets the page's own viewport exactly
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {"width": VIEWPORT[0], "height": VIEWPORT[1],
+                                                                  "deviceScaleFactor": 1, "mobile": False})
     yield driver
     driver.quit()
     shutil.rmtree(profile, ignore_errors=True)
 
 
-def serve(predictor, samples):
-    return DemoServer(DemoApp(predictor, samples=samples), port=0).start()
+def serve(predictor, samples, limits=None):
+    return DemoServer(DemoApp(predictor, samples=samples, limits=limits), port=0).start()
+
+
+def screenshot(driver, tmp_path, name):
+    """Saved for a person to look at (PIXELSAIL_SCREENSHOTS=DIR keeps them; default: the test's tmp dir)."""
+    folder = Path(os.environ.get("PIXELSAIL_SCREENSHOTS", tmp_path))
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.png"
+    assert driver.save_screenshot(str(path)), path
+    return path
+
+
+def assert_in_viewport(driver, element_id):
+    x0, y0, x1, y1 = driver.execute_script(BOX, element_id)
+    assert x1 > x0 and y1 > y0, f"#{element_id} is not shown: {(x0, y0, x1, y1)}"
+    assert 0 <= x0 and x1 <= VIEWPORT[0] and 0 <= y0 and y1 <= VIEWPORT[1], \
+        f"#{element_id} at {(x0, y0, x1, y1)} is outside the {VIEWPORT[0]}x{VIEWPORT[1]} viewport"
 
 
 def wait(driver, seconds=60):
@@ -134,5 +160,67 @@ def test_shipped_model_segments_a_shapes_scene(browser):
         masks = browser.find_elements(By.CSS_SELECTOR, "#masks li.mask")
         assert masks, browser.find_element(By.ID, "answer").text
         assert int(masks[0].get_attribute("data-area")) == int(expected.masks[0].sum())
+    finally:
+        srv.stop()
+
+
+def test_the_whole_flow_fits_a_laptop_screen(browser, tmp_path):
+    """Sample strip, image, prompt box, Ask button and answer all inside 1200x900 with the page never scrolled."""
+    from pixelsail.commands.use import sample_scenes
+
+    srv = serve(Predictor(model=FakePixelSail()), sample_scenes(8))
+    try:
+        browser.get(srv.url)
+        wait(browser).until(lambda d: d.execute_script("return document.body.dataset.ready === '1'"))
+        screenshot(browser, tmp_path, "1-start")
+        for element in ("samples", "canvas", "text", "submit", "answer"):
+            assert_in_viewport(browser, element)
+        pick_sample_and_ask(browser, srv.url, 0, "segment", "the blue circle")
+        submit_and_wait(browser)
+        screenshot(browser, tmp_path, "2-answered")
+        assert browser.execute_script("return window.scrollY") == 0
+        assert browser.find_element(By.ID, "answer").text == "Sure, [SEG]."
+        for element in ("canvas", "text", "submit", "answer", "overlay"):
+            assert_in_viewport(browser, element)
+    finally:
+        srv.stop()
+
+
+def test_sample_tiles_show_before_their_thumbnails_arrive(browser, tmp_path):
+    srv = serve(Predictor(model=FakePixelSail()), [("scene", scene()), ("again", scene())])
+    slow_png = srv.app.sample_png
+
+    def delayed(index):  # thumbnails that take a while, as on a slow connection
+        time.sleep(1.5)
+        return slow_png(index)
+
+    srv.app.sample_png = delayed
+    try:
+        browser.get(srv.url)
+        wait(browser).until(lambda d: d.execute_script("return document.body.dataset.ready === '1'"))
+        tiles = browser.find_elements(By.CSS_SELECTOR, "#samples button")
+        screenshot(browser, tmp_path, "3-thumbnails-pending")
+        assert [t.text for t in tiles] == ["1", "2"]  # numbered placeholders while the images load
+        assert all(t.size["width"] >= 50 and t.size["height"] >= 50 for t in tiles)
+        wait(browser, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#samples button img")) == 2)
+        assert all(t.text == "" for t in browser.find_elements(By.CSS_SELECTOR, "#samples button"))
+    finally:
+        srv.stop()
+
+
+def test_a_session_closed_for_newer_visitors_says_so_on_the_page(browser, tmp_path):
+    srv = serve(Predictor(model=FakePixelSail()), [("scene", scene())], Limits(max_sessions=1))
+    try:
+        pick_sample_and_ask(browser, srv.url, 0, "segment", "the red square")
+        request = urllib.request.Request(srv.url + "/api/session", data=json.dumps({"sample": 0}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as res:  # another visitor takes the only place
+            assert res.status == 200
+        browser.find_element(By.ID, "submit").click()
+        wait(browser).until(lambda d: "error" in d.find_element(By.ID, "status").get_attribute("class"))
+        screenshot(browser, tmp_path, "4-session-closed")
+        assert browser.find_element(By.ID, "status").text.startswith(
+            "this image's session was closed to make room for newer visitors")
+        assert not browser.find_element(By.ID, "submit").is_enabled()
     finally:
         srv.stop()

@@ -15,8 +15,31 @@ async function api(path, options = {}) {
   const res = await fetch(path, options);
   let body = null;
   try { body = await res.json(); } catch (_) { body = { error: `HTTP ${res.status}` }; }
-  if (!res.ok) throw new Error(body.error || `HTTP ${res.status}`);
+  if (!res.ok) {
+    const err = new Error(body.error || `HTTP ${res.status}`);
+    err.status = res.status;
+    throw err;
+  }
   return body;
+}
+
+// the server dropped this visitor's session (410: closed for newer visitors or expired; 404: unknown): the image
+// must be loaded again before the next question
+function sessionLost(e) {
+  if (e.status !== 410 && e.status !== 404) return false;
+  state.sessionId = null;
+  $("submit").disabled = true;
+  document.querySelectorAll("#samples button").forEach((b) => b.classList.remove("selected"));
+  setStatus(e.message, true);
+  return true;
+}
+
+function clearAnswer() {
+  $("answer").textContent = "The answer and its masks appear here.";
+  $("answer").classList.add("empty");
+  $("overlay").hidden = true;
+  $("overlay").removeAttribute("src");
+  $("masks").replaceChildren();
 }
 
 function color(i) {
@@ -35,9 +58,12 @@ async function loadSession(response) {
   state.image = img;
   canvas.width = state.width;
   canvas.height = state.height;
+  const tall = state.height > state.width;  // portrait images are fitted by height, the others by width
+  canvas.classList.toggle("tall", tall);
+  $("overlay").classList.toggle("tall", tall);
   $("no-image").hidden = true;
   $("submit").disabled = false;
-  $("result").hidden = true;
+  clearAnswer();
   redraw();
   setStatus(`Image ${state.width}×${state.height} loaded.`);
 }
@@ -179,13 +205,14 @@ $("new-chat").addEventListener("click", async () => {
     await api("/api/reset", { method: "POST", headers: { "Content-Type": "application/json" },
                               body: JSON.stringify({ session_id: state.sessionId }) });
     setStatus("New conversation.");
-  } catch (e) { setStatus(e.message, true); }
+  } catch (e) { if (!sessionLost(e)) setStatus(e.message, true); }
 });
 
 function showResult(r) {
-  $("result").hidden = false;
+  $("answer").classList.remove("empty");
   $("answer").textContent = r.text.trim() ? r.text : "(the model gave an empty answer)";
   $("overlay").src = r.overlay;
+  $("overlay").hidden = false;
   const masks = $("masks");
   masks.dataset.count = String(r.masks.length);
   masks.replaceChildren(...r.masks.map((m, i) => {
@@ -212,9 +239,9 @@ $("ask-form").addEventListener("submit", async (ev) => {
     showResult(await api("/api/ask", { method: "POST", headers: { "Content-Type": "application/json" },
                                       body: JSON.stringify(body) }));
   } catch (e) {
-    setStatus(e.message, true);
+    if (!sessionLost(e)) setStatus(e.message, true);
   } finally {
-    $("submit").disabled = false;
+    $("submit").disabled = !state.sessionId;
   }
 });
 
@@ -225,19 +252,21 @@ $("upload").addEventListener("change", (ev) => { if (ev.target.files.length) upl
   try {
     state.config = await api("/api/config");
   } catch (e) { setStatus(`Cannot reach the server: ${e.message}`, true); return; }
-  const box = $("samples");
-  state.config.samples.forEach((s) => {
+  // one fixed-size tile per sample at once, numbered until its thumbnail has arrived: the strip never sits empty
+  $("samples").replaceChildren(...state.config.samples.map((s) => {
     const b = document.createElement("button");
     b.type = "button";
     b.className = "sample";
     b.dataset.id = String(s.id);
     b.title = s.name;
+    b.textContent = String(s.id + 1);
     const img = document.createElement("img");
-    img.src = s.url;
     img.alt = s.name;
-    b.append(img);
+    img.onload = () => b.replaceChildren(img);
+    img.src = s.url;
     b.addEventListener("click", () => pickSample(s.id, b));
-    box.append(b);
-  });
+    return b;
+  }));
+  if (!state.config.samples.length) $("samples").replaceChildren("no sample images: upload one");
   document.body.dataset.ready = "1";
 })();
