@@ -9,9 +9,3 @@ venv_needs_install() {
   [ ! -x "$root/.venv/bin/python" ] || [ ! -f "$stamp" ] ||
     [ "$(cat "$stamp")" != "$(sha256sum "$root/pyproject.toml" | cut -d' ' -f1)" ]
 }
-
-# True when scripts/system-deps.sh will install something with apt (Java, Chromium, ChromeDriver).
-system_deps_missing() {
-  ! command -v java >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1 ||
-    ! command -v chromedriver >/dev/null 2>&1
-}

@@ -9,9 +9,7 @@ if venv_needs_install "$ROOT"; then
 fi
 # shellcheck source=scripts/env.sh
 . "$ROOT/scripts/env.sh"
-if system_deps_missing; then
-  step "installing Java (caption metrics) and Chromium + ChromeDriver (browser tests) with apt" "about 40 s; once"
-fi
+step "checking the system packages the tests use; apt installs any that are missing" "a moment; about 40 s the first time"
 bash "$ROOT/scripts/system-deps.sh"
 cd "$ROOT"
 step "running the test suite on 2 processes" "about 90 s on 2 cores"
