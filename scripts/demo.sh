@@ -11,5 +11,6 @@ fi
 # shellcheck source=scripts/env.sh
 . "$ROOT/scripts/env.sh"
 cd "$ROOT"
-step "loading the shipped model and running 15 requests on 3 shapes scenes" "about 15 s on an idle 2-core CPU, more on a busy one"
+step "loading the shipped model and running 15 requests on 3 shapes scenes" \
+  "about 15 s on an idle 2-core CPU, more on a busy one"
 exec pixelsail demo --out "${1:-outputs/demo}"

@@ -36,7 +36,8 @@ const g = c.getContext('2d'); g.drawImage(img, 0, 0);
 return Array.from(g.getImageData(arguments[0], arguments[1], 1, 1).data.slice(0, 3));
 """
 VIEWPORT = (1200, 900)  # a laptop screen: the whole flow must fit it without scrolling
-BOX = "const r = document.getElementById(arguments[0]).getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom];"
+BOX = ("const r = document.getElementById(arguments[0]).getBoundingClientRect(); "
+       "return [r.left, r.top, r.right, r.bottom];")
 
 
 @pytest.fixture()
