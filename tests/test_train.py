@@ -304,6 +304,33 @@ def test_sigterm_saves_a_checkpoint_and_stops(tmp_path):
     assert not (tmp_path / "run" / "model").exists()       # the final model is only exported when training ends
 
 
+def test_sigterm_to_the_process_group_with_data_workers_checkpoints_exits_0_and_resumes(tmp_path):
+    # timeout, SLURM and Kubernetes signal the whole group: the DataLoader workers get SIGTERM too
+    run = toy_run(tmp_path / "run", max_steps=200, save_every=0)
+    run = apply_overrides(run, ["data.num_workers=2"])
+    cfg = write_config(run, tmp_path / "run.yaml")
+    env = subprocess_env(**{train_toy.STEP_SLEEP_ENV: "0.1"})
+    proc = subprocess.Popen([sys.executable, str(TOY_SCRIPT), str(cfg)], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 60
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+        assert proc.poll() is None and time.time() < deadline, "the run did not get going"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGTERM)
+    code = proc.wait(timeout=60)
+    stderr = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert code == 0, stderr[-3000:]
+    ckpt = latest_checkpoint(tmp_path / "run")
+    stopped_at = max(losses_by_step(tmp_path / "run"))
+    assert ckpt is not None and int(ckpt.name.split("-")[1]) == stopped_at < 200
+
+    resumed = apply_overrides(run, ["train.max_steps=" + str(stopped_at + 2)])
+    run_toy_here(write_config(resumed, tmp_path / "resumed.yaml"), "--resume")
+    assert sorted(losses_by_step(tmp_path / "run")) == list(range(1, stopped_at + 3))
+
+
 def test_partial_checkpoints_are_never_picked_up(tmp_path, monkeypatch):
     out = tmp_path / "run"
     train(toy_run(out, max_steps=4, save_every=2), resume=False, build=train_toy.build_toy(0.0))

@@ -29,7 +29,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Generator
 
 import numpy as np
 import torch
@@ -620,7 +620,7 @@ def train(run: RunConfig, *, resume: bool, build: Callable[[RunConfig], nn.Modul
     elif resume and env.is_main:
         log.warning("--resume: no checkpoint in %s, starting from scratch", out_dir / "checkpoints")
 
-    def batches(datasets: list, start: SamplerState) -> Iterator:
+    def batches(datasets: list, start: SamplerState) -> Generator:
         mixture = Mixture.from_config(replace(run.data, datasets=datasets))
         stream = BatchStream(MixtureSampler(mixture, global_batch, tc.seed), processor, processor.collate,
                              rank=env.rank, world_size=env.world_size, grad_accum=tc.grad_accum,
@@ -648,13 +648,14 @@ def train(run: RunConfig, *, resume: bool, build: Callable[[RunConfig], nn.Modul
         bar = tqdm(total=tc.max_steps, initial=start_step, desc="train", dynamic_ncols=True)
     step, last_saved, last_record = start_step, start_step if ckpt is not None else -1, None
     interval, t0, samples_done = _Interval(), time.perf_counter(), 0
-    steps_iter: Iterator = batches(run.data.warmup_datasets if warming else run.data.datasets, sampler_state)
+    steps_iter: Generator = batches(run.data.warmup_datasets if warming else run.data.datasets, sampler_state)
     stopped = False
     try:
         with _StopRequest() as stop:
             while step < tc.max_steps:
                 if warming and step >= tc.text_warmup_steps:
                     warming, sampler_state = False, SamplerState()
+                    steps_iter.close()
                     steps_iter = batches(run.data.datasets, sampler_state)
                 sampler_state, mbs = next(steps_iter)
                 _forward_backward(wrapped, mbs, env.device, autocast, interval, step + 1)
@@ -686,6 +687,9 @@ def train(run: RunConfig, *, resume: bool, build: Callable[[RunConfig], nn.Modul
                                     keep_last)
                     last_saved = step
     finally:
+        # shut the data workers down now: they ignore SIGTERM (see mixture.micro_batches), so one still running
+        # at interpreter exit would keep the process waiting for it
+        steps_iter.close()
         if bar is not None:
             bar.close()
     if step != last_saved:

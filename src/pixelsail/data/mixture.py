@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import math
 import random
+import signal
 from bisect import bisect_right
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Generator, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -261,14 +262,22 @@ def _keep_as_is(item: Any) -> Any:
     return item
 
 
+def _ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader workers ignore SIGTERM/SIGINT: ``timeout``, SLURM, Kubernetes and Ctrl-C signal the whole process
+    group, and a worker killed by it makes the main process raise instead of saving a checkpoint. The main process
+    alone decides to stop; it then shuts the workers down itself (and torch's watchdog ends them if it dies)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def micro_batches(stream: BatchStream, num_workers: int = 0, seed: int = 0
-                  ) -> Iterator[tuple[SamplerState, list[dict[str, Any]]]]:
+                  ) -> Generator[tuple[SamplerState, list[dict[str, Any]]], None, None]:
     """Iterate steps: (sampler state *after* the step, the rank's ``grad_accum`` micro-batches for the step).
 
     The DataLoader gets its own generator so creating it never consumes the training RNG (exact resumption).
     """
     loader = DataLoader(stream, batch_size=None, num_workers=num_workers, collate_fn=_keep_as_is,
-                        generator=torch.Generator().manual_seed(seed),
+                        generator=torch.Generator().manual_seed(seed), worker_init_fn=_ignore_stop_signals,
                         persistent_workers=False, prefetch_factor=2 if num_workers else None)
     a = stream.grad_accum
     spe = stream.sampler.steps_per_epoch
