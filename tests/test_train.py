@@ -285,48 +285,43 @@ def test_sigkilled_run_resumes_to_the_same_loss_curve(tmp_path):
         torch.testing.assert_close(w_res[k], w_ref[k], rtol=0, atol=1e-6)
 
 
-def test_sigterm_saves_a_checkpoint_and_stops(tmp_path):
-    cfg = write_config(toy_run(tmp_path / "run", max_steps=200, save_every=0), tmp_path / "run.yaml")
+def sigterm_a_running_toy(run: RunConfig, config: Path, *, whole_group: bool) -> int:
+    """Start the toy launcher, SIGTERM it (or its whole process group) after 3 logged steps, check it exited 0 with a
+    checkpoint of its last step; return that step."""
     env = subprocess_env(**{train_toy.STEP_SLEEP_ENV: "0.1"})
-    proc = subprocess.Popen([sys.executable, str(TOY_SCRIPT), str(cfg)], env=env,
+    proc = subprocess.Popen([sys.executable, str(TOY_SCRIPT), str(config)], env=env, start_new_session=whole_group,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    metrics = tmp_path / "run" / "metrics.jsonl"
+    out = Path(run.train.output_dir)
+    metrics = out / "metrics.jsonl"
     deadline = time.time() + 60
     while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
         assert proc.poll() is None and time.time() < deadline, "the run did not get going"
         time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 0, proc.stderr.read().decode()[-3000:]
+    if whole_group:
+        os.killpg(proc.pid, signal.SIGTERM)
+    else:
+        proc.send_signal(signal.SIGTERM)
+    code = proc.wait(timeout=60)
+    stderr = proc.stderr.read().decode()
     proc.stderr.close()
-    ckpt = latest_checkpoint(tmp_path / "run")
-    logged = max(losses_by_step(tmp_path / "run"))
-    assert ckpt is not None and int(ckpt.name.split("-")[1]) == logged < 200
+    assert code == 0, stderr[-3000:]
+    ckpt = latest_checkpoint(out)
+    logged = max(losses_by_step(out))
+    assert ckpt is not None and int(ckpt.name.split("-")[1]) == logged < run.train.max_steps
+    return logged
+
+
+def test_sigterm_saves_a_checkpoint_and_stops(tmp_path):
+    run = toy_run(tmp_path / "run", max_steps=200, save_every=0)
+    sigterm_a_running_toy(run, write_config(run, tmp_path / "run.yaml"), whole_group=False)
     assert not (tmp_path / "run" / "model").exists()       # the final model is only exported when training ends
 
 
 def test_sigterm_to_the_process_group_with_data_workers_checkpoints_exits_0_and_resumes(tmp_path):
     # timeout, SLURM and Kubernetes signal the whole group: the DataLoader workers get SIGTERM too
-    run = toy_run(tmp_path / "run", max_steps=200, save_every=0)
-    run = apply_overrides(run, ["data.num_workers=2"])
-    cfg = write_config(run, tmp_path / "run.yaml")
-    env = subprocess_env(**{train_toy.STEP_SLEEP_ENV: "0.1"})
-    proc = subprocess.Popen([sys.executable, str(TOY_SCRIPT), str(cfg)], env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    metrics = tmp_path / "run" / "metrics.jsonl"
-    deadline = time.time() + 60
-    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
-        assert proc.poll() is None and time.time() < deadline, "the run did not get going"
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGTERM)
-    code = proc.wait(timeout=60)
-    stderr = proc.stderr.read().decode()
-    proc.stderr.close()
-    assert code == 0, stderr[-3000:]
-    ckpt = latest_checkpoint(tmp_path / "run")
-    stopped_at = max(losses_by_step(tmp_path / "run"))
-    assert ckpt is not None and int(ckpt.name.split("-")[1]) == stopped_at < 200
-
-    resumed = apply_overrides(run, ["train.max_steps=" + str(stopped_at + 2)])
+    run = apply_overrides(toy_run(tmp_path / "run", max_steps=200, save_every=0), ["data.num_workers=2"])
+    stopped_at = sigterm_a_running_toy(run, write_config(run, tmp_path / "run.yaml"), whole_group=True)
+    resumed = apply_overrides(run, [f"train.max_steps={stopped_at + 2}"])
     run_toy_here(write_config(resumed, tmp_path / "resumed.yaml"), "--resume")
     assert sorted(losses_by_step(tmp_path / "run")) == list(range(1, stopped_at + 3))
 
