@@ -126,6 +126,24 @@ def test_perbench_oracle_overall_is_100(tmp_path, monkeypatch):
     assert empty["Overall (PerBench)"] == 0.0
 
 
+def test_evaluate_writes_a_labelled_results_file_per_convention(tmp_path):
+    bench = PerBench(make_perbench(tmp_path / "pb") / "vtres.json")   # one V-T RES sample with two targets
+    run = evaluate(oracle(bench), bench, tmp_path / "out", show=False, gallery=0,
+                   conventions=("standard", "authors"))
+    assert run.scores is run.by_convention["standard"] and set(run.by_convention) == {"standard", "authors"}
+    # the two targets answered with their two masks: the unions match; the authors' script compares the first
+    # mask with the first target only (a hit) and divides gIoU by the number of targets (2)
+    assert run.scores.results["vt_res"]["gIoU (LISA)"] == pytest.approx(100.0, abs=1e-3)
+    authors = run.by_convention["authors"].results["vt_res"]
+    assert authors["cIoU (authors, V-T RES)"] == pytest.approx(100.0)
+    assert authors["gIoU (authors, V-T RES)"] == pytest.approx(50.0, abs=1e-3)
+    assert json.loads(run.files["json"].read_text())["convention"] == "standard"
+    assert json.loads(run.files["json (authors)"].read_text())["convention"] == "authors"
+    assert run.files["markdown (authors)"].name == "results.authors.md"
+    with pytest.raises(ValueError, match="unknown scoring convention"):
+        evaluate(oracle(bench), bench, tmp_path / "bad", show=False, conventions=("perbench",))
+
+
 def test_score_recomputes_the_results_from_predictions_alone(tmp_path):
     ds = ReferEvalDataset(make_grefcoco(tmp_path / "grefcoco"), split="val")
     model = oracle(ds)

@@ -64,6 +64,17 @@ def test_perbench_directory_reads_all_three_formats(tmp_path):
     assert len(build_dataset("perbench", path=str(tmp_path / "perbench" / "mcq.json"))) == 2
 
 
+def test_vt_res_records_the_targets_the_authors_script_stacks(tmp_path):
+    # the authors' script takes targets in the order of the segmentations mapping, skipping tags of the question
+    write_images(tmp_path)
+    record = {"image_name": "a.png", "question": "Like <obj5>?", "answer": "It is <obj2> and <obj9>.",
+              "segmentations": {"<obj9>": rle(A), "<obj5>": rle(B), "<obj2>": rle(C)}}
+    (tmp_path / "vt.json").write_text(json.dumps([record]))
+    s = PerBenchDataset(tmp_path / "vt.json")[0]
+    assert [m.sum() for m in s.masks] == [C.sum(), A.sum()]            # answer order: <obj2>, <obj9>
+    assert s.meta["authors_targets"] == [1, 0]                         # mapping order: <obj9>, <obj2>
+
+
 def test_perbench_errors_name_file_and_record(tmp_path):
     root = make_perbench(tmp_path / "pb")
     bad = json.loads((root / "vtres.json").read_text())

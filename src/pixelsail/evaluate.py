@@ -18,16 +18,14 @@ from typing import Any, Callable, Iterable, Protocol, Sequence
 
 import numpy as np
 
-from pixelsail.data.annotations import decode_segmentation
 from pixelsail.data.export import mask_to_rle
 from pixelsail.data.sample import Sample
-from pixelsail.metrics import (METEOR_KEY, CaptionMetric, LisaMaskMetric, McqMetric, RelaMaskMetric,
-                               perbench_overall, predicted_no_target, sample_iou, union_mask)
+from pixelsail.metrics import union_mask
+from pixelsail.scoring import (CONVENTIONS, STANDARD, Scores, check_convention, perbench_row,  # noqa: F401
+                               record_masks, score_records)
 from pixelsail.tokens import SEG
 
 VTRES_RETRY_PREFIX = f"It is {SEG}."
-MASK_TASKS = ("res", "gres", "vt_res", "gcg")
-TEXT_TASKS = ("region_caption", "vp_qa", "vqa", "gcg")
 TASK_TITLES = {"res": "Referring segmentation", "gres": "Generalised referring segmentation",
                "vt_res": "Visual-text referring segmentation", "gcg": "Grounded conversation",
                "region_caption": "Region / object description", "vp_mcq": "Visual-prompt multiple choice",
@@ -195,82 +193,16 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# scoring
-
-
-@dataclass
-class Scores:
-    """Metric values per task group, and a per-record quality in [0, 1] (for the gallery)."""
-
-    results: dict[str, dict[str, float]] = field(default_factory=dict)
-    per_record: dict[int, float] = field(default_factory=dict)
-
-
-def _masks(record: dict, key: str) -> list[np.ndarray]:
-    h, w = (int(v) for v in record["image_hw"])
-    return [decode_segmentation(r, h, w, f"prediction record {record['index']} {key}[{j}]")
-            for j, r in enumerate(record[key])]
-
-
-def score_records(records: Sequence[dict], *, captions: bool = True) -> Scores:
-    """Score prediction records (see :func:`predict_sample`) per task, each metric named with its convention.
-
-    ``captions=False`` skips the Java caption metrics (BLEU/METEOR/CIDEr) of text tasks.
-    """
-    lisa: dict[str, LisaMaskMetric] = defaultdict(LisaMaskMetric)
-    rela: dict[str, RelaMaskMetric] = defaultdict(RelaMaskMetric)
-    mcq: dict[str, McqMetric] = defaultdict(McqMetric)
-    text: dict[str, CaptionMetric] = defaultdict(CaptionMetric)
-    per_record: dict[int, float] = {}
-    for r in records:
-        task, idx = r["task"], int(r["index"])
-        shape = (int(r["image_hw"][0]), int(r["image_hw"][1]))
-        if task in MASK_TASKS:
-            pred, gt = _masks(r, "pred_masks"), _masks(r, "gt_masks")
-            i, u = lisa[task].update(pred, gt, shape)
-            per_record[idx] = sample_iou(i, u)
-            if task == "gres":
-                rela[task].update(pred, predicted_no_target(r["text"], pred), gt, shape)
-        if task == "vp_mcq":
-            answer = r.get("meta", {}).get("answer", r["answer"])
-            per_record[idx] = float(mcq[task].update(answer, r["text"]))
-        if task in TEXT_TASKS and captions:
-            refs = r.get("meta", {}).get("references") or [r["answer"]]
-            text[task].update(str(idx), r["text"], refs)
-    results: dict[str, dict[str, float]] = {}
-    for task in sorted({r["task"] for r in records}):
-        row: dict[str, float] = {}
-        for source in (lisa, rela, mcq, text):
-            if task in source:  # records are already gathered from all ranks: no all-reduce here
-                row.update(source[task].compute())
-        if row:  # a text task scored with captions=False has no metric
-            results[task] = row
-    overall = perbench_row(results)
-    if overall is not None:
-        results["perbench"] = overall
-    return Scores(results, per_record)
-
-
-def perbench_row(results: dict[str, dict[str, float]]) -> dict[str, float] | None:
-    """PerBench's overall score when all three of its tasks were scored (and the captions were)."""
-    cap, choice, vt = results.get("region_caption", {}), results.get("vp_mcq", {}), results.get("vt_res", {})
-    if METEOR_KEY not in cap or "MCQ acc (PerBench)" not in choice or "cIoU (LISA)" not in vt:
-        return None
-    row = {METEOR_KEY: cap[METEOR_KEY], "MCQ acc (PerBench)": choice["MCQ acc (PerBench)"],
-           "cIoU (LISA)": vt["cIoU (LISA)"], "gIoU (LISA)": vt["gIoU (LISA)"]}
-    row["Overall (PerBench)"] = perbench_overall(row[METEOR_KEY], row["MCQ acc (PerBench)"], row["cIoU (LISA)"],
-                                                 row["gIoU (LISA)"])
-    return row
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # reporting
+
+
+COUNT_KEYS = ("samples", "unpredicted")
 
 
 def _fmt(name: str, v: float) -> str:
     if isinstance(v, float) and math.isnan(v):
         return "–"
-    if name == "samples":
+    if name in COUNT_KEYS:
         return str(int(v))
     if name == "MCQ acc (PerBench)":
         return f"{v:.3f}"
@@ -285,24 +217,32 @@ def _metric_rows(results: dict[str, dict[str, float]]) -> tuple[list[str], list[
     return tasks, rows
 
 
-def results_markdown(results: dict[str, dict[str, float]], title: str = "Evaluation") -> str:
+def convention_line(convention: str) -> str:
+    return f"Convention: {check_convention(convention)} ({CONVENTIONS[convention]})."
+
+
+def results_markdown(results: dict[str, dict[str, float]], title: str = "Evaluation",
+                     convention: str = STANDARD) -> str:
     tasks, rows = _metric_rows(results)
     header = [f"{TASK_TITLES.get(t, t)} (`{t}`)" for t in tasks]
-    lines = [f"# {title}", "",
-             "IoU-type values and caption scores in %, MCQ accuracy as a fraction (as in the paper). "
-             "(LISA) = LISA-lineage convention, (ReLA) = gRefCOCO canonical convention; METEOR = COCOEvalCap "
-             "Java METEOR 1.5 after PTB tokenisation.", "",
+    lines = [f"# {title}", "", convention_line(convention), "",
+             "IoU-type values and caption scores in %, MCQ accuracy as a fraction (as in the paper); each metric "
+             "names its rule: (LISA) = LISA lineage, (ReLA) = gRefCOCO's canonical evaluator, (authors, ...) = the "
+             "authors' scripts, METEOR (COCOEvalCap) = Java METEOR 1.5 after PTB tokenisation, (NLTK, swapped) = "
+             "NLTK on whitespace tokens with the prediction as the reference. See docs/EVALUATION.md.", "",
              "| metric | " + " | ".join(header) + " |", "|---|" + "---:|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
-def print_results(results: dict[str, dict[str, float]], title: str = "Evaluation") -> None:
+def print_results(results: dict[str, dict[str, float]], title: str = "Evaluation", convention: str = STANDARD) -> None:
     from rich.console import Console
     from rich.table import Table
 
     header, rows = _metric_rows(results)
-    table = Table(title=title, caption=", ".join(f"{t}: {TASK_TITLES.get(t, t)}" for t in header))
+    table = Table(title=f"{title} — {check_convention(convention)} convention",
+                  caption=convention_line(convention) + " " +
+                  ", ".join(f"{t}: {TASK_TITLES.get(t, t)}" for t in header))
     table.add_column("metric")
     for h in header:
         table.add_column(h, justify="right")
@@ -311,16 +251,29 @@ def print_results(results: dict[str, dict[str, float]], title: str = "Evaluation
     Console().print(table)
 
 
+def results_paths(out_dir: str | Path, convention: str = STANDARD) -> tuple[Path, Path]:
+    """``results.json`` / ``results.md`` for the standard convention, ``results.<convention>.*`` for the others."""
+    stem = "results" if check_convention(convention) == STANDARD else f"results.{convention}"
+    return Path(out_dir) / f"{stem}.json", Path(out_dir) / f"{stem}.md"
+
+
 def save_results(results: dict[str, dict[str, float]], out_dir: str | Path, info: dict | None = None,
-                 title: str = "Evaluation") -> tuple[Path, Path]:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = out / "results.json", out / "results.md"
+                 title: str = "Evaluation", convention: str = STANDARD) -> tuple[Path, Path]:
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    json_path, md_path = results_paths(out_dir, convention)
     clean = {t: {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
              for t, row in results.items()}
-    json_path.write_text(json.dumps({**(info or {}), "results": clean}, indent=2))
-    md_path.write_text(results_markdown(results, title))
+    json_path.write_text(json.dumps({**(info or {}), "convention": convention, "results": clean}, indent=2))
+    md_path.write_text(results_markdown(results, title, convention))
     return json_path, md_path
+
+
+def report(scores: Scores, out_dir: str | Path, info: dict | None = None, title: str = "Evaluation",
+           show: bool = True) -> tuple[Path, Path]:
+    """Print (when ``show``) and save one convention's scores."""
+    if show:
+        print_results(scores.results, title, scores.convention)
+    return save_results(scores.results, out_dir, info, title, scores.convention)
 
 
 def rank_records(per_record: dict[int, float], k: int) -> tuple[list[int], list[int]]:
@@ -352,8 +305,8 @@ def save_gallery(dataset: Any, records: Sequence[dict], per_record: dict[int, fl
             sample = dataset[i]
             base = draw_prompts(sample.image, sample.prompts) if sample.prompts else sample.image
             shape = sample.image.shape[:2]
-            gt = union_mask(_masks(r, "gt_masks"), shape)
-            pred = union_mask(_masks(r, "pred_masks"), shape)
+            gt = union_mask(record_masks(r, "gt_masks"), shape)
+            pred = union_mask(record_masks(r, "pred_masks"), shape)
             tiles += [overlay_masks(base, [gt], colors=[GT_COLOR]), overlay_masks(base, [pred], colors=[PRED_COLOR])]
             captions += [f"#{i} GT: {r['question']} -> {r['answer']}",
                          f"pred ({per_record[i]:.2f}): {r['text']}"]
@@ -407,32 +360,42 @@ def _guess_split_by(root: Path) -> str:
 @dataclass
 class EvalRun:
     records: list[dict]
-    scores: Scores
+    scores: Scores                              # under the first convention asked for
     files: dict[str, Path]
+    by_convention: dict[str, Scores] = field(default_factory=dict)
 
 
 def evaluate(model: EvalModel, dataset: Any, out_dir: str | Path, *, limit: int | None = None,
              max_new_tokens: int = 64, progress: bool = True, gallery: int = 8, captions: bool = True,
-             info: dict | None = None, title: str = "Evaluation", show: bool = True) -> EvalRun:
-    """Predict, write ``predictions.jsonl``, score, print, save results JSON/Markdown and the gallery."""
+             info: dict | None = None, title: str = "Evaluation", show: bool = True,
+             conventions: Sequence[str] = (STANDARD,)) -> EvalRun:
+    """Predict, write ``predictions.jsonl``, score under each convention, print, save results and the gallery.
+
+    Results files: see :func:`results_paths`; the gallery ranks samples under the first convention.
+    """
+    if not conventions:
+        raise ValueError("at least one scoring convention is needed")
+    for c in conventions:
+        check_convention(c)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     n = len(dataset) if limit is None else min(limit, len(dataset))
     records = predict_distributed(model, dataset, indices=list(range(n)), max_new_tokens=max_new_tokens,
                                   progress=progress)
     records.sort(key=lambda r: r["index"])
-    scores = score_records(records, captions=captions)
+    by_convention = {c: score_records(records, captions=captions, convention=c) for c in dict.fromkeys(conventions)}
+    scores = by_convention[conventions[0]]
     if not _is_main_process():
-        return EvalRun(records, scores, {})
+        return EvalRun(records, scores, {}, by_convention)
     files = {"predictions": out / "predictions.jsonl"}
     write_jsonl(records, files["predictions"])
-    if show:
-        print_results(scores.results, title)
-    files["json"], files["markdown"] = save_results(scores.results, out, info, title)
+    for c, sc in by_convention.items():
+        suffix = "" if c == conventions[0] else f" ({c})"
+        files["json" + suffix], files["markdown" + suffix] = report(sc, out, info, title, show)
     if gallery > 0:
         for p in save_gallery(dataset, records, scores.per_record, out, k=gallery):
             files[p.stem] = p
-    return EvalRun(records, scores, files)
+    return EvalRun(records, scores, files, by_convention)
 
 
 def _is_main_process() -> bool:

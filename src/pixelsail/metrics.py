@@ -26,7 +26,8 @@ from pixelsail.tokens import NO_TARGET_ANSWER, TURN_END
 LISA_PRECISION_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
 RELA_PRECISION_THRESHOLDS = (0.7, 0.8, 0.9)
 CIOU_EPS = 1e-10
-# Java METEOR 1.5 after the PTB tokenizer, as COCOEvalCap runs it (PerBench's own script used NLTK's METEOR)
+# Java METEOR 1.5 after the PTB tokenizer, as COCOEvalCap runs it (PerBench's own script used NLTK's METEOR:
+# pixelsail.metrics_authors)
 METEOR_KEY = "METEOR (COCOEvalCap)"
 GIOU_EPS = 1e-5
 
@@ -63,10 +64,10 @@ def sample_iou(intersection: int, union: int) -> float:
 # accumulators
 
 
-class _Summable:
+class Summable:
     """A dataclass of numbers whose fields are sums: merge by addition, all-reduce with one SUM."""
 
-    def merge(self, other: "_Summable") -> "_Summable":
+    def merge(self, other: "Summable") -> "Summable":
         if type(other) is not type(self):
             raise TypeError(f"cannot merge {type(other).__name__} into {type(self).__name__}")
         for f in fields(self):  # type: ignore[arg-type]
@@ -93,7 +94,7 @@ class _Summable:
                 setattr(self, f.name, kind(values[i]))
                 i += 1
 
-    def all_reduce(self) -> "_Summable":
+    def all_reduce(self) -> "Summable":
         """Sum this accumulator over all ranks (no-op when torch.distributed is not initialised)."""
         import torch
         import torch.distributed as dist
@@ -109,7 +110,7 @@ class _Summable:
 
 
 @dataclass
-class LisaMaskMetric(_Summable):
+class LisaMaskMetric(Summable):
     """cIoU / gIoU / precision@{0.5..0.9} in the LISA convention.
 
     ``update`` takes the predicted masks and target masks of one sample (lists, unioned); a model that emitted no
@@ -148,7 +149,7 @@ class LisaMaskMetric(_Summable):
 
 
 @dataclass
-class RelaMaskMetric(_Summable):
+class RelaMaskMetric(Summable):
     """gRefCOCO canonical (ReLA) convention: explicit no-target decisions, N-acc, T-acc, Pr@{0.7,0.8,0.9}.
 
     ``pred_no_target`` is the model's decision (see :func:`predicted_no_target`). As in ReLA's evaluator, a
@@ -228,7 +229,7 @@ def mcq_correct(answer: str, output: str) -> bool:
 
 
 @dataclass
-class McqMetric(_Summable):
+class McqMetric(Summable):
     correct: int = 0
     count: int = 0
 
@@ -305,11 +306,11 @@ class CaptionMetric:
         return {**named, "samples": len(self.predictions)}
 
 
-def coco_caption_scores(predictions: dict[str, str], references: dict[str, list[str]],
-                        metrics: Sequence[str] = ("BLEU", "METEOR", "CIDEr")) -> dict[str, float]:
-    """COCOEvalCap scores (fractions in [0, 1]; CIDEr can exceed 1) after its PTB tokenizer.
+def coco_tokenize(predictions: dict[str, list[str]], references: dict[str, list[str]]
+                  ) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """COCOEvalCap's PTB tokenisation of predictions and references in one Java run: ``(res, gts)``.
 
-    Needs ``pycocoevalcap`` (``pip install pixelsail[captions]``) and Java for the tokenizer and METEOR.
+    Needs ``pycocoevalcap`` (``pip install pixelsail[captions]``) and Java.
     """
     try:
         from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
@@ -324,10 +325,15 @@ def coco_caption_scores(predictions: dict[str, str], references: dict[str, list[
     if missing:
         raise ValueError(f"no reference captions for sample(s) {missing[:5]}")
     # one tokenizer run (one JVM start) for predictions and references; the tokenizer works line by line
-    both = PTBTokenizer().tokenize({**{("res", k): [{"caption": predictions[k]}] for k in keys},
+    both = PTBTokenizer().tokenize({**{("res", k): [{"caption": c} for c in predictions[k]] for k in keys},
                                     **{("gts", k): [{"caption": r} for r in references[k]] for k in keys}})
-    res = {k: both[("res", k)] for k in keys}
-    gts = {k: both[("gts", k)] for k in keys}
+    return {k: both[("res", k)] for k in keys}, {k: both[("gts", k)] for k in keys}
+
+
+def coco_caption_scores(predictions: dict[str, str], references: dict[str, list[str]],
+                        metrics: Sequence[str] = ("BLEU", "METEOR", "CIDEr")) -> dict[str, float]:
+    """COCOEvalCap scores (fractions in [0, 1]; CIDEr can exceed 1) after its PTB tokenizer."""
+    res, gts = coco_tokenize({k: [p] for k, p in predictions.items()}, references)
     out: dict[str, float] = {}
     if "BLEU" in metrics:
         from pycocoevalcap.bleu.bleu import Bleu

@@ -170,10 +170,14 @@ def _vtres_sample(rec: dict, image: np.ndarray, meta: dict, where: str) -> Sampl
     a_tags = list(dict.fromkeys(occurrences))
     prompt_map = {t: vp_token(k) for k, t in enumerate(q_tags)}
     turn = (_replace_tags(question, prompt_map), _replace_tags(answer, {t: SEG for t in a_tags}))
+    # the targets the authors' script stacks: tags (substring test, in the mapping's order) found in the answer
+    # but not in the question; scored as masks[authors_targets[0]] against its first predicted mask
+    authors_targets = [occurrences.index(t) for t in segs if t not in question and t in occurrences]
     return Sample(image=image, turns=[turn],
                   masks=[_mask(segs[t], shape, where) for t in occurrences],
                   prompts={k: _mask(segs[t], shape, where) for k, t in enumerate(q_tags)},
-                  task="vt_res", image_id=rec["image_name"], meta={**meta, "answer_tags": a_tags})
+                  task="vt_res", image_id=rec["image_name"],
+                  meta={**meta, "answer_tags": a_tags, "authors_targets": authors_targets})
 
 
 def _default_image_dir(path: Path) -> Path:
