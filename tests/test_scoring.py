@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -147,7 +148,9 @@ def test_wordnet_folder_from_debian_files(tmp_path, monkeypatch):
     lexnames = (root / "corpora" / "wordnet" / "lexnames").read_text().splitlines()
     assert len(lexnames) == len(LEXNAMES) == 45 and lexnames[18] == "18\tnoun.person\t1"
     monkeypatch.setattr(nltk.data, "path", [str(root)] + nltk.data.path)   # NLTK opens files on its path only
-    wn = WordNetCorpusReader(str(root / "corpora" / "wordnet"), None)
+    with warnings.catch_warnings():  # without the multilingual add-on NLTK warns that it is not there
+        warnings.simplefilter("ignore")
+        wn = WordNetCorpusReader(str(root / "corpora" / "wordnet"), None)
     assert wn.get_version() == "3.0"
     assert wn.synset("dog.n.01").lexname() == "noun.animal" and wn.synset("run.v.01").lexname() == "verb.motion"
     with pytest.raises(RuntimeError, match="apt-get install wordnet-base wordnet-sense-index"):
@@ -168,3 +171,15 @@ def test_score_command_writes_one_labelled_table_per_convention(tmp_path):
     assert "Convention: authors (the Pixel-SAIL authors' scripts" in (tmp_path / "results.authors.md").read_text()
     bad = CliRunner().invoke(app, ["score", str(preds), "--convention", "perbench-ish"])
     assert bad.exit_code == 2 and "unknown scoring convention 'perbench-ish'" in bad.output
+
+
+def test_eval_says_what_to_install_before_running_the_model_when_wordnet_is_missing(tmp_path, monkeypatch):
+    monkeypatch.setattr("pixelsail.wordnet.nltk_finds_wordnet", lambda: False)
+    monkeypatch.setenv("WNSEARCHDIR", str(tmp_path / "no-wordnet"))
+    monkeypatch.setenv("PIXELSAIL_NLTK_DATA", str(tmp_path / "nltk_data"))
+    result = CliRunner().invoke(app, ["eval", "--task", "shapes", "--limit", "1", "--out", str(tmp_path / "o"),
+                                      "--convention", "authors"])
+    assert result.exit_code == 2
+    assert "lacks cntlist.rev and 13 more: install it with `apt-get install wordnet-base wordnet-sense-index`" \
+        in result.output.replace("\n", "")
+    assert not (tmp_path / "o").exists()

@@ -49,7 +49,8 @@ def build_nltk_wordnet(source: Path, data_dir: Path) -> Path:
     """
     missing = [f for f in DICT_FILES if not (source / f).is_file()]
     if missing:
-        raise RuntimeError(f"NLTK's METEOR needs WordNet 3.0, and {source} lacks {', '.join(missing)}: install it "
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise RuntimeError(f"NLTK's METEOR needs WordNet 3.0, and {source} lacks {missing[0]}{more}: install it "
                            f"with `apt-get install {APT_PACKAGES}` (or run python -m nltk.downloader wordnet)")
     folder = data_dir / "corpora" / "wordnet"
     folder.mkdir(parents=True, exist_ok=True)

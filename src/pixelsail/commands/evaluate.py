@@ -21,6 +21,19 @@ def _conventions(names: List[str]) -> List[str]:
         raise typer.BadParameter(str(e), param_hint="--convention") from None
 
 
+def _check_caption_scorers(conventions: List[str], task: str) -> None:
+    """Fail before the model runs when the authors' caption scores cannot be computed (no WordNet)."""
+    if "authors" not in conventions or task not in ("perbench", "region-caption", "shapes"):
+        return
+    from pixelsail.wordnet import ensure_wordnet
+
+    try:
+        ensure_wordnet()
+    except RuntimeError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+
+
 def eval_command(
     model: Optional[Path] = typer.Option(None, "--model", help="pixelsail checkpoint directory "
                                          "(default: the shipped shapes model)"),
@@ -49,6 +62,7 @@ def eval_command(
     if not model.is_dir():
         raise typer.BadParameter(f"--model {model} is not a directory")
     conventions = _conventions(convention)
+    _check_caption_scorers(conventions, task)
     try:
         dataset = build_eval_dataset(task, data, split=split, split_by=split_by, image_dir=image_dir,
                                      shapes_size=limit or 500)
