@@ -5,8 +5,7 @@ transformers 5.17 once broke every cached generation (it renamed the keyword its
 under); pixelsail now computes the layers itself, and this test keeps it that way across the declared range. A
 version other than the installed one goes into a small overlay environment: a venv whose site-packages also sees
 this one's (through a .pth file), so pip installs only transformers and the few dependencies that must differ.
-Run as a script (``python tests/test_transformers_versions.py VERSION``), this file performs the check under the
-transformers it imports.
+The check itself is ``python -m pixelsail.model.selfcheck`` (also run on CUDA by scripts/gpu-check.sh).
 """
 from __future__ import annotations
 
@@ -20,9 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from pixelsail.model.selfcheck import QUESTIONS
+
 ROOT = Path(__file__).resolve().parents[1]
 TESTED = ("5.0.0", "5.24.0")  # the bounds of pyproject's transformers range, each checked below
-QUESTIONS = ("Please segment the red square.", "What colour is the square?")
 
 
 def declared_bounds() -> tuple[str, str]:
@@ -41,38 +41,6 @@ def test_tested_versions_are_the_bounds_of_the_declared_range():
     assert low == Version(lower)
     assert high < Version(upper) and high.release[:2] == (Version(upper).major, Version(upper).minor - 1), (
         f"the highest tested version {high} must be the last minor release below the declared bound {upper}")
-
-
-def check_installed_transformers(expected: str) -> dict:
-    """The check itself, under whichever transformers this interpreter imports (must be ``expected``)."""
-    import numpy as np
-    import torch
-    import transformers
-
-    from pixelsail.model import PixelSail
-    from pixelsail.model.backbone import ATTENTION_IMPLEMENTATIONS
-    from pixelsail.predictor import shipped_model_dir
-
-    assert transformers.__version__ == expected, f"imported transformers {transformers.__version__}, not {expected}"
-    image = np.full((128, 128, 3), 255, np.uint8)
-    image[30:80, 40:100] = (220, 30, 30)
-    answers = {}
-    for attn in ATTENTION_IMPLEMENTATIONS:
-        model = PixelSail.from_pretrained(shipped_model_dir(), attn_implementation=attn)
-        prefix = model.prefill_image(image)
-        for question in QUESTIONS:
-            cached = model.respond(prefix, question, max_new_tokens=12)
-            full = model.respond(prefix, question, max_new_tokens=12, use_cache=False)
-            assert cached.token_ids == full.token_ids, f"{attn}: cached {cached.text!r} != full forward {full.text!r}"
-            assert len(cached.masks) == len(full.masks)
-            assert all((a == b).mean() > 0.999 for a, b in zip(cached.masks, full.masks))
-            answers[f"{attn}: {question}"] = cached.text
-        ids = torch.tensor([model.processor.encode(" ".join(QUESTIONS))])
-        with torch.no_grad():
-            theirs = model.backbone.llm(input_ids=ids).logits
-        ours = model.text_logits(ids)
-        assert torch.allclose(ours, theirs, atol=1e-4), f"{attn}: max |diff| {(ours - theirs).abs().max():.2e}"
-    return answers
 
 
 def _pypi_reachable() -> bool:
@@ -110,12 +78,9 @@ def test_cached_generation_equals_full_forward_under_transformers(version, tmp_p
     import transformers
 
     python = Path(sys.executable) if transformers.__version__ == version else _overlay_python(version, tmp_path)
-    run = subprocess.run([str(python), str(Path(__file__)), version], capture_output=True, text=True, timeout=600,
-                         cwd=ROOT)
+    run = subprocess.run([str(python), "-m", "pixelsail.model.selfcheck"], capture_output=True, text=True,
+                         timeout=600, cwd=ROOT)
     assert run.returncode == 0, f"under transformers {version}:\n{run.stdout[-2000:]}\n{run.stderr[-4000:]}"
-    answers = json.loads(run.stdout.strip().splitlines()[-1])
-    assert len(answers) == 3 * len(QUESTIONS)
-
-
-if __name__ == "__main__":
-    print(json.dumps(check_installed_transformers(sys.argv[1])))
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    assert report["transformers"] == version
+    assert len(report["answers"]) == 3 * len(QUESTIONS)
