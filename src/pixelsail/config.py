@@ -51,6 +51,11 @@ class PixelSailConfig:
     mask_dim: int = 512
     # [SEG] hidden states standardised before the query MLP (False: the paper's plain MLP; see SegQuery)
     seg_query_norm: bool = False
+    # the [SEG] query also attends over the question (not in the paper; see model/question_pool.py): over its tokens'
+    # final states ("hidden") or their input embeddings ("embedding"); "" = the paper's [SEG]-state-only query
+    seg_query_pool: str = ""
+    # auxiliary loss: a linear read-out of each [SEG] state predicts its question's words (not in the paper)
+    seg_bow_weight: float = 0.0
     # improvement 2: visual-prompt injection (False: the baseline's pooled patch embeddings)
     vp_injection: bool = True
     num_vp_tokens: int = DEFAULT_NUM_VP_TOKENS

@@ -17,6 +17,7 @@ from pixelsail.model.backbone import AttentionLayout, Backbone, KVCache
 from pixelsail.model.distill import DistillAdapters
 from pixelsail.model.mask_head import MASK_THRESHOLD, SegQuery, mask_logits, mask_losses, mask_probabilities
 from pixelsail.model.patch_embed import PatchEmbed, PromptInjector, pooled_prompts
+from pixelsail.model.question_pool import POOL_SOURCES, QuestionPool, question_key_mask
 from pixelsail.model.upsampler import MaskFeatures
 from pixelsail.processing import IGNORE_INDEX, ImageInputs, Processor
 from pixelsail.tokenizer import add_pixelsail_tokens, load_tokenizer
@@ -107,7 +108,12 @@ class PixelSail(nn.Module):
         self.mask_features = MaskFeatures(hidden_size=hidden, patch_size=config.patch_size, mask_dim=config.mask_dim,
                                           upsample=config.upsample, stride=config.upsample_stride,
                                           max_width=config.upsample_max_width)
-        self.seg_query = SegQuery(hidden_size=hidden, mask_dim=config.mask_dim, standardize=config.seg_query_norm)
+        if config.seg_query_pool not in POOL_SOURCES:
+            raise ValueError(f"seg_query_pool must be one of {POOL_SOURCES}, got {config.seg_query_pool!r}")
+        self.question_pool = QuestionPool(hidden_size=hidden) if config.seg_query_pool else None
+        self.seg_query = SegQuery(hidden_size=hidden * (2 if config.seg_query_pool else 1), mask_dim=config.mask_dim,
+                                  standardize=config.seg_query_norm)
+        self.seg_bow = nn.Linear(hidden, hidden, bias=False) if config.seg_bow_weight > 0 else None
         self.distill = (DistillAdapters(teachers=config.distill.teachers, mask_dim=config.mask_dim, hidden_size=hidden)
                         if config.distill.enabled else None)
         self.vision_prefill_count = 0
@@ -209,7 +215,11 @@ class PixelSail(nn.Module):
                 if counts[i] != m.shape[0]:
                     raise ValueError(f"sample {i}: {counts[i]} [SEG] tokens in the answer but {m.shape[0]} masks")
             seg_b, seg_t = seg.nonzero(as_tuple=True)
-            queries = self.seg_query(hidden[seg_b, seg_t])  # (M, mask_dim), ordered by sample then position
+            text_start = layout.vision_lens.to(dev)
+            # (M, mask_dim), ordered by sample then position
+            queries = self.seg_queries(hidden, input_ids, text_start, seg_b, seg_t)
+            if self.seg_bow is not None:
+                losses["seg_bow"] = self.seg_bow_loss(hidden, input_ids, text_start, seg_b, seg_t)
             bce_sum, dice_sum = 0.0, 0.0
             offset = 0
             for i, tgt in enumerate(masks):  # per image: its queries, its features, its target resolution
@@ -230,11 +240,41 @@ class PixelSail(nn.Module):
         total = lm_weight * lm + touch
         if num_masks:
             total = total + self.config.mask_bce_weight * losses["mask_bce"] + self.config.mask_dice_weight * losses["mask_dice"]
+        if "seg_bow" in losses:
+            total = total + self.config.seg_bow_weight * losses["seg_bow"]
         if self.distill is not None and teacher_features:
             distill = self.distill_losses(hidden, images, features, teacher_features)
             losses.update(distill)
             total = total + self.config.distill.weight * sum(distill.values())
         return PixelSailOutput(loss=total, losses={k: torch.as_tensor(v).detach() for k, v in losses.items()})
+
+    def seg_queries(self, hidden: torch.Tensor, input_ids: torch.Tensor, text_start: torch.Tensor,
+                    seg_b: torch.Tensor, seg_t: torch.Tensor) -> torch.Tensor:
+        """Mask queries (M, mask_dim) of the [SEG] tokens at (seg_b, seg_t) of hidden (B, L, C) / input_ids (B, L).
+
+        The paper's query is an MLP of the [SEG] state; with ``seg_query_pool`` the MLP also sees an attention
+        read-out of the question that [SEG] answers (text_start (B,): where each sequence's text begins).
+        """
+        states = hidden[seg_b, seg_t]
+        if self.question_pool is not None:
+            keys = question_key_mask(input_ids, self.processor.ids["turn_end"], text_start, seg_b, seg_t)
+            context = hidden[seg_b] if self.config.seg_query_pool == "hidden" else self.backbone.embed(input_ids[seg_b])
+            states = torch.cat([states, self.question_pool(states, context, keys)], dim=-1)
+        return self.seg_query(states)
+
+    def seg_bow_loss(self, hidden: torch.Tensor, input_ids: torch.Tensor, text_start: torch.Tensor,
+                     seg_b: torch.Tensor, seg_t: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of a linear read-out of each [SEG] state (through the LM head) against the words of its
+        question, averaged over those words: a dense signal that asks the [SEG] state to carry the expression."""
+        keys = question_key_mask(input_ids, self.processor.ids["turn_end"], text_start, seg_b, seg_t)
+        words = input_ids[seg_b]                                                  # (M, L)
+        ids = self.processor.ids
+        special = torch.tensor([ids[n] for n in ("vision_start", "vpatch", "vision_end", "seg", "turn_end", "pad")],
+                               device=words.device)
+        keys = keys & ~torch.isin(words, special)
+        logp = F.log_softmax(self.backbone.logits(self.seg_bow(hidden[seg_b, seg_t])).float(), dim=-1)  # (M, V)
+        picked = logp.gather(1, words)                                            # (M, L)
+        return (-(picked * keys).sum(1) / keys.sum(1).clamp(min=1)).mean()
 
     def distill_losses(self, hidden: torch.Tensor, images: list, features: dict[int, torch.Tensor],
                        teacher_features: list[dict]) -> dict[str, torch.Tensor]:
@@ -311,20 +351,21 @@ class PixelSail(nn.Module):
         ids = proc.prompt_ids(question, history, answer_prefix)
         answer_start = len(ids) - len(proc.encode(answer_prefix)) if answer_prefix else len(ids)
         seg_id, end_id = proc.ids["seg"], proc.ids["turn_end"]
-        seg_hidden: list[torch.Tensor] = []
+        chunks: list[torch.Tensor] = []   # hidden states of every fed text token, in order
+        seg_at: list[int] = []            # positions in ids of the answer's [SEG] tokens
         try:
             with self._autocast():
                 fed_from, new = 0, ids
                 for step in range(max_new_tokens + 1):
                     hidden = self._run_text(prefix, ids, fed_from, use_cache)  # (len(new), C)
-                    seg_hidden += [hidden[j] for j, tok in enumerate(new)
-                                   if tok == seg_id and fed_from + j >= answer_start]
+                    chunks.append(hidden)
+                    seg_at += [fed_from + j for j, tok in enumerate(new) if tok == seg_id and fed_from + j >= answer_start]
                     nxt = int(self.backbone.logits(hidden[-1:]).argmax(-1))
                     if nxt == end_id or step == max_new_tokens:
                         break
                     fed_from, new = len(ids), [nxt]
                     ids = ids + new
-                masks, scores = self._masks_from(seg_hidden, prefix)
+                masks, scores = self._masks_from(torch.cat(chunks), ids, seg_at, prefix)
         finally:
             prefix.cache.truncate(prefix.length)
         answer_ids = ids[answer_start:]
@@ -351,12 +392,18 @@ class PixelSail(nn.Module):
         hidden = self.backbone(full, full_pos, AttentionLayout(torch.tensor([prefix.length])))[0]
         return hidden[prefix.length + fed_from:]
 
-    def _masks_from(self, seg_hidden: list[torch.Tensor], prefix: ImagePrefix) -> tuple[list[np.ndarray], list[float]]:
-        if not seg_hidden:
+    def _masks_from(self, text_hidden: torch.Tensor, ids: list[int], seg_at: list[int],
+                    prefix: ImagePrefix) -> tuple[list[np.ndarray], list[float]]:
+        """One mask per [SEG] at ``seg_at`` (positions in the text ``ids``, hidden states text_hidden (T, C))."""
+        if not seg_at:
             return [], []
         h, w = prefix.image.orig_size
-        queries = self.seg_query(torch.stack(seg_hidden))
-        feats = prefix.features.expand(len(seg_hidden), -1, -1, -1)
+        dev = text_hidden.device
+        n = text_hidden.shape[0]
+        seg_t = torch.tensor(seg_at, device=dev)
+        queries = self.seg_queries(text_hidden[None], torch.tensor(ids[:n], device=dev)[None],
+                                   torch.zeros(1, dtype=torch.long, device=dev), torch.zeros_like(seg_t), seg_t)
+        feats = prefix.features.expand(len(seg_at), -1, -1, -1)
         logits = mask_logits(queries, feats).float()
         probs = mask_probabilities(logits, (h, w))
         masks = probs > MASK_THRESHOLD

@@ -1,0 +1,241 @@
+"""The grounding ladder: how many samples the model needs before masks follow the expression and answers the prompt.
+
+    python -m benchmarks.grounding --quick                                  # the colour rung, ~2 min (the CI check)
+    python -m benchmarks.grounding --rungs colour shape --samples 9600      # chosen rungs, the model as configured
+    python -m benchmarks.grounding --rungs colour --oracle                  # + the same rung with an oracle query
+    python -m benchmarks.grounding --set model.seg_query_pool=true --label pool --out runs/ladder
+    python -m benchmarks.grounding report runs/ladder                       # table + curves of every run kept there
+
+Each run trains a fresh model (the recipe's architecture, ``--set`` overrides applied) on one rung of
+:mod:`benchmarks.ladder` with its own losses and optimiser (AdamW, warm-up + cosine over the run) and scores
+held-out val samples every ``--eval-every`` samples: cIoU of the teacher-forced ``[SEG]`` masks, or exact match of
+the teacher-forced answer. The oracle run replaces the ``[SEG]`` query by a learned embedding of the target's
+attributes (what a perfect language side would hand the mask head) and trains the mask loss only. Results are
+appended to ``<out>/runs.jsonl``; ``report`` turns them into ``ladder.md`` and ``ladder.png``: samples needed to
+reach 50 % and 80 % per rung and variant, and the curves.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from benchmarks.ladder import ATTR_KEYS, RUNGS, Rung, rung_samples
+from pixelsail.config import apply_overrides, load_yaml
+from pixelsail.data.shapes import COLOR_NAMES, SHAPES, SIZES
+from pixelsail.metrics import LisaMaskMetric
+from pixelsail.model import build_model
+from pixelsail.model.mask_head import MASK_THRESHOLD, mask_logits, mask_losses, mask_probabilities
+from pixelsail.processing import IGNORE_INDEX
+from pixelsail.train import build_optimizer, lr_factor
+
+REPO = Path(__file__).resolve().parent.parent
+LEVELS = (50.0, 80.0)
+
+
+class AttributeOracle(nn.Module):
+    """Per-target (colour, shape, size) ids -> a mask query: the sum of learned vectors of the rung's attributes."""
+
+    def __init__(self, mask_dim: int, keys: tuple[str, ...]):
+        super().__init__()
+        sizes = {"color": len(COLOR_NAMES), "shape": len(SHAPES), "size": len(SIZES)}
+        self.keys = keys
+        self.tables = nn.ModuleDict({k: nn.Embedding(sizes[k], mask_dim) for k in keys})
+
+    def forward(self, attrs: torch.Tensor) -> torch.Tensor:
+        """attrs (M, 3) in ATTR_KEYS order -> (M, mask_dim)."""
+        return sum(self.tables[k](attrs[:, ATTR_KEYS.index(k)]) for k in self.keys)
+
+
+def _encode(model, samples: list) -> dict:
+    return model.processor.collate([model.processor(s) for s in samples])
+
+
+def _hidden(model, batch: dict):
+    embeds, positions, layout = model.embed_batch(batch["input_ids"], batch["images"])
+    hidden = model.backbone(embeds, positions, layout)
+    features = model._mask_features_batch(hidden, batch["images"], list(range(len(batch["images"]))))
+    return hidden, features, layout.vision_lens
+
+
+def _queries(model, oracle: AttributeOracle | None, batch: dict, samples: list, hidden, text_start) -> list:
+    """Per sample, its [SEG] queries (k_i, mask_dim): the model's own, or the oracle's."""
+    if oracle is not None:
+        return [oracle(torch.tensor(s.meta["oracle"], dtype=torch.long).reshape(-1, 3)) for s in samples]
+    ids, labels = batch["input_ids"], batch["labels"]
+    seg = (ids == model.processor.ids["seg"]) & (labels != IGNORE_INDEX)
+    seg_b, seg_t = seg.nonzero(as_tuple=True)
+    queries = model.seg_queries(hidden, ids, text_start, seg_b, seg_t)
+    return list(queries.split(seg.sum(1).tolist()))
+
+
+@torch.no_grad()
+def evaluate(model, oracle: AttributeOracle | None, rung: Rung, samples: list, batch_size: int = 32) -> float:
+    """The rung's metric in percent on ``samples`` (teacher forcing)."""
+    model.eval()
+    metric, correct = LisaMaskMetric(), 0
+    for start in range(0, len(samples), batch_size):
+        chunk = samples[start:start + batch_size]
+        batch = _encode(model, chunk)
+        hidden, features, text_start = _hidden(model, batch)
+        if rung.metric == "accuracy":
+            labels = batch["labels"][:, 1:]
+            pred = model.backbone.logits(hidden[:, :-1]).argmax(-1)
+            correct += int(((pred == labels) | (labels == IGNORE_INDEX)).all(dim=1).sum())
+            continue
+        for i, (s, q) in enumerate(zip(chunk, _queries(model, oracle, batch, chunk, hidden, text_start))):
+            h, w = s.image.shape[:2]
+            union = np.zeros((h, w), dtype=bool)
+            if q.shape[0]:
+                probs = mask_probabilities(mask_logits(q, features[i][None].expand(q.shape[0], -1, -1, -1)), (h, w))
+                union = (probs > MASK_THRESHOLD).any(0).numpy()
+            target = np.any(np.stack(s.masks), axis=0) if s.masks else np.zeros((h, w), dtype=bool)
+            metric.update([union], [target], (h, w))
+    model.train()
+    if rung.metric == "accuracy":
+        return 100.0 * correct / len(samples)
+    return float(metric.compute()["cIoU (LISA)"])
+
+
+def oracle_loss(model, oracle: AttributeOracle, batch: dict, samples: list) -> torch.Tensor:
+    hidden, features, text_start = _hidden(model, batch)
+    cfg = model.config
+    num = sum(len(s.masks) for s in samples)
+    total = hidden.sum() * 0.0
+    for i, q in enumerate(_queries(model, oracle, batch, samples, hidden, text_start)):
+        if q.shape[0]:
+            logits = mask_logits(q, features[i][None].expand(q.shape[0], -1, -1, -1))
+            bce, dice = mask_losses(logits, batch["masks"][i], num_points=cfg.mask_num_points,
+                                    oversample=cfg.mask_oversample_ratio, importance=cfg.mask_importance_ratio,
+                                    num_masks=max(num, 1))
+            total = total + cfg.mask_bce_weight * bce + cfg.mask_dice_weight * dice
+    return total
+
+
+def samples_to_reach(curve: list[tuple[int, float]], level: float) -> int | None:
+    return next((n for n, v in curve if v >= level), None)
+
+
+def run_one(rung: Rung, args, seed: int, use_oracle: bool) -> dict:
+    run = apply_overrides(load_yaml(args.config), list(args.set))
+    run.model.mask_num_points = min(run.model.mask_num_points, args.image_size ** 2 // 4)
+    torch.manual_seed(seed)
+    model = build_model(run.model).train()
+    oracle = AttributeOracle(run.model.mask_dim, rung.oracle_keys) if use_oracle else None
+    params = nn.ModuleList([model] + ([oracle] if oracle is not None else []))
+    optimizer = build_optimizer(params, args.lr or run.train.lr, run.train.betas, run.train.weight_decay)
+    steps = args.samples // args.batch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps, run.train.warmup_ratio))
+    train = rung_samples(rung, "train", steps * args.batch, args.image_size, start=seed * 1_000_003 % 900_000)
+    val = rung_samples(rung, "val", args.eval_samples, args.image_size)
+    every = max(1, args.eval_every // args.batch)
+    curve, t0 = [], time.perf_counter()
+    for step in range(1, steps + 1):
+        chunk = train[(step - 1) * args.batch: step * args.batch]
+        batch = _encode(model, chunk)
+        if oracle is not None:
+            loss = oracle_loss(model, oracle, batch, chunk)
+        else:
+            loss = model(batch["input_ids"], batch["labels"], batch["lengths"], batch["images"], batch["masks"]).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params.parameters(), run.train.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        if step % every == 0 or step == steps:
+            value = evaluate(model, oracle, rung, val)
+            curve.append((step * args.batch, value))
+            print(f"  {rung.name} {'oracle' if oracle else args.label} seed {seed}: {step * args.batch} samples "
+                  f"({time.perf_counter() - t0:.0f} s) loss {float(loss.detach()):.3f} {rung.metric} {value:.1f}", flush=True)
+    return {"rung": rung.name, "variant": "oracle" if use_oracle else args.label, "seed": seed,
+            "metric": rung.metric, "chance": 100 * rung.chance, "overrides": list(args.set), "batch": args.batch,
+            "image_size": args.image_size, "curve": curve, "seconds": round(time.perf_counter() - t0, 1),
+            **{f"reach_{int(lv)}": samples_to_reach(curve, lv) for lv in LEVELS}}
+
+
+def report(out: Path) -> str:
+    """ladder.md + ladder.png from every run in ``out/runs.jsonl`` (mean over seeds)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines() if line.strip()]
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in runs:
+        groups.setdefault((r["rung"], r["variant"]), []).append(r)
+    lines = ["| rung | variant | seeds | metric | final (mean) | samples to 50 % | samples to 80 % |", "|---|---|---|---|---|---|---|"]
+    rungs = [r for r in RUNGS if any(k[0] == r for k in groups)]
+    fig, axes = plt.subplots(1, len(rungs), figsize=(4 * len(rungs), 3.2), squeeze=False)
+    for ax, rung in zip(axes[0], rungs):
+        for (name, variant), rs in sorted(groups.items()):
+            if name != rung:
+                continue
+            finals = [r["curve"][-1][1] for r in rs]
+            reach = {lv: [r[f"reach_{lv}"] for r in rs] for lv in (50, 80)}
+            fmt = {lv: " / ".join("—" if v is None else f"{v:,}" for v in reach[lv]) for lv in (50, 80)}
+            lines.append(f"| {rung} | {variant} | {len(rs)} | {rs[0]['metric']} | {np.mean(finals):.1f} | "
+                         f"{fmt[50]} | {fmt[80]} |")
+            for r in rs:
+                xs, ys = zip(*r["curve"])
+                ax.plot(xs, ys, label=f"{variant} s{r['seed']}", alpha=0.8)
+        ax.set_title(rung)
+        ax.set_xlabel("samples")
+        ax.set_ylim(0, 100)
+        ax.axhline(80, color="grey", lw=0.5, ls="--")
+        ax.legend(fontsize=6)
+    axes[0][0].set_ylabel("cIoU % / accuracy %")
+    fig.tight_layout()
+    fig.savefig(out / "ladder.png", dpi=110)
+    table = "\n".join(lines)
+    (out / "ladder.md").write_text(table + "\n")
+    return table
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("command", nargs="?", default="run", choices=("run", "report"))
+    ap.add_argument("out_dir", nargs="?", default=None)
+    ap.add_argument("--config", default=str(REPO / "configs" / "shapes-tiny.yaml"))
+    ap.add_argument("--rungs", nargs="+", default=["colour"], choices=list(RUNGS))
+    ap.add_argument("--set", nargs="*", default=[], help="config overrides, e.g. model.seg_query_pool=true")
+    ap.add_argument("--label", default="own", help="the variant's name in the report")
+    ap.add_argument("--oracle", action="store_true", help="also run each mask rung with an oracle query")
+    ap.add_argument("--no-own", action="store_true", help="only the oracle runs")
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0])
+    ap.add_argument("--samples", type=int, default=9600)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--image-size", type=int, default=64)
+    ap.add_argument("--eval-every", type=int, default=1600, help="samples between evaluations")
+    ap.add_argument("--eval-samples", type=int, default=256)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--quick", action="store_true", help="the colour rung, 2,400 samples, 128 val samples")
+    ap.add_argument("--out", default="runs/ladder")
+    args = ap.parse_args(argv)
+    out = Path(args.out_dir or args.out)
+    if args.command == "report":
+        print(report(out))
+        return
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.quick:
+        args.rungs, args.samples, args.eval_every, args.eval_samples = ["colour"], 2400, 800, 128
+    out.mkdir(parents=True, exist_ok=True)
+    for name in args.rungs:
+        rung = RUNGS[name]
+        kinds = ([] if args.no_own else [False]) + ([True] if args.oracle and rung.oracle_keys else [])
+        for use_oracle in kinds:
+            for seed in args.seeds:
+                result = run_one(rung, args, seed, use_oracle)
+                with open(out / "runs.jsonl", "a") as f:
+                    f.write(json.dumps(result) + "\n")
+    print(report(out))
+
+
+if __name__ == "__main__":
+    main()

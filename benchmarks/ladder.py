@@ -1,0 +1,133 @@
+"""The grounding ladder's rungs: shapes-world tasks from easiest to hardest, each a sample builder and a metric.
+
+A rung turns a shapes scene into one :class:`~pixelsail.data.sample.Sample` (or ``None`` when the scene cannot
+support it). Mask rungs are scored by cIoU of the teacher-forced ``[SEG]`` masks; answer rungs by teacher-forced
+exact match of the whole answer. ``meta["oracle"]`` holds, per target mask, the (colour, shape, size) ids an oracle
+query may use; ``Rung.oracle_keys`` says which of the three the oracle of that rung embeds (``None``: no oracle).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from pixelsail.data.sample import Sample
+from pixelsail.data.shapes import (
+    COLOR_NAMES, SHAPES, SIZES, Scene, ShapeObject, _prompt_objects, _scene_and_rng, multi_referrals,
+    no_target_referral, relation_referrals, seg_answer,
+)
+from pixelsail.tokens import vp_token
+
+ATTR_KEYS = ("color", "shape", "size")
+
+
+def attribute_ids(obj: ShapeObject) -> tuple[int, int, int]:
+    return COLOR_NAMES.index(obj.color), SHAPES.index(obj.shape), SIZES.index(obj.size)
+
+
+def _unique(obj: ShapeObject, visible: list[ShapeObject], keys: tuple[str, ...]) -> bool:
+    return [o for o in visible if all(getattr(o, k) == getattr(obj, k) for k in keys)] == [obj]
+
+
+def _seg_sample(scene: Scene, rung: str, question: str, targets: list[ShapeObject]) -> Sample:
+    return Sample(image=scene.image, turns=[(question, seg_answer(len(targets)))], masks=[t.mask for t in targets],
+                  task="res" if len(targets) == 1 else "gres", image_id=scene.image_id,
+                  meta={"rung": rung, "oracle": [attribute_ids(t) for t in targets], "no_target": not targets})
+
+
+def _pick(rng: np.random.Generator, items: list):
+    return items[int(rng.integers(len(items)))] if items else None
+
+
+def _by_keys(rung: str, keys: tuple[str, ...], needs_all: bool, template: str) -> Callable:
+    """A target singled out by exactly ``keys``; with ``needs_all`` no proper subset of them would do."""
+
+    def build(scene: Scene, rng: np.random.Generator) -> Sample | None:
+        vis = scene.visible_objects
+        pool = [o for o in vis if _unique(o, vis, keys)]
+        if needs_all:
+            pool = [o for o in pool if not any(_unique(o, vis, (k,)) for k in keys)]
+        obj = _pick(rng, pool)
+        if obj is None:
+            return None
+        words = " ".join(getattr(obj, k) for k in ("size", "color", "shape") if k in keys)
+        return _seg_sample(scene, rung, template.format(words), [obj])
+
+    return build
+
+
+def build_relation(scene: Scene, rng: np.random.Generator) -> Sample | None:
+    ref = _pick(rng, relation_referrals(scene))
+    return None if ref is None else _seg_sample(scene, "relation", f"Please segment {ref.expression}.", ref.targets)
+
+
+def build_multi(scene: Scene, rng: np.random.Generator) -> Sample | None:
+    ref = _pick(rng, multi_referrals(scene))
+    return None if ref is None else _seg_sample(scene, "multi", f"Please segment {ref.expression}.", ref.targets)
+
+
+def build_no_target(scene: Scene, rng: np.random.Generator) -> Sample | None:
+    """Half the questions name nothing in the image (answer "No target."), half name one object by colour+shape."""
+    if rng.random() < 0.5:
+        ref = no_target_referral(scene, rng)
+        if ref.targets:
+            return None
+        sample = _seg_sample(scene, "no_target", f"Please segment {ref.expression}.", [])
+    else:
+        vis = scene.visible_objects
+        obj = _pick(rng, [o for o in vis if _unique(o, vis, ("color", "shape"))])
+        if obj is None:
+            return None
+        sample = _seg_sample(scene, "no_target", f"Please segment the {obj.color} {obj.shape}.", [obj])
+    sample.meta["metric_answer_only"] = True
+    return sample
+
+
+def build_vp_colour(scene: Scene, rng: np.random.Generator) -> Sample | None:
+    """"What colour is <vp_k>?" -> "<vp_k>: red." with a box, point, scribble or mask prompt on one object."""
+    obj = _pick(rng, scene.visible_objects)
+    if obj is None:
+        return None
+    p = _prompt_objects([obj], rng, scene.image_size)
+    tag = vp_token(p.ids[0])
+    return Sample(image=scene.image, turns=[(f"What colour is {tag}?", f"{tag}: {obj.color}.")], prompts=p.prompts,
+                  task="vp_qa", image_id=scene.image_id, meta={"rung": "vp_colour", "oracle": []})
+
+
+@dataclass(frozen=True)
+class Rung:
+    name: str
+    build: Callable[[Scene, np.random.Generator], Sample | None]
+    metric: str                                 # "cIoU" (teacher-forced [SEG] masks) | "accuracy" (answer exact)
+    oracle_keys: tuple[str, ...] | None         # attributes the oracle query embeds; None: no oracle
+    chance: float = 0.0                         # the metric of a model that ignores the expression / prompt
+
+
+RUNGS: dict[str, Rung] = {r.name: r for r in (
+    Rung("colour", _by_keys("colour", ("color",), False, "Please segment the {} object."), "cIoU", ("color",)),
+    Rung("shape", _by_keys("shape", ("shape",), False, "Please segment the {}."), "cIoU", ("shape",)),
+    Rung("colour_shape", _by_keys("colour_shape", ("color", "shape"), True, "Please segment the {}."), "cIoU",
+         ("color", "shape")),
+    Rung("size_colour_shape", _by_keys("size_colour_shape", ("size", "color", "shape"), False,
+                                       "Please segment the {}."), "cIoU", ("size", "color", "shape")),
+    Rung("relation", build_relation, "cIoU", ("size", "color", "shape")),
+    Rung("multi", build_multi, "cIoU", ("size", "color", "shape")),
+    Rung("no_target", build_no_target, "accuracy", None, chance=0.5),
+    Rung("vp_colour", build_vp_colour, "accuracy", None, chance=1 / len(COLOR_NAMES)),
+)}
+
+
+def rung_samples(rung: Rung, split: str, count: int, image_size: int, start: int = 0) -> list[Sample]:
+    """``count`` samples of ``rung`` from consecutive scenes of ``split`` (scenes that cannot serve are redrawn)."""
+    out = []
+    index = start
+    while len(out) < count:
+        for attempt in range(20):
+            scene, rng = _scene_and_rng(split, index, 0, image_size, attempt)
+            sample = rung.build(scene, rng)
+            if sample is not None:
+                out.append(sample)
+                break
+        index += 1
+    return out

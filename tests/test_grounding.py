@@ -1,0 +1,92 @@
+"""The grounding switches (question read-out of the [SEG] query, bag-of-words auxiliary) and the ladder instrument."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from model_utils import box_mask, random_image, res_sample, tiny_model
+from pixelsail.model.question_pool import QuestionPool, question_key_mask
+
+
+def test_question_key_mask_selects_the_turn_the_answer_replies_to():
+    # ids: 2 vision tokens, then user turn 1 (3 tokens + end), answer (2 + end), user turn 2 (2 + end), answer (1 + end)
+    E = 9  # <|im_end|>
+    ids = torch.tensor([[1, 1, 5, 6, 7, E, 3, 4, E, 5, 6, E, 4, E]])
+    b, t = torch.tensor([0, 0]), torch.tensor([7, 12])  # a token of the first answer, a token of the second
+    mask = question_key_mask(ids, E, torch.tensor([2]), b, t)
+    assert mask[0].nonzero().flatten().tolist() == [2, 3, 4]          # first question, not the vision block
+    assert mask[1].nonzero().flatten().tolist() == [9, 10]             # second question only (its <|im_end|> excluded)
+
+
+def test_question_pool_starts_as_the_mean_of_the_question_and_ignores_other_tokens():
+    torch.manual_seed(0)
+    pool = QuestionPool(hidden_size=8, num_heads=2)
+    context = torch.randn(1, 5, 8)
+    keep = torch.tensor([[False, True, True, False, False]])
+    out = pool(torch.randn(1, 8), context, keep)
+    assert torch.allclose(out, pool.v(context[0, 1:3]).mean(0, keepdim=True), atol=1e-6)
+    context[0, 0] += 100.0  # a token outside the question changes nothing
+    assert torch.allclose(pool(torch.randn(1, 8), context, keep), out, atol=1e-6)
+    assert torch.equal(pool(torch.randn(1, 8), context, torch.zeros(1, 5, dtype=torch.bool)), torch.zeros(1, 8))
+
+
+@pytest.mark.parametrize("source", ["hidden", "embedding"])
+def test_cached_masks_equal_uncached_with_a_pooled_query(source):
+    model = tiny_model(seg_query_pool=source, seg_query_norm=True).eval()
+    prefix = model.prefill_image(random_image(64, 64))
+    for q in ("Please segment the red circle.", "Please segment the blue square."):
+        a = model.respond(prefix, q, max_new_tokens=0, answer_prefix="Sure, [SEG]")
+        b = model.respond(prefix, q, max_new_tokens=0, answer_prefix="Sure, [SEG]", use_cache=False)
+        assert len(a.masks) == 1 and np.array_equal(a.masks[0], b.masks[0])
+        assert a.mask_scores == pytest.approx(b.mask_scores, abs=1e-5)
+
+
+def test_only_the_pooled_query_reads_the_question_tokens():
+    """Same hidden states, questions differing in one word: the paper's query cannot tell them apart, the pooled
+    one (over input embeddings) can."""
+    proc = tiny_model().processor
+    ids = [proc.conversation_ids([(f"Please segment the {c} circle.", "Sure, [SEG].")])[0] for c in ("red", "green")]
+    assert len(ids[0]) == len(ids[1])
+    ids = torch.tensor(ids)
+    seg_t = (ids[0] == proc.ids["seg"]).nonzero().flatten()
+    hidden = torch.randn(1, ids.shape[1], 64).expand(2, -1, -1)
+    b, t, start = torch.tensor([0, 1]), seg_t.repeat(2), torch.zeros(2, dtype=torch.long)
+    for source, differ in (("", False), ("embedding", True)):
+        model = tiny_model(seg_query_pool=source).eval()
+        q = model.seg_queries(hidden, ids, start, b, t)
+        assert torch.allclose(q[0], q[1], atol=1e-6) != differ
+
+
+def test_bow_loss_is_logged_weighted_and_reaches_the_question_embeddings():
+    model = tiny_model(seg_bow_weight=0.5).train()
+    image = random_image(64, 64)
+    batch = model.processor.collate([model.processor(res_sample(image, box_mask(64, 64, 8, 30, 8, 30)))])
+    out = model(**batch)
+    assert "seg_bow" in out.losses and float(out.losses["seg_bow"]) > 0
+    out.loss.backward()
+    emb = model.backbone.llm.get_input_embeddings().weight.grad
+    red = model.processor.encode(" red")[0]
+    assert emb[red].abs().sum() > 0
+    plain = tiny_model(seg_bow_weight=0.0).train()
+    assert "seg_bow" not in plain(**batch).losses and plain.seg_bow is None
+
+
+def test_unknown_pool_source_is_a_clear_error():
+    with pytest.raises(ValueError, match="seg_query_pool must be one of"):
+        tiny_model(seg_query_pool="everything")
+
+
+def test_switches_survive_save_and_load(tmp_path):
+    model = tiny_model(seg_query_pool="embedding", seg_query_norm=True, seg_bow_weight=0.3).eval()
+    model.save_pretrained(tmp_path)
+    loaded = type(model).from_pretrained(tmp_path)
+    assert loaded.config.seg_query_pool == "embedding" and loaded.config.seg_bow_weight == 0.3
+    image = random_image(64, 64)
+    q = "Please segment the red circle."
+    a = model.respond(model.prefill_image(image), q, max_new_tokens=2, answer_prefix="Sure, [SEG]")
+    b = loaded.respond(loaded.prefill_image(image), q, max_new_tokens=2, answer_prefix="Sure, [SEG]")
+    assert a.mask_scores == pytest.approx(b.mask_scores, abs=1e-5)
+    assert json.loads((tmp_path / "config.json").read_text())["pixelsail"]["seg_query_pool"] == "embedding"
