@@ -94,6 +94,13 @@ def _prompt_mask(prompt: Any, h: int, w: int) -> np.ndarray:
     return as_prompt_mask(prompt, h, w)
 
 
+def _result(resp: Any, image: np.ndarray, question: str, prompts: dict[int, np.ndarray], seconds: float,
+            reused: bool) -> Result:
+    masks = [np.asarray(m, dtype=bool) for m in resp.masks]
+    return Result(text=resp.text, masks=masks, mask_scores=[float(s) for s in resp.mask_scores], image=image,
+                  prompts=prompts, question=question, seconds=seconds, prefix_reused=reused)
+
+
 def _digest(image: np.ndarray, prompts: Mapping[int, np.ndarray]) -> str:
     h = hashlib.blake2b(digest_size=16)
     h.update(repr(image.shape).encode())
@@ -243,9 +250,7 @@ class Predictor:
             resp = self.model.respond(prefix, question, history=list(history),
                                       max_new_tokens=max_new_tokens or self.max_new_tokens)
             seconds = time.perf_counter() - t0
-        masks = [np.asarray(m, dtype=bool) for m in resp.masks]
-        return Result(text=resp.text, masks=masks, mask_scores=[float(s) for s in resp.mask_scores], image=image,
-                      prompts=prompts, question=question, seconds=seconds, prefix_reused=reused)
+        return _result(resp, image, question, prompts, seconds, reused)
 
     def clear_cache(self) -> None:
         with self._lock:
@@ -287,6 +292,51 @@ class Predictor:
 
     def chat(self, image: ImageSource) -> ChatSession:
         return ChatSession(self, self.load_image(image))
+
+    # ------------------------------------------------------------------------------------------------ batches
+    def ask_many(self, image: ImageSource, questions: Sequence[str],
+                 prompts: Sequence[Any] | Mapping[int, Any] | None = None, batch_size: int = 16) -> list[Result]:
+        """Many questions about one image (and one set of visual prompts): the image is run once and its prefix
+        cache is shared, as a batch view, by ``batch_size`` questions at a time. Same answers as ``ask`` each."""
+        img = self.load_image(image)
+        return self._answer_batch([(img, q, prompts) for q in questions], batch_size)
+
+    def ask_batch(self, images: Sequence[ImageSource], questions: Sequence[str],
+                  prompts: Sequence[Sequence[Any] | Mapping[int, Any] | None] | None = None,
+                  batch_size: int = 16) -> list[Result]:
+        """``questions[i]`` about ``images[i]`` (with ``prompts[i]``), answered ``batch_size`` pairs at a time; the
+        same answers as ``ask`` on each pair. Pairs on the same image share its prefix."""
+        if len(images) != len(questions) or (prompts is not None and len(prompts) != len(questions)):
+            raise InputError(f"ask_batch needs one question per image: {len(images)} images, {len(questions)} "
+                             f"questions" + (f", {len(prompts)} prompt sets" if prompts is not None else ""))
+        per_pair = prompts if prompts is not None else [None] * len(questions)
+        items = [(self.load_image(im), q, p) for im, q, p in zip(images, questions, per_pair)]
+        return self._answer_batch(items, batch_size)
+
+    def _answer_batch(self, items: list[tuple[np.ndarray, str, Any]], batch_size: int) -> list[Result]:
+        """Validate every (image, question, prompts) first, then answer them in batches (``seconds``: per query)."""
+        from pixelsail.model.batched import respond_batch
+
+        if batch_size < 1:
+            raise InputError(f"batch_size must be at least 1, got {batch_size}")
+        checked = []
+        for img, question, prompts in items:
+            if not isinstance(question, str):
+                raise InputError(f"the question must be text, got {type(question).__name__}")
+            numbered = self.number_prompts(img, question, prompts)
+            checked.append((img, self.check_question(question, img), numbered))
+        results: list[Result] = []
+        with self._lock:
+            for start in range(0, len(checked), batch_size):
+                chunk = checked[start:start + batch_size]
+                t0 = time.perf_counter()
+                prefixes = [self._prefix(img, numbered) for img, _, numbered in chunk]
+                responses = respond_batch(self.model, [p for p, _ in prefixes], [q for _, q, _ in chunk],
+                                          max_new_tokens=self.max_new_tokens)
+                seconds = (time.perf_counter() - t0) / len(chunk)
+                results += [_result(resp, img, q, numbered, seconds, reused)
+                            for resp, (img, q, numbered), (_, reused) in zip(responses, chunk, prefixes)]
+        return results
 
 
 class ChatSession:

@@ -23,10 +23,13 @@ class AttentionLayout:
 
     vision_lens: (B,) length of the bidirectional block at the start of each sequence (0 for text-only).
     past_len:    tokens already in the cache before the current queries (all earlier tokens are visible).
+    key_valid:   optional (B, past_len + Q) bool, False for padding slots no query may see (batched generation
+                 over sequences of different lengths keeps them in one rectangular cache).
     """
 
     vision_lens: torch.Tensor
     past_len: int = 0
+    key_valid: torch.Tensor | None = None
 
     def uniform_vision_len(self) -> int | None:
         v = self.vision_lens
@@ -39,7 +42,10 @@ class AttentionLayout:
         causal = k_pos <= q_pos  # (Q, K)
         v = self.vision_lens.to(device)[:, None, None]
         block = (q_pos[None] < v) & (k_pos[None] < v)  # (B, Q, K)
-        return (causal[None] | block)[:, None]
+        allowed = causal[None] | block
+        if self.key_valid is not None:
+            allowed = allowed & self.key_valid.to(device)[:, None, :]
+        return allowed[:, None]
 
     def additive(self, q_len: int, kv_len: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """The same as :meth:`allowed` as an additive float mask (0 / finfo.min): eager attention needs this form."""
@@ -83,7 +89,7 @@ def prefix_sdpa_attention(query: torch.Tensor, key: torch.Tensor, value: torch.T
     """Fused SDPA without an L x L mask when every sequence of the batch has the same vision-block length.
 
     The vision rows attend to the vision block only (no mask); the text rows attend causally to everything before
-    them (a small (T, K) bool mask, or none when T == 1). Mixed vision lengths fall back to the full mask.
+    them (a small (T, K) bool mask, or none when T == 1). Mixed vision lengths or padded keys take the full mask.
     """
     q_len, kv_len = query.shape[2], key.shape[2]
     sdpa = partial(sdpa_attention, scaling=scaling, dropout=dropout)
@@ -93,7 +99,7 @@ def prefix_sdpa_attention(query: torch.Tensor, key: torch.Tensor, value: torch.T
         return torch.ones(t, k, dtype=torch.bool, device=query.device).tril(diagonal=k - t)
 
     v_len = layout.uniform_vision_len()
-    if v_len is None:
+    if v_len is None or layout.key_valid is not None:
         return sdpa(query, key, value, mask=layout.allowed(q_len, kv_len, query.device))
     if layout.past_len > 0 or v_len == 0:
         if q_len == 1:
