@@ -89,3 +89,15 @@ def test_padded_keys_are_invisible_to_every_attention(attn):
     alone = AttentionLayout(torch.tensor([3]), 4)
     ref = bind_attention(attn, alone, q_len, q.dtype, q.device)(q[1:], k[1:, :, keep], v[1:, :, keep], d ** -0.5, 0.0)
     assert torch.allclose(out[1:], ref, atol=1e-5)
+
+
+def test_evaluation_predicts_the_same_records_in_batches(predictor):
+    from pixelsail.evaluate import predict
+
+    ds = build_dataset("shapes", split="val", image_size=128, size=10)
+    one = predict(predictor.model, ds, max_new_tokens=16, progress=False, batch_size=1)
+    batched = predict(predictor.model, ds, max_new_tokens=16, progress=False, batch_size=4)
+    assert [r["index"] for r in one] == [r["index"] for r in batched]
+    assert [r["text"] for r in one] == [r["text"] for r in batched]
+    assert [r["pred_masks"] for r in one] == [r["pred_masks"] for r in batched]
+    assert len({r["task"] for r in one}) > 1 and any(r["pred_masks"] for r in one)

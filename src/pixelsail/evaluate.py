@@ -82,10 +82,13 @@ def evaluation_order(dataset: Any, indices: Sequence[int]) -> list[int]:
     return [i for _, _, i in sorted((first[k], pos, i) for pos, (k, i) in enumerate(zip(keys, indices)))]
 
 
-def predict_sample(model: EvalModel, prefix: Any, sample: Sample, index: int, max_new_tokens: int = 64) -> dict:
-    """Ask the sample's last question (earlier turns as ground-truth history); return its prediction record."""
+def predict_sample(model: EvalModel, prefix: Any, sample: Sample, index: int, max_new_tokens: int = 64,
+                   response: Any = None) -> dict:
+    """Ask the sample's last question (earlier turns as ground-truth history); return its prediction record.
+    ``response``: the model's answer when already computed (in a batch)."""
     *history, (question, answer) = sample.turns
-    resp = model.respond(prefix, question, history=list(history), max_new_tokens=max_new_tokens)
+    resp = response if response is not None else model.respond(prefix, question, history=list(history),
+                                                               max_new_tokens=max_new_tokens)
     reasked = False
     if sample.task == "vt_res" and not resp.masks:
         resp = model.respond(prefix, question, history=list(history), max_new_tokens=max_new_tokens,
@@ -110,28 +113,47 @@ def predict_sample(model: EvalModel, prefix: Any, sample: Sample, index: int, ma
 
 
 def predict(model: EvalModel, dataset: Any, *, indices: Sequence[int] | None = None, max_new_tokens: int = 64,
-            progress: bool = True, on_record: Callable[[dict], None] | None = None) -> list[dict]:
-    """Predictions for ``dataset[i]`` for i in ``indices`` (default: all), one image prefix per image and prompt set."""
+            progress: bool = True, on_record: Callable[[dict], None] | None = None,
+            batch_size: int = 16) -> list[dict]:
+    """Predictions for ``dataset[i]`` for i in ``indices`` (default: all), one image prefix per image and prompt set.
+
+    A PixelSail answers ``batch_size`` samples per decoding pass (:func:`pixelsail.model.batched.respond_batch`, the
+    same tokens as one at a time); other models, or ``batch_size=1``, one sample at a time.
+    """
     from tqdm import tqdm
 
     order = evaluation_order(dataset, list(range(len(dataset))) if indices is None else list(indices))
     records = []
     prefixes: dict[str, Any] = {}
     current_image: str | None = None
-    for i in tqdm(order, desc="evaluating", unit="sample", disable=not progress):
-        sample = dataset[i]
-        # the pixels, not image_id, identify the image: ids may be missing or shared by different renderings
-        image_hash = hashlib.sha1(np.ascontiguousarray(sample.image).tobytes()).hexdigest()
-        if image_hash != current_image:
-            prefixes.clear()  # samples are grouped by image: earlier prefixes will not be asked again
-            current_image = image_hash
-        key = _prompt_fingerprint(sample.prompts)
-        if key not in prefixes:
-            prefixes[key] = model.prefill_image(sample.image, prompts=sample.prompts or None)
-        record = predict_sample(model, prefixes[key], sample, i, max_new_tokens=max_new_tokens)
-        records.append(record)
-        if on_record is not None:
-            on_record(record)
+    step = batch_size if hasattr(model, "backbone") else 1
+    bar = tqdm(total=len(order), desc="evaluating", unit="sample", disable=not progress)
+    for start in range(0, len(order), max(1, step)):
+        chunk = [(i, dataset[i]) for i in order[start:start + max(1, step)]]
+        chunk_prefixes = []
+        for _, sample in chunk:
+            # the pixels, not image_id, identify the image: ids may be missing or shared by different renderings
+            image_hash = hashlib.sha1(np.ascontiguousarray(sample.image).tobytes()).hexdigest()
+            if image_hash != current_image:
+                prefixes.clear()  # samples are grouped by image: earlier prefixes will not be asked again
+                current_image = image_hash
+            key = _prompt_fingerprint(sample.prompts)
+            if key not in prefixes:
+                prefixes[key] = model.prefill_image(sample.image, prompts=sample.prompts or None)
+            chunk_prefixes.append(prefixes[key])
+        responses: list[Any] = [None] * len(chunk)
+        if step > 1:
+            from pixelsail.model.batched import respond_batch
+
+            responses = respond_batch(model, chunk_prefixes, [s.turns[-1][0] for _, s in chunk],
+                                      [s.turns[:-1] for _, s in chunk], max_new_tokens=max_new_tokens)
+        for (i, sample), prefix, resp in zip(chunk, chunk_prefixes, responses):
+            record = predict_sample(model, prefix, sample, i, max_new_tokens=max_new_tokens, response=resp)
+            records.append(record)
+            if on_record is not None:
+                on_record(record)
+            bar.update(1)
+    bar.close()
     return records
 
 
