@@ -7,7 +7,6 @@ Every sequence keeps its own 1-D positions, while the KV cache is one rectangle:
 """
 from __future__ import annotations
 
-import inspect
 from typing import Sequence
 
 import torch
@@ -94,21 +93,10 @@ def respond_batch(model, prefixes: Sequence, questions: Sequence[str],
         for i in range(b):
             seq = prompts[i] + answers[i]
             seg_at = [t for t in range(len(prompts[i]), len(seq)) if seq[t] == seg_id]
-            masks, scores = _masks(model, torch.cat(text_hidden[i]), seq, seg_at, prefixes[i])
+            masks, scores = model._masks_from(torch.cat(text_hidden[i]), seq, seg_at, prefixes[i])
             text = proc.tokenizer.decode(answers[i], skip_special_tokens=False)
             out.append(Response(text=text, masks=masks, mask_scores=scores, token_ids=answers[i]))
     return out
-
-
-def _masks(model, text_hidden: torch.Tensor, ids: list[int], seg_at: list[int], prefix) -> tuple[list, list]:
-    """The model's masks for the [SEG] tokens at ``seg_at`` of a sequence's text (hidden (T, C), ids (T,)).
-
-    Bridges the two forms of ``PixelSail._masks_from`` while the [SEG] query path changes: the newer one reads the
-    whole text (a question-pooled query), the older one only the [SEG] states. Drop the older branch once it is gone.
-    """
-    if len(inspect.signature(model._masks_from).parameters) == 4:
-        return model._masks_from(text_hidden, ids, seg_at, prefix)
-    return model._masks_from([text_hidden[t] for t in seg_at], prefix)
 
 
 __all__ = ["respond_batch"]
