@@ -39,7 +39,8 @@ def eval_command(
                                          "(default: the shipped shapes model)"),
     task: str = typer.Option(..., "--task", help="res | gres | region-caption | perbench | shapes"),
     data: Optional[str] = typer.Option(None, "--data", help="dataset directory or file (not needed for shapes)"),
-    split: str = typer.Option("val", "--split", help="split (REFER: val/testA/testB/test; shapes: val/test)"),
+    split: str = typer.Option("val", "--split", help="split (REFER: val/testA/testB/test; shapes: val/test, or "
+                              "test_perturbed: held-out scenes rendered differently)"),
     split_by: Optional[str] = typer.Option(None, "--split-by", help="REFER split_by (unc, umd, google); "
                                            "default: the one refs file present"),
     image_dir: Optional[str] = typer.Option(None, "--image-dir", help="image folder (default: found beside --data)"),

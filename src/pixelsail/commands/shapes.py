@@ -38,7 +38,7 @@ def sample_caption(sample) -> str:
 
 @shapes_app.command("preview")
 def preview(
-    split: str = typer.Option("val", "--split", help="split name (train / val / test / any other)"),
+    split: str = typer.Option("val", "--split", help="split name (train / val / test / test_perturbed / any other)"),
     n: int = typer.Option(12, "--n", min=1, max=200, help="number of samples"),
     out: Path = typer.Option(Path("shapes.png"), "-o", "--out", help="PNG file to write"),
     task: Optional[List[str]] = typer.Option(None, "--task", help="only these tasks (repeat); default: all"),

@@ -314,23 +314,32 @@ def random_specs(rng: np.random.Generator, image_size: int, n_objects: int
     return specs, full
 
 
-def _scene_and_rng(split: str, index: int, seed: int, image_size: int, attempt: int
+def _scene_and_rng(split: str, index: int, seed: int, image_size: int, attempt: int, plain: bool = False
                    ) -> tuple[Scene, np.random.Generator]:
     if image_size < 32:
         raise ValueError(f"image_size must be >= 32, got {image_size}")
     rng = make_rng(seed, split, index, 0, attempt)
     background = textured_background(image_size, rng)
     specs, full = random_specs(rng, image_size, int(rng.integers(2, 7)))
+    from pixelsail.data import shapes_render  # imported here: it builds on this module
+
+    look = None
+    if shapes_render.is_perturbed_split(split):  # a held-out rendering: resized objects, other pixels
+        look, specs, full = shapes_render.perturb_specs(split, index, seed, attempt, specs, image_size)
     scene = compose_scene(specs, image_size, background, full_masks=full,
                           image_id=f"shapes-{split}-{seed}-{index}" + (f"-{attempt}" if attempt else ""))
     scene.meta.update(split=split, index=index, seed=seed, attempt=attempt)
+    if look is not None and not plain:
+        shapes_render.repaint(scene, look)
     return scene, rng
 
 
 def generate_scene(split: str = "train", index: int = 0, seed: int = 0, image_size: int = 128,
-                   attempt: int = 0) -> Scene:
-    """The scene number ``index`` of ``split`` (``attempt`` > 0 gives fresh scenes for the same index)."""
-    return _scene_and_rng(split, index, seed, image_size, attempt)[0]
+                   attempt: int = 0, plain: bool = False) -> Scene:
+    """The scene number ``index`` of ``split`` (``attempt`` > 0 gives fresh scenes for the same index).
+
+    ``plain`` draws a ``*_perturbed`` split's scene with the ordinary renderer (same objects and masks)."""
+    return _scene_and_rng(split, index, seed, image_size, attempt, plain)[0]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -708,13 +717,13 @@ TASK_BUILDERS: dict[str, Callable[[Scene, np.random.Generator], Sample | None]] 
 
 
 def make_sample(split: str, index: int, task: str, seed: int = 0, image_size: int = 128,
-                max_attempts: int = 50) -> Sample:
+                max_attempts: int = 50, plain: bool = False) -> Sample:
     """A ``task`` sample for scene ``index`` of ``split``; scenes that cannot support the task are re-drawn."""
     if task not in TASK_BUILDERS:
         raise ValueError(f"unknown shapes task {task!r}; expected one of {SHAPES_TASKS}")
     for attempt in range(max_attempts):
         # the sample draws from where the scene's stream stopped: the scene never depends on the task
-        scene, rng = _scene_and_rng(split, index, seed, image_size, attempt)
+        scene, rng = _scene_and_rng(split, index, seed, image_size, attempt, plain)
         sample = TASK_BUILDERS[task](scene, rng)
         if sample is not None:
             return sample
@@ -765,8 +774,16 @@ class ShapesDataset:
         return make_sample(self.split, int(index), self.task_of(index), self.seed, self.image_size)
 
 
+def _trainable_split(kwargs: Mapping) -> None:
+    """Registry datasets feed training mixtures: a held-out rendering split (``*_perturbed``) is refused there."""
+    from pixelsail.data.shapes_render import refuse_for_training
+
+    refuse_for_training(str(kwargs.get("split", "train")))
+
+
 @register_dataset("shapes")
 def build_shapes(**kwargs) -> ShapesDataset:
+    _trainable_split(kwargs)
     return ShapesDataset(**kwargs)
 
 
@@ -810,6 +827,7 @@ class ShapesEchoDataset:
 
 @register_dataset("shapes_echo")
 def build_shapes_echo(**kwargs) -> ShapesEchoDataset:
+    _trainable_split(kwargs)
     return ShapesEchoDataset(**kwargs)
 
 
