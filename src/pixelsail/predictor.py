@@ -26,6 +26,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from pixelsail.data.export import mask_to_rle
+from pixelsail.domain import DomainCheck, check as check_domain, training_domain
 from pixelsail.imageio import DEFAULT_MAX_PIXELS, ImageInputError, ImageSource, load_image
 from pixelsail.model_check import ModelFileError, ModelFileWarning, check_model_dir
 from pixelsail.prompts import as_prompt_mask, box_to_mask, point_to_mask
@@ -59,10 +60,33 @@ class Result:
     question: str = ""
     seconds: float = 0.0
     prefix_reused: bool = False
+    domain: DomainCheck | None = None   # how the image compares with the model's training images (when known)
 
     @property
     def no_target(self) -> bool:
         return not self.masks and self.text.strip().startswith(NO_TARGET_ANSWER)
+
+    @property
+    def empty_masks(self) -> list[int]:
+        """Indices of the masks that mark no pixel: the model found nothing for that ``[SEG]``."""
+        return [i for i, m in enumerate(self.masks) if not m.any()]
+
+    @property
+    def empty(self) -> bool:
+        """True when the answer has masks and every one of them is empty."""
+        return bool(self.masks) and len(self.empty_masks) == len(self.masks)
+
+    @property
+    def empty_mask_text(self) -> str:
+        return f"empty — nothing in the image matched {self.question!r}"
+
+    @property
+    def notes(self) -> list[str]:
+        """What a person should know beyond the answer, in words: empty masks, an image unlike the training data."""
+        out = [f"mask {i}: {self.empty_mask_text}" for i in self.empty_masks]
+        if self.domain is not None and not self.domain.in_domain:
+            out.append(self.domain.note())
+        return out
 
     def overlay(self, alpha: float = 0.5, show_prompts: bool = True) -> np.ndarray:
         """The image with the answer's masks blended in (and the visual prompts outlined and tagged)."""
@@ -77,9 +101,13 @@ class Result:
         for m, s in zip(self.masks, self.mask_scores):
             ys, xs = np.nonzero(m)
             box = [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1] if xs.size else None
-            masks.append({"rle": mask_to_rle(m), "area": int(m.sum()), "box": box, "score": float(s)})
+            masks.append({"rle": mask_to_rle(m), "area": int(m.sum()), "box": box, "score": float(s),
+                          "empty": not xs.size})
+        domain = None if self.domain is None else {"explained": self.domain.explained,
+                                                   "in_domain": self.domain.in_domain}
         return {"question": self.question, "text": self.text, "masks": masks, "seconds": round(self.seconds, 4),
-                "prefix_reused": self.prefix_reused, "image_size": list(self.image.shape[:2])}
+                "prefix_reused": self.prefix_reused, "image_size": list(self.image.shape[:2]),
+                "empty": self.empty, "notes": self.notes, "domain": domain}
 
 
 def _prompt_mask(prompt: Any, h: int, w: int) -> np.ndarray:
@@ -95,10 +123,10 @@ def _prompt_mask(prompt: Any, h: int, w: int) -> np.ndarray:
 
 
 def _result(resp: Any, image: np.ndarray, question: str, prompts: dict[int, np.ndarray], seconds: float,
-            reused: bool) -> Result:
+            reused: bool, domain: DomainCheck | None = None) -> Result:
     masks = [np.asarray(m, dtype=bool) for m in resp.masks]
     return Result(text=resp.text, masks=masks, mask_scores=[float(s) for s in resp.mask_scores], image=image,
-                  prompts=prompts, question=question, seconds=seconds, prefix_reused=reused)
+                  prompts=prompts, question=question, seconds=seconds, prefix_reused=reused, domain=domain)
 
 
 def _digest(image: np.ndarray, prompts: Mapping[int, np.ndarray]) -> str:
@@ -116,9 +144,13 @@ class Predictor:
 
     def __init__(self, model_dir: str | Path | None = None, device: str = "cpu", *, model: Any = None,
                  max_pixels: int = DEFAULT_MAX_PIXELS, max_new_tokens: int = 64,
-                 max_question_tokens: int = DEFAULT_MAX_QUESTION_TOKENS, prefix_cache_size: int = 4):
+                 max_question_tokens: int = DEFAULT_MAX_QUESTION_TOKENS, prefix_cache_size: int = 4,
+                 domain: str | None = "auto"):
+        if domain == "auto":  # what a loaded model was trained on, from its run.yaml ("shapes", or None: no check)
+            domain = None if model is not None else training_domain(model_dir or shipped_model_dir())
         if model is None:
             model = self._load(model_dir, device)
+        self.domain = domain
         self.model = model
         self.device = device
         self.max_pixels = max_pixels
@@ -250,7 +282,7 @@ class Predictor:
             resp = self.model.respond(prefix, question, history=list(history),
                                       max_new_tokens=max_new_tokens or self.max_new_tokens)
             seconds = time.perf_counter() - t0
-        return _result(resp, image, question, prompts, seconds, reused)
+        return _result(resp, image, question, prompts, seconds, reused, check_domain(self.domain, image))
 
     def clear_cache(self) -> None:
         with self._lock:
@@ -334,7 +366,7 @@ class Predictor:
                 responses = respond_batch(self.model, [p for p, _ in prefixes], [q for _, q, _ in chunk],
                                           max_new_tokens=self.max_new_tokens)
                 seconds = (time.perf_counter() - t0) / len(chunk)
-                results += [_result(resp, img, q, numbered, seconds, reused)
+                results += [_result(resp, img, q, numbered, seconds, reused, check_domain(self.domain, img))
                             for resp, (img, q, numbered), (_, reused) in zip(responses, chunk, prefixes)]
         return results
 

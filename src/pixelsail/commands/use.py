@@ -86,8 +86,11 @@ def _predictor(model: Optional[Path], device: str, **kwargs) -> Predictor:
 
 def _print_result(result: Result) -> None:
     typer.echo(result.text)
+    empty = set(result.empty_masks)
     for i, (m, s) in enumerate(zip(result.masks, result.mask_scores)):
-        typer.echo(f"  mask {i}: {int(m.sum())} px, score {s:.2f}")
+        typer.echo(f"  mask {i}: {result.empty_mask_text if i in empty else f'{int(m.sum())} px'}, score {s:.2f}")
+    if result.domain is not None and not result.domain.in_domain:
+        typer.echo(f"  note: {result.domain.note()}")
     typer.echo(f"  ({result.seconds:.2f} s{', image prefix reused' if result.prefix_reused else ''})", err=True)
 
 

@@ -40,6 +40,7 @@ function clearAnswer() {
   $("overlay").hidden = true;
   $("overlay").removeAttribute("src");
   $("masks").replaceChildren();
+  $("notes").replaceChildren();
 }
 
 function color(i) {
@@ -219,8 +220,14 @@ function showResult(r) {
     const li = document.createElement("li");
     li.className = "mask";
     li.dataset.area = String(m.area);
-    const box = m.box ? `box [${m.box}]` : "empty";
-    li.textContent = `mask ${i}: ${m.area} px, ${box}, score ${m.score.toFixed(2)}`;
+    const what = m.empty ? "empty — nothing matched" : `${m.area} px, box [${m.box}]`;
+    li.textContent = `mask ${i}: ${what}, score ${m.score.toFixed(2)}`;
+    return li;
+  }));
+  // what the answer alone does not say: empty masks, an image unlike the model's training images
+  $("notes").replaceChildren(...(r.notes || []).map((text) => {
+    const li = document.createElement("li");
+    li.textContent = text;
     return li;
   }));
   const reuse = r.prefix_reused ? " (image prefix reused)" : "";

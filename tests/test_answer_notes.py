@@ -1,0 +1,97 @@
+"""Empty masks and out-of-domain images are said in words: on the API result, in the CLI output, in the web JSON."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+import pixelsail.commands.use as use
+from fake_pixelsail import FakePixelSail, FakeResponse, scene
+from pixelsail.cli import app
+from pixelsail.data.shapes import generate_scene
+from pixelsail.predictor import Predictor
+from pixelsail.tokens import SEG
+from pixelsail.web import DemoApp
+from test_domain import pink_noise
+
+SHAPES_SCENE = generate_scene("test", 0).image
+PHOTO = pink_noise(np.random.default_rng(1), 128, True)
+
+
+class EmptyMaskModel(FakePixelSail):
+    """Answers every segment request with one [SEG] whose mask marks nothing."""
+
+    def respond(self, prefix, question, history=(), max_new_tokens=64, answer_prefix=""):
+        return FakeResponse(f"Sure, {SEG}.", [np.zeros(prefix.image.shape[:2], bool)], [0.12])
+
+
+def test_api_result_says_empty_and_out_of_domain(monkeypatch):
+    p = Predictor(model=EmptyMaskModel(), domain="shapes")
+    r = p.segment(SHAPES_SCENE, "the red circle")
+    assert r.empty and r.empty_masks == [0] and r.domain.in_domain
+    assert r.notes == ["mask 0: empty \u2014 nothing in the image matched 'Please segment the red circle.'"]
+    d = r.to_dict()
+    assert d["empty"] and d["masks"][0]["empty"] and d["notes"] == r.notes and d["domain"]["in_domain"]
+    away = p.segment(PHOTO, "the red circle")
+    assert not away.domain.in_domain and len(away.notes) == 2
+    assert away.notes[1].startswith("this image looks unlike the shapes world")
+    assert away.text == f"Sure, {SEG}."  # a warning, not a refusal: the answer is still there
+    import pixelsail.model.batched as batched_module  # the fake has no backbone: answer the batch one by one
+
+    monkeypatch.setattr(batched_module, "respond_batch", lambda model, prefixes, questions, **kw:
+                        [model.respond(pre, q) for pre, q in zip(prefixes, questions)])
+    batched = p.ask_many(PHOTO, ["Please segment the red circle."])[0]
+    assert batched.notes == away.notes
+
+
+def test_api_found_masks_and_unchecked_models_carry_no_notes():
+    p = Predictor(model=FakePixelSail(), domain="shapes")
+    r = p.segment(scene(), "the red square")  # flat shapes on grey: the fake finds the red one
+    assert r.domain.in_domain and not r.empty and r.masks[0].sum() == 256 and r.notes == []
+    assert r.to_dict()["masks"][0]["empty"] is False
+    unchecked = Predictor(model=EmptyMaskModel()).segment(PHOTO, "the red circle")  # domain unknown: no verdict
+    assert unchecked.domain is None and unchecked.to_dict()["domain"] is None and len(unchecked.notes) == 1
+
+
+@pytest.fixture()
+def runner_with(monkeypatch, tmp_path):
+    def run(model, image: np.ndarray, *args: str):
+        predictor = Predictor(model=model, domain="shapes")
+        monkeypatch.setattr(use, "_predictor", lambda m, d, **kw: predictor)
+        path = tmp_path / "in.png"
+        Image.fromarray(image).save(path)
+        return CliRunner().invoke(app, ["segment", str(path), *args])
+    return run
+
+
+def test_cli_prints_empty_masks_and_the_domain_warning(runner_with):
+    res = runner_with(EmptyMaskModel(), SHAPES_SCENE, "the red circle")
+    assert res.exit_code == 0, res.output
+    assert "mask 0: empty \u2014 nothing in the image matched 'Please segment the red circle.'" in res.stdout
+    assert "0 px" not in res.stdout and "note:" not in res.stdout
+    res = runner_with(FakePixelSail(), PHOTO, "the red circle")
+    assert res.exit_code == 0, res.output
+    assert "note: this image looks unlike the shapes world the model was trained on" in res.stdout
+    res = runner_with(FakePixelSail(), scene(), "the red square")  # a plain found mask: as before
+    assert "mask 0: 256 px, score 0.90" in res.stdout
+
+
+def test_web_answer_carries_the_notes_and_the_page_shows_them():
+    demo = DemoApp(Predictor(model=EmptyMaskModel(), domain="shapes"), samples=[("shapes", SHAPES_SCENE)])
+    try:
+        sid = demo.new_session_from_json({"sample": 0})["session_id"]
+        out = demo.ask({"session_id": sid, "mode": "segment", "text": "the red circle"})
+        assert out["empty"] and out["masks"][0]["empty"]
+        assert out["notes"] == ["mask 0: empty \u2014 nothing in the image matched 'Please segment the red circle.'"]
+        sid = demo.new_session(PHOTO)["session_id"]
+        out = demo.ask({"session_id": sid, "mode": "segment", "text": "the red circle", "remember": True})
+        assert any(n.startswith("this image looks unlike") for n in out["notes"])
+    finally:
+        demo.close()
+    from importlib import resources
+
+    static = resources.files("pixelsail.web") / "static"
+    assert 'id="notes"' in (static / "index.html").read_text()
+    page = (static / "app.js").read_text()
+    assert 'r.notes' in page and "nothing matched" in page
