@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmarks.ladder import ATTR_KEYS, RUNGS, Rung, rung_samples
+from benchmarks.ladder import ATTR_KEYS, RUNGS, Rung, chance_level, rung_samples
 from pixelsail.config import apply_overrides, load_yaml
 from pixelsail.data.shapes import COLOR_NAMES, SHAPES, SIZES
 from pixelsail.metrics import LisaMaskMetric
@@ -153,7 +153,7 @@ def run_one(rung: Rung, args, seed: int, use_oracle: bool) -> dict:
             print(f"  {rung.name} {'oracle' if oracle else args.label} seed {seed}: {step * args.batch} samples "
                   f"({time.perf_counter() - t0:.0f} s) loss {float(loss.detach()):.3f} {rung.metric} {value:.1f}", flush=True)
     return {"rung": rung.name, "variant": "oracle" if use_oracle else args.label, "seed": seed,
-            "metric": rung.metric, "chance": 100 * rung.chance, "overrides": list(args.set), "batch": args.batch,
+            "metric": rung.metric, "chance": round(chance_level(rung, val), 1), "overrides": list(args.set), "batch": args.batch,
             "image_size": args.image_size, "curve": curve, "seconds": round(time.perf_counter() - t0, 1),
             **{f"reach_{int(lv)}": samples_to_reach(curve, lv) for lv in LEVELS}}
 
@@ -168,7 +168,8 @@ def report(out: Path) -> str:
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in runs:
         groups.setdefault((r["rung"], r["variant"]), []).append(r)
-    lines = ["| rung | variant | seeds | metric | final (mean) | samples to 50 % | samples to 80 % |", "|---|---|---|---|---|---|---|"]
+    lines = ["| rung | variant | seeds | metric | expression-blind | final (mean) | samples to 50 % | samples to 80 % |",
+             "|---|---|---|---|---|---|---|---|"]
     rungs = [r for r in RUNGS if any(k[0] == r for k in groups)]
     fig, axes = plt.subplots(1, len(rungs), figsize=(4 * len(rungs), 3.2), squeeze=False)
     for ax, rung in zip(axes[0], rungs):
@@ -178,7 +179,8 @@ def report(out: Path) -> str:
             finals = [r["curve"][-1][1] for r in rs]
             reach = {lv: [r[f"reach_{lv}"] for r in rs] for lv in (50, 80)}
             fmt = {lv: " / ".join("—" if v is None else f"{v:,}" for v in reach[lv]) for lv in (50, 80)}
-            lines.append(f"| {rung} | {variant} | {len(rs)} | {rs[0]['metric']} | {np.mean(finals):.1f} | "
+            lines.append(f"| {rung} | {variant} | {len(rs)} | {rs[0]['metric']} | {rs[0]['chance']:.1f} | "
+                         f"{np.mean(finals):.1f} | "
                          f"{fmt[50]} | {fmt[80]} |")
             for r in rs:
                 xs, ys = zip(*r["curve"])

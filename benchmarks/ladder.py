@@ -31,9 +31,11 @@ def _unique(obj: ShapeObject, visible: list[ShapeObject], keys: tuple[str, ...])
 
 
 def _seg_sample(scene: Scene, rung: str, question: str, targets: list[ShapeObject]) -> Sample:
+    everything = np.any(np.stack([o.mask for o in scene.visible_objects]), axis=0)
     return Sample(image=scene.image, turns=[(question, seg_answer(len(targets)))], masks=[t.mask for t in targets],
                   task="res" if len(targets) == 1 else "gres", image_id=scene.image_id,
-                  meta={"rung": rung, "oracle": [attribute_ids(t) for t in targets], "no_target": not targets})
+                  meta={"rung": rung, "oracle": [attribute_ids(t) for t in targets], "no_target": not targets,
+                        "all_objects": everything})
 
 
 def _pick(rng: np.random.Generator, items: list):
@@ -116,6 +118,16 @@ RUNGS: dict[str, Rung] = {r.name: r for r in (
     Rung("no_target", build_no_target, "accuracy", None, chance=0.5),
     Rung("vp_colour", build_vp_colour, "accuracy", None, chance=1 / len(COLOR_NAMES)),
 )}
+
+
+def chance_level(rung: Rung, samples: list[Sample]) -> float:
+    """The rung's metric (percent) for a model that ignores the expression: for mask rungs the cIoU of masking
+    every visible object (the best expression-blind mask), for answer rungs ``rung.chance``."""
+    if rung.metric != "cIoU":
+        return 100.0 * rung.chance
+    inter = sum(int((np.any(np.stack(s.masks), 0) & s.meta["all_objects"]).sum()) for s in samples if s.masks)
+    union = sum(int(s.meta["all_objects"].sum()) for s in samples)
+    return 100.0 * inter / max(union, 1)
 
 
 def rung_samples(rung: Rung, split: str, count: int, image_size: int, start: int = 0) -> list[Sample]:

@@ -90,3 +90,38 @@ def test_switches_survive_save_and_load(tmp_path):
     b = loaded.respond(loaded.prefill_image(image), q, max_new_tokens=2, answer_prefix="Sure, [SEG]")
     assert a.mask_scores == pytest.approx(b.mask_scores, abs=1e-5)
     assert json.loads((tmp_path / "config.json").read_text())["pixelsail"]["seg_query_pool"] == "embedding"
+
+
+def test_text_only_heads_hide_the_vision_block_from_text_queries_in_the_last_heads():
+    from pixelsail.model.attention import AttentionLayout, text_only_head_mask
+
+    layout = AttentionLayout(torch.tensor([3, 0]))     # one sequence with a 3-token vision block, one text-only
+    mask = text_only_head_mask(layout, 5, 5, num_heads=4, text_only_heads=1, device=torch.device("cpu"))
+    plain = layout.allowed(5, 5, torch.device("cpu"))
+    assert mask.shape == (2, 4, 5, 5)
+    assert torch.equal(mask[:, :3], plain.expand(-1, 3, -1, -1))                  # the first heads: unchanged
+    assert torch.equal(mask[0, 3, :3], plain[0, 0, :3])                           # vision rows still see the block
+    assert not mask[0, 3, 3:, :3].any()                                            # text rows: text only,
+    assert torch.equal(mask[0, 3, 3:, 3:], torch.ones(2, 2, dtype=torch.bool).tril())   # causally
+    assert torch.equal(mask[1, 3], plain[1, 0])                                   # no image: nothing to hide
+
+
+@pytest.mark.parametrize("attn", ["prefix_sdpa", "sdpa", "eager"])
+def test_with_every_head_text_only_the_answer_ignores_the_image_and_cached_equals_full(attn):
+    model = tiny_model(text_only_heads=4, attn_implementation=attn).eval()
+    q = "What colour is the circle?"
+    answers = [model.respond(model.prefill_image(random_image(64, 64, seed=s)), q, max_new_tokens=5) for s in (0, 1)]
+    assert answers[0].token_ids == answers[1].token_ids
+    mixed = tiny_model(text_only_heads=2, attn_implementation=attn).eval()
+    prefix = mixed.prefill_image(random_image(64, 64))
+    a = mixed.respond(prefix, q, max_new_tokens=6)
+    b = mixed.respond(prefix, q, max_new_tokens=6, use_cache=False)
+    assert a.token_ids == b.token_ids
+    h = [mixed._run_text(mixed.prefill_image(random_image(64, 64, seed=s)), mixed.processor.prompt_ids(q), 0, True)
+         for s in (0, 1)]
+    assert not torch.allclose(h[0], h[1])                                         # the other heads still see it
+
+
+def test_text_only_heads_out_of_range_is_a_clear_error():
+    with pytest.raises(ValueError, match="text_only_heads must be between 0 and the 4 attention heads"):
+        tiny_model(text_only_heads=5)

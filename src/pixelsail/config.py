@@ -39,6 +39,10 @@ class PixelSailConfig:
     tie_word_embeddings: bool = True
     initializer_range: float = 0.02
     attn_implementation: str = "prefix_sdpa"   # fused, no L x L mask; "sdpa" and "eager" take explicit masks
+    # in the last N heads of every layer text tokens do not see the image (not in the paper): a decoder trained from
+    # scratch spreads each text query over the many image tokens, and text-to-text routes (copying <vp_k>, reading
+    # the expression) then learn far slower than without an image (docs/TRAINING.md). 0 = the paper's attention.
+    text_only_heads: int = 0
     # vision input
     patch_size: int = 16
     max_image_size: int = 1024

@@ -114,10 +114,32 @@ def prefix_sdpa_attention(query: torch.Tensor, key: torch.Tensor, value: torch.T
     return torch.cat([vision, text], dim=2)
 
 
+def text_only_head_mask(layout: AttentionLayout, q_len: int, kv_len: int, num_heads: int, text_only_heads: int,
+                        device: torch.device) -> torch.Tensor:
+    """(B, H, Q, K) bool: :meth:`AttentionLayout.allowed`, except that in the last ``text_only_heads`` heads text
+    queries do not see the vision block (not in the paper; ``PixelSailConfig.text_only_heads`` says why)."""
+    allowed = layout.allowed(q_len, kv_len, device)                                    # (B, 1, Q, K)
+    q_pos = torch.arange(layout.past_len, layout.past_len + q_len, device=device)[:, None]
+    k_pos = torch.arange(kv_len, device=device)[None, :]
+    v = layout.vision_lens.to(device)[:, None, None]
+    text_to_vision = (q_pos[None] >= v) & (k_pos[None] < v)                            # (B, Q, K)
+    restricted = torch.arange(num_heads, device=device) >= num_heads - text_only_heads  # (H,)
+    return allowed & ~(restricted[None, :, None, None] & text_to_vision[:, None])
+
+
 def bind_attention(name: str, layout: AttentionLayout, q_len: int, dtype: torch.dtype,
-                   device: torch.device) -> Attend:
-    """The attention ``name`` for one forward of ``q_len`` new tokens: its mask is built once, shared by all layers."""
+                   device: torch.device, *, num_heads: int = 0, text_only_heads: int = 0) -> Attend:
+    """The attention ``name`` for one forward of ``q_len`` new tokens: its mask is built once, shared by all layers.
+
+    With ``text_only_heads`` the mask differs per head, so every implementation takes an explicit (B, H, Q, K) mask.
+    """
     kv_len = layout.past_len + q_len
+    if text_only_heads and name in ATTENTION_IMPLEMENTATIONS:
+        allowed = text_only_head_mask(layout, q_len, kv_len, num_heads, text_only_heads, device)
+        if name == "eager":
+            additive = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)
+            return partial(eager_attention, mask=additive)
+        return partial(sdpa_attention, mask=allowed)
     if name == "eager":
         return partial(eager_attention, mask=layout.additive(q_len, kv_len, dtype, device))
     if name == "sdpa":

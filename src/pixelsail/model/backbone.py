@@ -32,7 +32,7 @@ def rotary_axes(half_dim: int) -> torch.Tensor:
 class Backbone(nn.Module):
     """A Hugging Face decoder-only LM (Qwen2 family) used as a stack of layers whose maths we compute ourselves."""
 
-    def __init__(self, llm: PreTrainedModel, attn_implementation: str = PREFIX_SDPA):
+    def __init__(self, llm: PreTrainedModel, attn_implementation: str = PREFIX_SDPA, *, text_only_heads: int = 0):
         super().__init__()
         inner = llm.model
         for attr in ("embed_tokens", "layers", "norm", "rotary_emb"):
@@ -44,6 +44,10 @@ class Backbone(nn.Module):
         self.register_buffer("axes", rotary_axes(half), persistent=False)
         self.spec = LayerSpec.from_config(llm.config, head_dim=2 * half)
         self.gradient_checkpointing = False  # recompute each layer in backward (training only); see _recompute
+        heads = int(llm.config.num_attention_heads)
+        if not 0 <= text_only_heads <= heads:
+            raise ValueError(f"text_only_heads must be between 0 and the {heads} attention heads, got {text_only_heads}")
+        self.text_only_heads = text_only_heads
 
     @property
     def hidden_size(self) -> int:
@@ -75,7 +79,8 @@ class Backbone(nn.Module):
 
         With ``cache`` the keys/values of these tokens are appended to it and ``layout.past_len`` earlier ones read.
         """
-        attend = bind_attention(self.attn_implementation, layout, embeds.shape[1], embeds.dtype, embeds.device)
+        attend = bind_attention(self.attn_implementation, layout, embeds.shape[1], embeds.dtype, embeds.device,
+                                num_heads=self.llm.config.num_attention_heads, text_only_heads=self.text_only_heads)
         cos, sin = self.rotary(positions, embeds.dtype)
         recompute = self._recompute() and self.training and torch.is_grad_enabled() and cache is None
         h = embeds

@@ -100,7 +100,7 @@ class PixelSail(nn.Module):
             raise ValueError(f"the LLM has {llm.get_input_embeddings().num_embeddings} embeddings but the tokenizer "
                              f"has {len(tokenizer)} tokens; resize the embeddings first")
         self.config = config
-        self.backbone = Backbone(llm, config.attn_implementation)
+        self.backbone = Backbone(llm, config.attn_implementation, text_only_heads=config.text_only_heads)
         hidden = self.backbone.hidden_size
         embed_std = float(self.backbone.llm.get_input_embeddings().weight.detach().float().std())
         self.patch_embed = PatchEmbed(patch_size=config.patch_size, hidden_size=hidden, output_std=embed_std)

@@ -34,11 +34,15 @@ def question_key_mask(input_ids: torch.Tensor, turn_end_id: int, text_start: tor
 class QuestionPool(nn.Module):
     """``[SEG]`` state (M, C) attends over its question's states (M, L, C) -> (M, C)."""
 
-    def __init__(self, *, hidden_size: int, num_heads: int = 4):
+    def __init__(self, *, hidden_size: int, num_heads: int = 4, max_positions: int = 64):
         super().__init__()
         if hidden_size % num_heads:
             raise ValueError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
+        # where a word sits in its question (0 = first token of the turn), so that "the red circle left of the blue
+        # star" is not the same bag as "the blue star left of the red circle"; zero at the start
+        self.position = nn.Embedding(max_positions, hidden_size)
+        nn.init.zeros_(self.position.weight)
         self.q = nn.Linear(hidden_size, hidden_size, bias=False)
         self.k = nn.Linear(hidden_size, hidden_size, bias=False)
         self.v = nn.Linear(hidden_size, hidden_size, bias=False)
@@ -47,6 +51,8 @@ class QuestionPool(nn.Module):
     def forward(self, seg_states: torch.Tensor, context: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
         m, length, c = context.shape
         h, d = self.num_heads, c // self.num_heads
+        rank = (key_mask.long().cumsum(dim=1) - 1).clamp(0, self.position.num_embeddings - 1)   # (M, L)
+        context = context + self.position(rank) * key_mask[..., None]
         q = self.q(seg_states).view(m, h, 1, d)                                   # (M, H, 1, D)
         k = self.k(context).view(m, length, h, d).transpose(1, 2)                 # (M, H, L, D)
         v = self.v(context).view(m, length, h, d).transpose(1, 2)
