@@ -1,6 +1,6 @@
 """The grounding ladder: how many samples the model needs before masks follow the expression and answers the prompt.
 
-    python -m benchmarks.grounding --quick                                  # the colour rung, ~2 min (the CI check)
+    python -m benchmarks.grounding --quick                                  # the colour rung, ~2 min (the suite's check)
     python -m benchmarks.grounding --rungs colour shape --samples 9600      # chosen rungs, the model as configured
     python -m benchmarks.grounding --rungs colour --oracle                  # + the same rung with an oracle query
     python -m benchmarks.grounding --set model.seg_query_pool=true --label pool --out runs/ladder
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--eval-every", type=int, default=1600, help="samples between evaluations")
     ap.add_argument("--eval-samples", type=int, default=256)
     ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--quick", action="store_true", help="the colour rung, 2,400 samples, 128 val samples")
+    ap.add_argument("--quick", action="store_true", help="the colour rung, 4,800 samples, 128 val samples")
     ap.add_argument("--out", default="runs/ladder")
     args = ap.parse_args(argv)
     out = Path(args.out_dir or args.out)
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.quick:
-        args.rungs, args.samples, args.eval_every, args.eval_samples = ["colour"], 2400, 800, 128
+        args.rungs, args.samples, args.eval_every, args.eval_samples = ["colour"], 4800, 1600, 128
     out.mkdir(parents=True, exist_ok=True)
     for name in args.rungs:
         rung = RUNGS[name]

@@ -336,3 +336,15 @@ def test_two_ranks_split_the_images_and_agree_with_one_process(tmp_path):
         assert r["results"]["gres"] == pytest.approx(single.scores.results["gres"])
     saved = json.loads((tmp_path / "eval" / "results.json").read_text())["results"]["gres"]
     assert saved == pytest.approx(single.scores.results["gres"])
+
+
+def test_shapes_eval_set_can_be_restricted_to_tasks_and_a_scene_size():
+    from pixelsail.evaluate import build_eval_dataset
+
+    ds = build_eval_dataset("shapes", None, split="val", shapes_size=12, shapes_tasks=["res", "gres"],
+                            shapes_image_size=64)
+    samples = [ds[i] for i in range(len(ds))]
+    assert len(samples) == 12 and {s.task for s in samples} <= {"res", "gres"}
+    assert all(s.image.shape == (64, 64, 3) for s in samples)
+    with pytest.raises(ValueError, match="unknown shapes task 'bogus'"):
+        build_eval_dataset("shapes", None, shapes_tasks=["bogus"])

@@ -125,3 +125,17 @@ def test_with_every_head_text_only_the_answer_ignores_the_image_and_cached_equal
 def test_text_only_heads_out_of_range_is_a_clear_error():
     with pytest.raises(ValueError, match="text_only_heads must be between 0 and the 4 attention heads"):
         tiny_model(text_only_heads=5)
+
+
+@pytest.mark.slow
+def test_ladder_quick_colour_rung_learns_far_above_the_expression_blind_level(tmp_path):
+    """The shipped recipe's architecture learns to follow a colour word: 4,800 samples at 64 px, 128 held-out
+    expressions, teacher-forced [SEG] masks (measured 65.9 % at seed 0; masking every object gives ~25 %)."""
+    from benchmarks import grounding
+
+    grounding.main(["--quick", "--threads", "2", "--out", str(tmp_path)])
+    run = json.loads((tmp_path / "runs.jsonl").read_text().splitlines()[0])
+    final = run["curve"][-1][1]
+    assert run["rung"] == "colour" and run["curve"][-1][0] == 4800
+    assert final >= run["chance"] + 15, (final, run["chance"])
+    assert (tmp_path / "ladder.png").is_file() and "| colour | own |" in (tmp_path / "ladder.md").read_text()

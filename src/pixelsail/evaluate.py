@@ -343,10 +343,12 @@ def save_gallery(dataset: Any, records: Sequence[dict], per_record: dict[int, fl
 
 
 def build_eval_dataset(task: str, data: str | None, *, split: str = "val", split_by: str | None = None,
-                       image_dir: str | None = None, shapes_size: int = 500) -> Any:
+                       image_dir: str | None = None, shapes_size: int = 500, shapes_tasks: list[str] | None = None,
+                       shapes_image_size: int = 128) -> Any:
     """The evaluation dataset of ``task`` (res | gres | region-caption | perbench | shapes) from ``data``.
 
-    ``shapes`` needs no data: it generates ``shapes_size`` samples of the shapes world's ``split``.
+    ``shapes`` needs no data: it generates ``shapes_size`` samples of the shapes world's ``split`` (of
+    ``shapes_tasks`` only, when given, at ``shapes_image_size`` pixels).
     """
     if task in ("res", "gres", "region-caption", "perbench") and not data:
         raise ValueError(f"--task {task} needs --data (a local path)")
@@ -366,7 +368,7 @@ def build_eval_dataset(task: str, data: str | None, *, split: str = "val", split
     if task == "shapes":
         from pixelsail.data.shapes import ShapesDataset
 
-        return ShapesDataset(split=split, size=shapes_size)
+        return ShapesDataset(split=split, size=shapes_size, tasks=shapes_tasks or None, image_size=shapes_image_size)
     raise ValueError(f"unknown task {task!r}; expected res, gres, region-caption, perbench or shapes")
 
 

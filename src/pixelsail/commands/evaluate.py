@@ -50,6 +50,9 @@ def eval_command(
     gallery: int = typer.Option(8, "--gallery", min=0, help="best / worst samples drawn per gallery (0: none)"),
     device: str = typer.Option("cpu", "--device", help="torch device"),
     convention: List[str] = typer.Option(["standard"], "--convention", help=CONVENTION_HELP),
+    shapes_tasks: Optional[str] = typer.Option(None, "--shapes-tasks", help="shapes only: comma-separated tasks "
+                                               "(e.g. res,gres; default: all seven)"),
+    image_size: int = typer.Option(128, "--image-size", min=32, help="shapes only: scene size in pixels"),
 ) -> None:
     """Evaluate a model on an evaluation set: predictions JSONL, results JSON + Markdown, a gallery."""
     from pixelsail.evaluate import build_eval_dataset, evaluate
@@ -66,7 +69,9 @@ def eval_command(
     _check_caption_scorers(conventions, task)
     try:
         dataset = build_eval_dataset(task, data, split=split, split_by=split_by, image_dir=image_dir,
-                                     shapes_size=limit or 500)
+                                     shapes_size=limit or 500,
+                                     shapes_tasks=shapes_tasks.split(",") if shapes_tasks else None,
+                                     shapes_image_size=image_size)
     except (FileNotFoundError, ValueError, KeyError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
