@@ -133,9 +133,29 @@ def test_ladder_quick_colour_rung_learns_far_above_the_expression_blind_level(tm
     expressions, teacher-forced [SEG] masks (measured 65.9 % at seed 0; masking every object gives ~25 %)."""
     from benchmarks import grounding
 
-    grounding.main(["--quick", "--threads", "2", "--out", str(tmp_path)])
+    grounding.main(["--quick", "--threads", "1", "--out", str(tmp_path)])
     run = json.loads((tmp_path / "runs.jsonl").read_text().splitlines()[0])
     final = run["curve"][-1][1]
     assert run["rung"] == "colour" and run["curve"][-1][0] == 4800
     assert final >= run["chance"] + 15, (final, run["chance"])
     assert (tmp_path / "ladder.png").is_file() and "| colour | own |" in (tmp_path / "ladder.md").read_text()
+
+
+def test_region_attributes_counts_the_first_phrase_and_skips_absent_prompts():
+    from benchmarks.region_attributes import first_phrase, score
+
+    assert first_phrase("<vp_3>: a large red circle in the top left, partly covered by a small blue star.") == (
+        "large", "red", "circle")
+    records = [
+        {"task": "region_caption", "answer": "<vp_1>: a small red triangle in the middle left.",
+         "text": "<vp_1>: a small red triangle in the bottom middle."},                      # all three
+        {"task": "region_caption", "answer": "<vp_2>: a large blue star in the center.",
+         "text": "<vp_2>: a small blue square in the center."},                              # colour only
+        {"task": "region_caption", "answer": "<vp_4> is not in the image.", "text": "<vp_4>: a red circle."},
+        {"task": "res", "answer": "Sure, [SEG].", "text": "Sure, [SEG]."},
+    ]
+    got = score(records)
+    assert got["records"] == 2 and got["all three"] == 50.0 and got["colour"] == 100.0
+    assert got["size"] == 50.0 and got["shape"] == 50.0
+    with pytest.raises(ValueError, match="no region_caption records"):
+        score(records[2:])
