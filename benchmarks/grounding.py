@@ -1,6 +1,7 @@
 """The grounding ladder: how many samples the model needs before masks follow the expression and answers the prompt.
 
     python -m benchmarks.grounding --quick                                  # the colour rung, ~2 min (the suite's check)
+                                                                            # (configs/shapes-quick.yaml's switches)
     python -m benchmarks.grounding --rungs colour shape --samples 9600      # chosen rungs, the model as configured
     python -m benchmarks.grounding --rungs colour --oracle                  # + the same rung with an oracle query
     python -m benchmarks.grounding --set model.seg_query_pool=true --label pool --out runs/ladder
@@ -202,7 +203,9 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("command", nargs="?", default="run", choices=("run", "report"))
     ap.add_argument("out_dir", nargs="?", default=None)
-    ap.add_argument("--config", default=str(REPO / "configs" / "shapes-tiny.yaml"))
+    ap.add_argument("--config", default=None,
+                    help="recipe whose model section is trained (default: configs/shapes-tiny.yaml; with --quick "
+                         "configs/shapes-quick.yaml, which has the grounding switches on)")
     ap.add_argument("--rungs", nargs="+", default=["colour"], choices=list(RUNGS))
     ap.add_argument("--set", nargs="*", default=[], help="config overrides, e.g. model.seg_query_pool=true")
     ap.add_argument("--label", default="own", help="the variant's name in the report")
@@ -227,6 +230,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     if args.quick:
         args.rungs, args.samples, args.eval_every, args.eval_samples = ["colour"], 4800, 1600, 128
+    args.config = args.config or str(REPO / "configs" / ("shapes-quick.yaml" if args.quick else "shapes-tiny.yaml"))
     out.mkdir(parents=True, exist_ok=True)
     for name in args.rungs:
         rung = RUNGS[name]
