@@ -103,3 +103,12 @@ def test_unknown_top_level_config_fields_are_warned_about_once(tmp_path):
     res = runner.invoke(app, ["segment", str(image), "the red square", "--model", str(d)])
     assert res.exit_code == 0, res.output
     assert [ln for ln in res.stderr.splitlines() if "pixelsial" in ln] == [f"warning: {ours[0]}"]
+
+
+def test_eval_with_a_corrupt_checkpoint_is_one_line_and_exit_2(tmp_path):
+    d = model_copy(tmp_path, truncated((SHIPPED / "model.safetensors").read_bytes()))
+    res = runner.invoke(app, ["eval", "--model", str(d), "--task", "shapes", "--limit", "2", "--out",
+                              str(tmp_path / "ev")])
+    assert res.exit_code == 2
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and str(d / "model.safetensors") in lines[0]
