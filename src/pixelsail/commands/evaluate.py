@@ -65,14 +65,6 @@ def eval_command(
         model = shipped_model_dir()
     if not model.is_dir():
         raise typer.BadParameter(f"--model {model} is not a directory")
-    from pixelsail.model_check import ModelFileError, check_model_dir
-
-    try:  # the files' own check: one line for a corrupt checkpoint instead of a reader's traceback
-        for message in check_model_dir(model):
-            typer.echo(f"warning: {message}", err=True)
-    except ModelFileError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
     conventions = _conventions(convention)
     _check_caption_scorers(conventions, task)
     try:
@@ -81,6 +73,14 @@ def eval_command(
                                      shapes_tasks=shapes_tasks.split(",") if shapes_tasks else None,
                                      shapes_image_size=image_size)
     except (FileNotFoundError, ValueError, KeyError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    from pixelsail.model_check import ModelFileError, check_model_dir
+
+    try:  # the files' own check: one line for a corrupt checkpoint instead of a reader's traceback
+        for message in check_model_dir(model):
+            typer.echo(f"warning: {message}", err=True)
+    except ModelFileError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     from pixelsail import PixelSail
