@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmarks.ladder import ATTR_KEYS, RUNGS, Rung, chance_level, rung_samples
+from benchmarks.ladder import RUNGS, AttributeOracle, Rung, chance_level, rung_samples
+from benchmarks.oracle_query import dense_features
 from pixelsail.config import apply_overrides, load_yaml
-from pixelsail.data.shapes import COLOR_NAMES, SHAPES, SIZES
 from pixelsail.metrics import LisaMaskMetric
 from pixelsail.model import build_model
 from pixelsail.model.mask_head import MASK_THRESHOLD, mask_logits, mask_losses, mask_probabilities
@@ -39,28 +39,12 @@ REPO = Path(__file__).resolve().parent.parent
 LEVELS = (50.0, 80.0)
 
 
-class AttributeOracle(nn.Module):
-    """Per-target (colour, shape, size) ids -> a mask query: the sum of learned vectors of the rung's attributes."""
-
-    def __init__(self, mask_dim: int, keys: tuple[str, ...]):
-        super().__init__()
-        sizes = {"color": len(COLOR_NAMES), "shape": len(SHAPES), "size": len(SIZES)}
-        self.keys = keys
-        self.tables = nn.ModuleDict({k: nn.Embedding(sizes[k], mask_dim) for k in keys})
-
-    def forward(self, attrs: torch.Tensor) -> torch.Tensor:
-        """attrs (M, 3) in ATTR_KEYS order -> (M, mask_dim)."""
-        return sum(self.tables[k](attrs[:, ATTR_KEYS.index(k)]) for k in self.keys)
-
-
 def _encode(model, samples: list) -> dict:
     return model.processor.collate([model.processor(s) for s in samples])
 
 
 def _hidden(model, batch: dict):
-    embeds, positions, layout = model.embed_batch(batch["input_ids"], batch["images"])
-    hidden = model.backbone(embeds, positions, layout)
-    features = model._mask_features_batch(hidden, batch["images"], list(range(len(batch["images"]))))
+    features, hidden, layout = dense_features(model, batch)
     return hidden, features, layout.vision_lens
 
 

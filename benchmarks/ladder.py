@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+import torch
+from torch import nn
 
 from pixelsail.data.sample import Sample
 from pixelsail.data.shapes import (
@@ -24,6 +26,21 @@ ATTR_KEYS = ("color", "shape", "size")
 
 def attribute_ids(obj: ShapeObject) -> tuple[int, int, int]:
     return COLOR_NAMES.index(obj.color), SHAPES.index(obj.shape), SIZES.index(obj.size)
+
+
+class AttributeOracle(nn.Module):
+    """Per-target (colour, shape, size) ids -> a mask query: the sum of one learned vector per embedded attribute
+    (``keys``, a subset of :data:`ATTR_KEYS`): the best query a language side could hand the mask head."""
+
+    def __init__(self, mask_dim: int, keys: tuple[str, ...] = ATTR_KEYS):
+        super().__init__()
+        sizes = {"color": len(COLOR_NAMES), "shape": len(SHAPES), "size": len(SIZES)}
+        self.keys = keys
+        self.tables = nn.ModuleDict({k: nn.Embedding(sizes[k], mask_dim) for k in keys})
+
+    def forward(self, attrs: torch.Tensor) -> torch.Tensor:
+        """attrs (M, 3) in ATTR_KEYS order -> (M, mask_dim)."""
+        return sum(self.tables[k](attrs[:, ATTR_KEYS.index(k)]) for k in self.keys)
 
 
 def _unique(obj: ShapeObject, visible: list[ShapeObject], keys: tuple[str, ...]) -> bool:

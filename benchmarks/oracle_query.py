@@ -28,10 +28,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from benchmarks.ladder import AttributeOracle, attribute_ids
 from pixelsail.config import DistillConfig, load_yaml
-from pixelsail.data.shapes import COLOR_NAMES, SHAPES, SIZES, Scene, ShapesDataset, _scene_and_rng, make_res
+from pixelsail.data.shapes import Scene, ShapesDataset, _scene_and_rng, make_res
 from pixelsail.metrics import LisaMaskMetric
 from pixelsail.model import build_model
+from pixelsail.model.attention import AttentionLayout
 from pixelsail.model.mask_head import MASK_THRESHOLD, mask_logits, mask_losses, mask_probabilities
 from pixelsail.train import build_optimizer, lr_factor
 
@@ -39,23 +41,8 @@ REPO = Path(__file__).resolve().parent.parent
 TARGET_CIOU = 75.0
 
 
-class OracleQuery(nn.Module):
-    """(colour, shape, size) ids -> a mask query: the sum of one learned vector per attribute."""
-
-    def __init__(self, mask_dim: int):
-        super().__init__()
-        self.color = nn.Embedding(len(COLOR_NAMES), mask_dim)
-        self.shape = nn.Embedding(len(SHAPES), mask_dim)
-        self.size = nn.Embedding(len(SIZES), mask_dim)
-
-    def forward(self, attrs: torch.Tensor) -> torch.Tensor:
-        """attrs (M, 3) -> (M, mask_dim)."""
-        return self.color(attrs[:, 0]) + self.shape(attrs[:, 1]) + self.size(attrs[:, 2])
-
-
 def target_attributes(scene: Scene, target_id: int) -> tuple[int, int, int]:
-    obj = next(o for o in scene.objects if o.index == target_id)
-    return COLOR_NAMES.index(obj.color), SHAPES.index(obj.shape), SIZES.index(obj.size)
+    return attribute_ids(next(o for o in scene.objects if o.index == target_id))
 
 
 def ambiguous(scene: Scene, target_id: int) -> bool:
@@ -73,20 +60,21 @@ def training_sample(index: int, image_size: int):
     raise RuntimeError(f"no referring sample for train scene {index}")
 
 
-def dense_features(model, batch) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
+def dense_features(model, batch) -> tuple[dict[int, torch.Tensor], torch.Tensor, AttentionLayout]:
+    """Per-image mask features, the final hidden states (B, L, C) and the batch's attention layout."""
     embeds, positions, layout = model.embed_batch(batch["input_ids"], batch["images"])
     hidden = model.backbone(embeds, positions, layout)
-    return model._mask_features_batch(hidden, batch["images"], list(range(len(batch["images"])))), hidden
+    return model._mask_features_batch(hidden, batch["images"], list(range(len(batch["images"])))), hidden, layout
 
 
 @torch.no_grad()
-def evaluate(model, oracle: OracleQuery, samples: list, scenes: list, batch_size: int = 16) -> dict[str, float]:
+def evaluate(model, oracle: AttributeOracle, samples: list, scenes: list, batch_size: int = 16) -> dict[str, float]:
     model.eval()
     metrics = {"all": LisaMaskMetric(), "attribute": LisaMaskMetric(), "relation": LisaMaskMetric()}
     for start in range(0, len(samples), batch_size):
         chunk = samples[start:start + batch_size]
         batch = model.processor.collate([model.processor(s) for s in chunk])
-        features, _ = dense_features(model, batch)
+        features, _, _ = dense_features(model, batch)
         for i, sample in enumerate(chunk):
             scene = scenes[start + i]
             attrs = torch.tensor([target_attributes(scene, sample.meta["target_ids"][0])])
@@ -129,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
         teacher = OnlineTeacherProvider(TEACHER)
     torch.manual_seed(run.train.seed)
     model = build_model(run.model)
-    oracle = OracleQuery(run.model.mask_dim)
+    oracle = AttributeOracle(run.model.mask_dim)
     params = nn.ModuleList([model, oracle])
     optimizer = build_optimizer(params, run.train.lr, run.train.betas, run.train.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -149,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
         if teacher is not None:
             items = [(teacher(s), a) for s, a in items]
         batch = model.processor.collate([model.processor(s) for s, _ in items])
-        features, hidden = dense_features(model, batch)
+        features, hidden, _ = dense_features(model, batch)
         queries = oracle(torch.tensor([a for _, a in items]))
         logits = mask_logits(queries, torch.stack([features[i] for i in range(bs)]))
         targets = torch.stack([m[0] for m in batch["masks"]]).float()

@@ -146,7 +146,7 @@ def test_oracle_query_variants_drop_the_upsampler_and_add_the_experts_loss(tmp_p
     teacher = OnlineTeacherProvider(TEACHER)
     samples = [teacher(oracle_query.training_sample(i, 64)[0]) for i in range(2)]
     batch = model.processor.collate([model.processor(s) for s in samples])
-    features, hidden = oracle_query.dense_features(model, batch)
+    features, hidden, _ = oracle_query.dense_features(model, batch)
     loss = sum(model.distill_losses(hidden, batch["images"], features, batch["teacher_features"]).values())
     assert torch.isfinite(loss) and float(loss.detach()) > 0
     loss.backward()

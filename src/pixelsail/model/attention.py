@@ -49,8 +49,12 @@ class AttentionLayout:
 
     def additive(self, q_len: int, kv_len: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """The same as :meth:`allowed` as an additive float mask (0 / finfo.min): eager attention needs this form."""
-        allowed = self.allowed(q_len, kv_len, device)
-        return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)
+        return additive_mask(self.allowed(q_len, kv_len, device), dtype)
+
+
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A bool mask (True = may attend) as the additive float mask eager attention takes (0 / finfo.min)."""
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
 
 
 # An attention function bound to one forward's layout: query (B, Hq, Q, D), key/value (B, Hkv, K, D) (Hq a multiple
@@ -137,8 +141,7 @@ def bind_attention(name: str, layout: AttentionLayout, q_len: int, dtype: torch.
     if text_only_heads and name in ATTENTION_IMPLEMENTATIONS:
         allowed = text_only_head_mask(layout, q_len, kv_len, num_heads, text_only_heads, device)
         if name == "eager":
-            additive = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)
-            return partial(eager_attention, mask=additive)
+            return partial(eager_attention, mask=additive_mask(allowed, dtype))
         return partial(sdpa_attention, mask=allowed)
     if name == "eager":
         return partial(eager_attention, mask=layout.additive(q_len, kv_len, dtype, device))
