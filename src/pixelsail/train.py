@@ -99,14 +99,11 @@ def wrap_model(model: nn.Module, env: DistEnv, parallel: str) -> nn.Module:
         return DistributedDataParallel(model, device_ids=ids)
     if parallel == "fsdp":
         from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import fully_shard
 
-        # One FSDP unit for the whole model: parameters, gradients and optimizer state are sharded, and the forward
-        # sees every parameter whole. (Per-decoder-layer units would gather less at a time, but break models that
-        # read parameters outside their own submodule's forward, as PixelSail's keep-every-parameter-in-the-graph
-        # term does.)
-        fully_shard(model, mesh=init_device_mesh(env.device.type, (env.world_size,)))
-        return model
+        from pixelsail.distributed import shard_model
+
+        # one FSDP unit per decoder layer, then the root (see pixelsail.distributed for what goes where)
+        return shard_model(model, init_device_mesh(env.device.type, (env.world_size,)))
     raise ValueError(f"train.parallel must be 'ddp' or 'fsdp', got {parallel!r}")
 
 
@@ -232,7 +229,8 @@ def _without_aliases(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[s
 
 
 def save_model_dir(model: nn.Module, full_state: dict[str, torch.Tensor], path: Path, sharded: bool) -> None:
-    """A loadable model directory: ``model.save_pretrained`` when it can see the weights, else bare safetensors."""
+    """A loadable model directory: ``model.save_pretrained`` when it can see the weights, else the gathered weights
+    plus whatever config and tokenizer files the model describes itself with (:func:`_save_model_files`)."""
     save = getattr(model, "save_pretrained", None)
     if save is not None and not sharded:
         save(str(path))
@@ -243,7 +241,26 @@ def save_model_dir(model: nn.Module, full_state: dict[str, torch.Tensor], path: 
     from safetensors.torch import save_file
 
     path.mkdir(parents=True, exist_ok=True)
-    save_file(_without_aliases(model, full_state), str(path / "model.safetensors"))
+    save_file(_without_aliases(model, full_state), str(path / "model.safetensors"), metadata={"format": "pt"})
+    _save_model_files(model, path)
+
+
+def _save_model_files(model: nn.Module, path: Path) -> None:
+    """config.json and tokenizer files as ``PixelSail.save_pretrained`` writes them, for a sharded PixelSail.
+
+    Under FSDP the module's own parameters are DTensor shards, which ``save_pretrained`` cannot serialise; the
+    weights come from the gathered state instead. (Once ``save_pretrained`` takes ``state_dict=``, the branch above
+    uses it and this goes.) Other models (the tests' toy) get bare safetensors.
+    """
+    config, backbone = getattr(model, "config", None), getattr(model, "backbone", None)
+    if config is None or backbone is None or not hasattr(model, "tokenizer"):
+        return
+    from pixelsail.config import to_dict
+    from pixelsail.model.pixelsail import CONFIG_FILE
+
+    meta = {"pixelsail": to_dict(config), "llm": backbone.llm.config.to_dict()}
+    (path / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+    model.tokenizer.save_pretrained(str(path))
 
 
 def load_model_weights(raw: nn.Module, wrapped: nn.Module, path: Path) -> None:
