@@ -275,6 +275,26 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 RECIPES = ("pixelsail-0.5b-cotrain", "pixelsail-3b-cotrain", "finetune-refcoco", "finetune-grefcoco")
 
 
+TEACHER_CACHE = "data/teacher_cache/cotrain"
+
+
+def inner_specs(run: RunConfig) -> list[DatasetSpec]:
+    """The datasets of a mixture, looking inside 'distilled' wrappers."""
+    return [DatasetSpec(s.args["dataset"]["name"], s.weight, s.args["dataset"].get("args", {}))
+            if s.name == "distilled" else s for s in run.data.datasets]
+
+
+def cache_command(recipe: str) -> list[str]:
+    """The `pixelsail distill-cache ...` command of a recipe's header comment, as arguments."""
+    import shlex
+
+    header = "".join(ln[1:] for ln in (CONFIGS / f"{recipe}.yaml").read_text().splitlines(keepends=True)
+                     if ln.startswith("#"))
+    match = re.search(r"pixelsail (distill-cache (?:[^\\\n]|\\\n)*)", header)
+    assert match, f"{recipe}: no distill-cache command in the header"
+    return shlex.split(match.group(1).replace("\\\n", " "))
+
+
 def test_recipe_configs_carry_the_papers_numbers():
     runs = {name: load_yaml(CONFIGS / f"{name}.yaml", RunConfig) for name in RECIPES}
     for name, run in runs.items():
@@ -287,21 +307,47 @@ def test_recipe_configs_carry_the_papers_numbers():
     assert (small.hidden_size, small.num_hidden_layers, small.num_attention_heads) == (896, 24, 14)
     assert (big.hidden_size, big.num_hidden_layers, big.num_attention_heads) == (2048, 36, 16)
     assert runs["pixelsail-0.5b-cotrain"].data.datasets == runs["pixelsail-3b-cotrain"].data.datasets
-    weights = {s.name: s.weight for s in runs["pixelsail-0.5b-cotrain"].data.datasets}
+    weights = {s.name: s.weight for s in inner_specs(runs["pixelsail-0.5b-cotrain"])}
     assert weights["refcoco"] == weights["refcoco+"] == weights["refcocog"] == 4 and weights["grefcoco"] == 3
     assert {"coco_panoptic", "gcg", "muse", "osprey", "pixel2cap", "coco_regions", "jsonl", "llava"} <= set(weights)
+
+
+@pytest.mark.parametrize("recipe", ["pixelsail-0.5b-cotrain", "pixelsail-3b-cotrain"])
+def test_cotrain_recipes_distill_both_experts_from_the_cache_their_header_builds(recipe):
+    run = load_yaml(CONFIGS / f"{recipe}.yaml", RunConfig)
+    distill = run.model.distill
+    assert distill.enabled and distill.weight == 0.5
+    assert distill.teachers == {"pixel": {"channels": 256, "source": "upsampled"},
+                                "image": {"channels": 256, "source": "vision_tokens"}}
+    # every dataset carries teacher features, read from one cache ...
+    assert {s.name for s in run.data.datasets} == {"distilled"}
+    assert {s.args["cache"] for s in run.data.datasets} == {TEACHER_CACHE}
+    # ... which the header's command builds from this very recipe, with a Mask2Former and a SAM2 teacher
+    args = cache_command(recipe)
+    options = dict(zip(args[1::2], args[2::2]))
+    assert options["--data"] == f"configs/{recipe}.yaml" and options["--out"] == TEACHER_CACHE
+    assert [Path(p).name for p in options["--teacher"].split("+")] == ["mask2former-swin-large-coco-panoptic",
+                                                                       "sam2.1-hiera-large"]
 
 
 def test_dry_run_of_the_05b_recipe_walks_the_whole_mixture(tmp_path, monkeypatch):
     write_recipe_tree(tmp_path / "data")
     monkeypatch.chdir(tmp_path)                       # the recipes name paths under ./data
+    (tmp_path / "configs").symlink_to(CONFIGS)
+    # the header's teacher-feature cache step, with the shipped shapes expert standing in for the real teachers
+    args = cache_command("pixelsail-0.5b-cotrain")
+    args[args.index("--teacher") + 1], args[args.index("--device") + 1] = "shapes", "cpu"
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output[result.output.index("{"):])["images"] > 0
     result = CliRunner().invoke(app, ["data", "dry-run", str(CONFIGS / "pixelsail-0.5b-cotrain.yaml")])
     assert result.exit_code == 0, result.output
     rows = {cells[0]: cells for cells in ([c.strip() for c in line.split("│")[1:-1]]
                                           for line in result.output.splitlines() if line.count("│") > 8)}
     assert len([r for r in rows if "#" in r]) == 16
-    assert rows["refcoco#0"][1:4] == ["4", "10", "40"]          # 10 refs exported, repeated 4x per epoch
-    assert rows["grefcoco#3"][1] == "3" and rows["osprey#10"][8] == "region_caption 1"
+    assert rows["distilled#0"][1:4] == ["4", "10", "40"]        # refcoco: 10 refs exported, repeated 4x per epoch
+    assert rows["distilled#3"][1] == "3" and rows["distilled#10"][8] == "region_caption 1"
+    # no failures: every sample found its image's teacher features in the cache
     assert all(cells[9] == "0" for name, cells in rows.items() if "#" in name)
     assert "0 failed" in result.output and "one epoch = " in result.output
     for name in ("finetune-refcoco", "finetune-grefcoco"):

@@ -110,8 +110,11 @@ def _parse_args(items: list[str]) -> dict[str, Any]:
 
 def load_datasets(data: str, args: list[str]) -> tuple[list[Any], dict[str, Any]]:
     """Datasets of a training config's mixture (``data`` = a YAML file) or one registered dataset + ``--arg``s,
-    and a JSON description of them (stored in the cache so a resumed run can check it reads the same data)."""
-    from pixelsail.config import DataConfig, RunConfig, load_yaml, to_dict
+    and a JSON description of them (stored in the cache so a resumed run can check it reads the same data).
+
+    A ``distilled`` entry of the mixture contributes the dataset it wraps: its cache is the one being built (so a
+    recipe names its own cache step: ``pixelsail distill-cache --data RECIPE.yaml --out ITS_CACHE``)."""
+    from pixelsail.config import DataConfig, DatasetSpec, RunConfig, load_yaml, to_dict
     from pixelsail.data.registry import build_dataset
 
     path = Path(data)
@@ -124,6 +127,8 @@ def load_datasets(data: str, args: list[str]) -> tuple[list[Any], dict[str, Any]
             specs = load_yaml(path, RunConfig).data.datasets
         except (ValueError, TypeError):
             specs = load_yaml(path, DataConfig).datasets
+        specs = [DatasetSpec(s.args["dataset"]["name"], s.weight, s.args["dataset"].get("args", {}))
+                 if s.name == "distilled" else s for s in specs]
         described = [to_dict(s) for s in specs]
         return [build_dataset(s.name, **s.args) for s in specs], {"config": str(path.resolve()),
                                                                   "datasets": described}
