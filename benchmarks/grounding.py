@@ -5,13 +5,15 @@
     python -m benchmarks.grounding --rungs colour shape --samples 9600      # chosen rungs, the model as configured
     python -m benchmarks.grounding --rungs colour --oracle                  # + the same rung with an oracle query
     python -m benchmarks.grounding --set model.seg_query_pool=true --label pool --out runs/ladder
+    python -m benchmarks.grounding --rungs shape --oracle --distill         # + distillation from the shapes expert
     python -m benchmarks.grounding report runs/ladder                       # table + curves of every run kept there
 
 Each run trains a fresh model (the recipe's architecture, ``--set`` overrides applied) on one rung of
 :mod:`benchmarks.ladder` with its own losses and optimiser (AdamW, warm-up + cosine over the run) and scores
 held-out val samples every ``--eval-every`` samples: cIoU of the teacher-forced ``[SEG]`` masks, or exact match of
 the teacher-forced answer. The oracle run replaces the ``[SEG]`` query by a learned embedding of the target's
-attributes (what a perfect language side would hand the mask head) and trains the mask loss only. Results are
+attributes (what a perfect language side would hand the mask head) and trains the mask loss only (plus the
+distillation loss with ``--distill``: the shipped shapes expert's maps, the paper's improvement 3). Results are
 appended to ``<out>/runs.jsonl``; ``report`` turns them into ``ladder.md`` and ``ladder.png``: samples needed to
 reach 50 % and 80 % per rung and variant, and the curves.
 """
@@ -87,7 +89,15 @@ def evaluate(model, oracle: AttributeOracle | None, rung: Rung, samples: list, b
     return float(metric.compute()["cIoU (LISA)"])
 
 
-def oracle_loss(model, oracle: AttributeOracle, batch: dict, samples: list) -> torch.Tensor:
+def teacher_maps(teacher, samples: list) -> list[dict[str, torch.Tensor]] | None:
+    """Per sample the teacher's feature maps {name: (C, h, w)}, or None without a teacher."""
+    if teacher is None:
+        return None
+    return [{k: torch.from_numpy(v) for k, v in out.items()} for out in teacher.encode_batch([s.image for s in samples])]
+
+
+def oracle_loss(model, oracle: AttributeOracle, batch: dict, samples: list,
+                teacher_features: list[dict] | None = None) -> torch.Tensor:
     hidden, features, text_start = _hidden(model, batch)
     cfg = model.config
     num = sum(len(s.masks) for s in samples)
@@ -99,6 +109,9 @@ def oracle_loss(model, oracle: AttributeOracle, batch: dict, samples: list) -> t
                                     oversample=cfg.mask_oversample_ratio, importance=cfg.mask_importance_ratio,
                                     num_masks=max(num, 1))
             total = total + cfg.mask_bce_weight * bce + cfg.mask_dice_weight * dice
+    if model.distill is not None and teacher_features:
+        distill = model.distill_losses(hidden, batch["images"], features, teacher_features)
+        total = total + cfg.distill.weight * sum(distill.values())
     return total
 
 
@@ -109,6 +122,14 @@ def samples_to_reach(curve: list[tuple[int, float]], level: float) -> int | None
 def run_one(rung: Rung, args, seed: int, use_oracle: bool) -> dict:
     run = apply_overrides(load_yaml(args.config), list(args.set))
     run.model.mask_num_points = min(run.model.mask_num_points, args.image_size ** 2 // 4)
+    teacher = None
+    if args.distill:
+        from pixelsail.ablation import TEACHER, distill_teachers
+        from pixelsail.config import DistillConfig
+        from pixelsail.experts import load_teacher
+
+        run.model.distill = DistillConfig(enabled=True, teachers=distill_teachers(), weight=run.model.distill.weight)
+        teacher = load_teacher(TEACHER, batch_size=args.batch)
     torch.manual_seed(seed)
     model = build_model(run.model).train()
     oracle = AttributeOracle(run.model.mask_dim, rung.oracle_keys) if use_oracle else None
@@ -123,10 +144,12 @@ def run_one(rung: Rung, args, seed: int, use_oracle: bool) -> dict:
     for step in range(1, steps + 1):
         chunk = train[(step - 1) * args.batch: step * args.batch]
         batch = _encode(model, chunk)
+        maps = teacher_maps(teacher, chunk)
         if oracle is not None:
-            loss = oracle_loss(model, oracle, batch, chunk)
+            loss = oracle_loss(model, oracle, batch, chunk, maps)
         else:
-            loss = model(batch["input_ids"], batch["labels"], batch["lengths"], batch["images"], batch["masks"]).loss
+            loss = model(batch["input_ids"], batch["labels"], batch["lengths"], batch["images"], batch["masks"],
+                         teacher_features=maps).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params.parameters(), run.train.grad_clip)
@@ -138,7 +161,8 @@ def run_one(rung: Rung, args, seed: int, use_oracle: bool) -> dict:
             print(f"  {rung.name} {'oracle' if oracle else args.label} seed {seed}: {step * args.batch} samples "
                   f"({time.perf_counter() - t0:.0f} s) loss {float(loss.detach()):.3f} {rung.metric} {value:.1f}", flush=True)
     return {"rung": rung.name, "variant": "oracle" if use_oracle else args.label, "seed": seed,
-            "metric": rung.metric, "chance": round(chance_level(rung, val), 1), "overrides": list(args.set), "batch": args.batch,
+            "metric": rung.metric, "chance": round(chance_level(rung, val), 1),
+            "overrides": list(args.set) + (["distill"] if args.distill else []), "batch": args.batch,
             "image_size": args.image_size, "curve": curve, "seconds": round(time.perf_counter() - t0, 1),
             **{f"reach_{int(lv)}": samples_to_reach(curve, lv) for lv in LEVELS}}
 
@@ -195,6 +219,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--label", default="own", help="the variant's name in the report")
     ap.add_argument("--oracle", action="store_true", help="also run each mask rung with an oracle query")
     ap.add_argument("--no-own", action="store_true", help="only the oracle runs")
+    ap.add_argument("--distill", action="store_true",
+                    help="distil the shipped shapes expert's maps into the model (improvement 3) while it learns the rung")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--samples", type=int, default=9600)
     ap.add_argument("--batch", type=int, default=16)

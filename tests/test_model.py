@@ -354,3 +354,32 @@ def test_gradient_checkpointing_recomputes_each_layer_with_equal_gradients(monke
         assert len(calls) == model.config.num_hidden_layers * (2 if checkpointing else 1)
         grads.append(model.backbone.llm.model.layers[0].self_attn.q_proj.weight.grad.clone())
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+def test_conv_patch_stem_sees_the_image_as_it_is_and_round_trips(tmp_path):
+    model = tiny_model(patch_stem="conv").eval()
+    image = random_image(48, 64)
+    inputs = model.processor.image_inputs(image)
+    stem = model.patch_embed
+    # the stem rebuilds the image from its patches: the same as running its layers on the normalised image itself
+    x = (image.astype(np.float32) / 255.0 - np.array(model.config.image_mean)) / np.array(model.config.image_std)
+    direct = stem.proj(stem.stages(torch.from_numpy(x.astype(np.float32)).permute(2, 0, 1)[None])[0].flatten(1).T)
+    with torch.no_grad():
+        got = stem(inputs.patches, inputs.grid)
+    assert got.shape == (3 * 4, model.config.hidden_size)
+    assert torch.allclose(got, direct, atol=1e-5)
+    # a change inside the first patch moves its token and its neighbours' (the stem's receptive field); the far
+    # tokens move only a little (through GroupNorm's image-wide statistics)
+    image2 = image.copy()
+    image2[:16, :16] = 255 - image2[:16, :16]
+    with torch.no_grad():
+        moved = (stem(model.processor.image_inputs(image2).patches, inputs.grid) - got).norm(dim=1)
+    near, far = moved[[0, 1, 4, 5]], moved[[2, 3, 6, 7, 8, 9, 10, 11]]
+    assert float(near.min()) > 3 * float(far.max())
+    model.save_pretrained(tmp_path)
+    loaded = PixelSail.from_pretrained(tmp_path).eval()
+    assert loaded.config.patch_stem == "conv"
+    with torch.no_grad():
+        assert torch.allclose(loaded.patch_embed(inputs.patches, inputs.grid), got, atol=1e-6)
+    with pytest.raises(ValueError, match="patch_stem"):
+        tiny_model(patch_stem="cnn")

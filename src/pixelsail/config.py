@@ -45,6 +45,9 @@ class PixelSailConfig:
     text_only_heads: int = 0
     # vision input
     patch_size: int = 16
+    # "linear": the paper's one linear layer per raw patch; "conv": a small stride-2 conv stem to the same grid (not
+    # in the paper; see model/patch_embed.py)
+    patch_stem: str = "linear"
     max_image_size: int = 1024
     image_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     image_std: tuple[float, float, float] = (0.229, 0.224, 0.225)

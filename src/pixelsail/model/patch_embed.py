@@ -1,8 +1,12 @@
 """Raw patches -> embeddings added to <vpatch> tokens; visual prompts as injected or pooled embeddings."""
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
+
+PATCH_STEMS = ("linear", "conv")   # config.patch_stem: the paper's linear patch embedding, or a small conv stem
 
 
 class PatchEmbed(nn.Module):
@@ -19,8 +23,48 @@ class PatchEmbed(nn.Module):
         if output_std is not None:
             nn.init.normal_(self.proj.weight, std=output_std / self.proj.in_features ** 0.5)
 
-    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+    def forward(self, patches: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
         return self.proj(patches)
+
+
+class ConvPatchEmbed(nn.Module):
+    """A small convolutional stem in place of the linear patch embedding (not in the paper; ``patch_stem: conv``).
+
+    log2(P) stride-2 4x4 convolutions (GroupNorm + GELU; 4x4 with padding 1 keeps each cell centred on its patch)
+    take the image to the stride-P grid, and a bias-free linear
+    layer maps each cell to the LLM width, scaled like :class:`PatchEmbed`. Each <vpatch> token still stands for one
+    P x P patch, but it is computed from that patch and a few pixels around it through a local nonlinearity: a
+    from-scratch transformer on raw linear patches learns colour within a few thousand samples and shape (a star
+    against a circle inside one or two patches) not at all (docs/TRAINING.md); early convolutions are the known
+    remedy for a ViT's sample efficiency.
+    """
+
+    def __init__(self, *, patch_size: int, hidden_size: int, output_std: float | None = None, base_width: int = 32):
+        super().__init__()
+        steps = int(math.log2(patch_size))
+        if 2 ** steps != patch_size:
+            raise ValueError(f"patch_stem 'conv' needs a power-of-two patch size, got {patch_size}")
+        self.patch_size = patch_size
+        layers, cin = [], 3
+        for k in range(steps):
+            cout = min(base_width * 2 ** k, hidden_size)
+            layers += [nn.Conv2d(cin, cout, 4, stride=2, padding=1, bias=False), nn.GroupNorm(math.gcd(cout, 8), cout),
+                       nn.GELU()]
+            cin = cout
+        self.stages = nn.Sequential(*layers)
+        self.proj = nn.Linear(cin, hidden_size, bias=False)
+        if output_std is not None:
+            nn.init.normal_(self.proj.weight, std=output_std / self.proj.in_features ** 0.5)
+
+    def forward(self, patches: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
+        """patches (N, 3*P*P), N = gh*gw row-major, each patch flattened as (3, P, P) -> (N, C)."""
+        if grid is None:
+            raise ValueError("the conv patch stem needs the patch grid")
+        gh, gw, p = grid[0], grid[1], self.patch_size
+        # (gh*gw, 3*P*P) -> (gh, gw, 3, P, P) -> (3, gh, P, gw, P) -> (1, 3, gh*P, gw*P)
+        image = patches.view(gh, gw, 3, p, p).permute(2, 0, 3, 1, 4).reshape(1, 3, gh * p, gw * p)
+        cells = self.stages(image)                                   # (1, C', gh, gw)
+        return self.proj(cells[0].flatten(1).transpose(0, 1))        # (gh*gw, C)
 
 
 class PromptInjector(nn.Module):

@@ -16,7 +16,7 @@ from pixelsail.config import DistillConfig, PixelSailConfig, from_dict, to_dict
 from pixelsail.model.backbone import AttentionLayout, Backbone, KVCache
 from pixelsail.model.distill import DistillAdapters
 from pixelsail.model.mask_head import MASK_THRESHOLD, SegQuery, mask_logits, mask_losses, mask_probabilities
-from pixelsail.model.patch_embed import PatchEmbed, PromptInjector, pooled_prompts
+from pixelsail.model.patch_embed import PATCH_STEMS, ConvPatchEmbed, PatchEmbed, PromptInjector, pooled_prompts
 from pixelsail.model.question_pool import POOL_SOURCES, QuestionPool, question_key_mask
 from pixelsail.model.upsampler import MaskFeatures
 from pixelsail.processing import IGNORE_INDEX, ImageInputs, Processor
@@ -103,7 +103,10 @@ class PixelSail(nn.Module):
         self.backbone = Backbone(llm, config.attn_implementation, text_only_heads=config.text_only_heads)
         hidden = self.backbone.hidden_size
         embed_std = float(self.backbone.llm.get_input_embeddings().weight.detach().float().std())
-        self.patch_embed = PatchEmbed(patch_size=config.patch_size, hidden_size=hidden, output_std=embed_std)
+        if config.patch_stem not in PATCH_STEMS:
+            raise ValueError(f"patch_stem must be one of {PATCH_STEMS}, got {config.patch_stem!r}")
+        stem = ConvPatchEmbed if config.patch_stem == "conv" else PatchEmbed
+        self.patch_embed = stem(patch_size=config.patch_size, hidden_size=hidden, output_std=embed_std)
         self.prompt_injector = PromptInjector(hidden_size=hidden) if config.vp_injection else None
         self.mask_features = MaskFeatures(hidden_size=hidden, patch_size=config.patch_size, mask_dim=config.mask_dim,
                                           upsample=config.upsample, stride=config.upsample_stride,
@@ -138,7 +141,7 @@ class PixelSail(nn.Module):
     def _patch_embeds(self, image: ImageInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (embeddings to add to the <vpatch> tokens (N, C), raw patch embeddings (N, C))."""
         dev = self.device
-        raw = self.patch_embed(image.patches.to(dev, self.patch_embed.proj.weight.dtype))
+        raw = self.patch_embed(image.patches.to(dev, self.patch_embed.proj.weight.dtype), image.grid)
         if self.prompt_injector is None or image.prompt_ids.numel() == 0:
             return raw, raw
         vp_ids = torch.tensor([self.processor.ids[f"vp_{k}"] for k in range(self.config.num_vp_tokens)], device=dev)
