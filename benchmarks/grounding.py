@@ -77,12 +77,16 @@ def evaluate(model, oracle: AttributeOracle | None, rung: Rung, samples: list, b
             continue
         for i, (s, q) in enumerate(zip(chunk, _queries(model, oracle, batch, chunk, hidden, text_start))):
             h, w = s.image.shape[:2]
-            union = np.zeros((h, w), dtype=bool)
+            pred = np.zeros((0, h, w), dtype=bool)
             if q.shape[0]:
                 probs = mask_probabilities(mask_logits(q, features[i][None].expand(q.shape[0], -1, -1, -1)), (h, w))
-                union = (probs > MASK_THRESHOLD).any(0).numpy()
+                pred = (probs > MASK_THRESHOLD).numpy()
+            if rung.per_mask:  # each [SEG] against its own object
+                for k, target in enumerate(s.masks):
+                    metric.update([pred[k]], [target], (h, w))
+                continue
             target = np.any(np.stack(s.masks), axis=0) if s.masks else np.zeros((h, w), dtype=bool)
-            metric.update([union], [target], (h, w))
+            metric.update([pred.any(0) if len(pred) else np.zeros((h, w), dtype=bool)], [target], (h, w))
     model.train()
     if rung.metric == "accuracy":
         return 100.0 * correct / len(samples)

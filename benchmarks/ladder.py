@@ -2,7 +2,7 @@
 
 A rung turns a shapes scene into one :class:`~pixelsail.data.sample.Sample` (or ``None`` when the scene cannot
 support it). Mask rungs are scored by cIoU of the teacher-forced ``[SEG]`` masks; answer rungs by teacher-forced
-exact match of the whole answer. ``meta["oracle"]`` holds, per target mask, the (colour, shape, size) ids an oracle
+exact match of the whole answer; the grounded-conversation rung scores each ``[SEG]``'s mask against its own object. ``meta["oracle"]`` holds, per target mask, the (colour, shape, size) ids an oracle
 query may use; ``Rung.oracle_keys`` says which of the three the oracle of that rung embeds (``None``: no oracle).
 """
 from __future__ import annotations
@@ -16,8 +16,8 @@ from torch import nn
 
 from pixelsail.data.sample import Sample
 from pixelsail.data.shapes import (
-    COLOR_NAMES, SHAPES, SIZES, Scene, ShapeObject, _prompt_objects, _scene_and_rng, multi_referrals,
-    no_target_referral, relation_referrals, seg_answer,
+    COLOR_NAMES, GCG_QUESTIONS, SHAPES, SIZES, Scene, ShapeObject, _prompt_objects, _scene_and_rng, gcg_answer,
+    multi_referrals, no_target_referral, reading_order, relation_referrals, seg_answer,
 )
 from pixelsail.tokens import vp_token
 
@@ -103,6 +103,17 @@ def build_no_target(scene: Scene, rng: np.random.Generator) -> Sample | None:
     return sample
 
 
+def build_gcg(scene: Scene, rng: np.random.Generator) -> Sample | None:
+    """Grounded conversation: every visible object as a phrase followed by its [SEG], in reading order."""
+    vis = reading_order(scene.visible_objects)
+    if len(vis) < 2:
+        return None
+    sample = _seg_sample(scene, "gcg", _pick(rng, list(GCG_QUESTIONS)), vis)
+    sample.turns = [(sample.turns[0][0], gcg_answer(vis))]
+    sample.task = "gcg"
+    return sample
+
+
 def build_vp_colour(scene: Scene, rng: np.random.Generator) -> Sample | None:
     """"What colour is <vp_k>?" -> "<vp_k>: red." with a box, point, scribble or mask prompt on one object."""
     obj = _pick(rng, scene.visible_objects)
@@ -121,6 +132,7 @@ class Rung:
     metric: str                                 # "cIoU" (teacher-forced [SEG] masks) | "accuracy" (answer exact)
     oracle_keys: tuple[str, ...] | None         # attributes the oracle query embeds; None: no oracle
     chance: float = 0.0                         # the metric of a model that ignores the expression / prompt
+    per_mask: bool = False                      # cIoU of each [SEG]'s mask against its own target, not of the union
 
 
 RUNGS: dict[str, Rung] = {r.name: r for r in (
@@ -133,6 +145,7 @@ RUNGS: dict[str, Rung] = {r.name: r for r in (
     Rung("relation", build_relation, "cIoU", ("size", "color", "shape")),
     Rung("multi", build_multi, "cIoU", ("size", "color", "shape")),
     Rung("no_target", build_no_target, "accuracy", None, chance=0.5),
+    Rung("gcg", build_gcg, "cIoU", ("size", "color", "shape"), per_mask=True),
     Rung("vp_colour", build_vp_colour, "accuracy", None, chance=1 / len(COLOR_NAMES)),
 )}
 
@@ -142,6 +155,10 @@ def chance_level(rung: Rung, samples: list[Sample]) -> float:
     every visible object (the best expression-blind mask), for answer rungs ``rung.chance``."""
     if rung.metric != "cIoU":
         return 100.0 * rung.chance
+    if rung.per_mask:  # every [SEG] masks every object
+        inter = sum(int(m.sum()) for s in samples for m in s.masks)
+        union = sum(len(s.masks) * int(s.meta["all_objects"].sum()) for s in samples)
+        return 100.0 * inter / max(union, 1)
     inter = sum(int((np.any(np.stack(s.masks), 0) & s.meta["all_objects"]).sum()) for s in samples if s.masks)
     union = sum(int(s.meta["all_objects"].sum()) for s in samples)
     return 100.0 * inter / max(union, 1)

@@ -21,6 +21,18 @@ def test_question_key_mask_selects_the_turn_the_answer_replies_to():
     assert mask[1].nonzero().flatten().tolist() == [9, 10]             # second question only (its <|im_end|> excluded)
 
 
+def test_question_key_mask_with_the_answer_reads_the_phrase_since_the_previous_seg():
+    # 2 vision tokens, question (2 + end), answer "a 5 6 [SEG] , a 7 [SEG] ." + end; [SEG] = 8
+    E, S = 9, 8
+    ids = torch.tensor([[1, 1, 3, 4, E, 2, 5, 6, S, 2, 7, S, 2, E]])
+    b, t = torch.tensor([0, 0]), torch.tensor([8, 11])
+    mask = question_key_mask(ids, E, torch.tensor([2]), b, t, seg_id=S)
+    assert mask[0].nonzero().flatten().tolist() == [2, 3, 5, 6, 7]     # question + "a 5 6"
+    assert mask[1].nonzero().flatten().tolist() == [2, 3, 9, 10]       # question + ", a 7": not the first phrase
+    assert torch.equal(question_key_mask(ids, E, torch.tensor([2]), b, t)[0], torch.tensor(
+        [False, False, True, True] + [False] * 10))                     # without seg_id: the question only
+
+
 def test_question_pool_starts_as_the_mean_of_the_question_and_ignores_other_tokens():
     torch.manual_seed(0)
     pool = QuestionPool(hidden_size=8, num_heads=2)
@@ -33,15 +45,21 @@ def test_question_pool_starts_as_the_mean_of_the_question_and_ignores_other_toke
     assert torch.equal(pool(torch.randn(1, 8), context, torch.zeros(1, 5, dtype=torch.bool)), torch.zeros(1, 8))
 
 
-@pytest.mark.parametrize("source", ["hidden", "embedding"])
-def test_cached_masks_equal_uncached_with_a_pooled_query(source):
-    model = tiny_model(seg_query_pool=source, seg_query_norm=True).eval()
+@pytest.mark.parametrize("source,reads_answer", [("hidden", False), ("embedding", False), ("embedding", True)])
+def test_cached_masks_equal_uncached_with_a_pooled_query(source, reads_answer):
+    model = tiny_model(seg_query_pool=source, seg_query_norm=True, seg_query_reads_answer=reads_answer).eval()
     prefix = model.prefill_image(random_image(64, 64))
     for q in ("Please segment the red circle.", "Please segment the blue square."):
         a = model.respond(prefix, q, max_new_tokens=0, answer_prefix="Sure, [SEG]")
         b = model.respond(prefix, q, max_new_tokens=0, answer_prefix="Sure, [SEG]", use_cache=False)
         assert len(a.masks) == 1 and np.array_equal(a.masks[0], b.masks[0])
         assert a.mask_scores == pytest.approx(b.mask_scores, abs=1e-5)
+    if reads_answer:  # two phrases, two [SEG]: the same on both paths, and each query reads its own phrase
+        gcg = "There is a <p> red circle </p> [SEG] and a <p> blue square </p> [SEG]"
+        a = model.respond(prefix, "Describe the image.", max_new_tokens=0, answer_prefix=gcg)
+        b = model.respond(prefix, "Describe the image.", max_new_tokens=0, answer_prefix=gcg, use_cache=False)
+        assert len(a.masks) == 2 and a.mask_scores == pytest.approx(b.mask_scores, abs=1e-5)
+        assert a.mask_scores[0] != pytest.approx(a.mask_scores[1], abs=1e-6)
 
 
 def test_only_the_pooled_query_reads_the_question_tokens():
@@ -159,3 +177,19 @@ def test_region_attributes_counts_the_first_phrase_and_skips_absent_prompts():
     assert got["size"] == 50.0 and got["shape"] == 50.0
     with pytest.raises(ValueError, match="no region_caption records"):
         score(records[2:])
+
+
+def test_gcg_rung_pairs_each_seg_with_its_phrase_object_and_its_blind_level_is_per_mask():
+    from benchmarks.ladder import RUNGS, chance_level, rung_samples
+
+    rung = RUNGS["gcg"]
+    samples = rung_samples(rung, "val", 6, 64)
+    for s in samples:
+        answer = s.turns[0][1]
+        assert answer.count("[SEG]") == len(s.masks) == len(s.meta["oracle"]) >= 2
+        assert s.task == "gcg" and answer.startswith("There is a <p>")
+    # every [SEG] masking every object: per mask |target| / |all objects|, pooled over masks
+    inter = sum(int(m.sum()) for s in samples for m in s.masks)
+    union = sum(len(s.masks) * int(s.meta["all_objects"].sum()) for s in samples)
+    assert chance_level(rung, samples) == pytest.approx(100.0 * inter / union)
+    assert chance_level(rung, samples) < chance_level(RUNGS["multi"], rung_samples(RUNGS["multi"], "val", 6, 64))

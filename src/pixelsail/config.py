@@ -61,6 +61,9 @@ class PixelSailConfig:
     # the [SEG] query also attends over the question (not in the paper; see model/question_pool.py): over its tokens'
     # final states ("hidden") or their input embeddings ("embedding"); "" = the paper's [SEG]-state-only query
     seg_query_pool: str = ""
+    # with seg_query_pool: the pool also reads the answer's own words since the previous [SEG] (grounded conversation:
+    # each mask belongs to the phrase before it); False = the user turn only (not in the paper either way)
+    seg_query_reads_answer: bool = False
     # auxiliary loss: a linear read-out of each [SEG] state predicts its question's words (not in the paper)
     seg_bow_weight: float = 0.0
     # improvement 2: visual-prompt injection (False: the baseline's pooled patch embeddings)
@@ -92,7 +95,8 @@ class DatasetSpec:
 @dataclass
 class DataConfig:
     datasets: list[DatasetSpec] = field(default_factory=lambda: [DatasetSpec("shapes")])
-    # text-only mixture for the first train.text_warmup_steps steps (e.g. "shapes_echo")
+    # the mixture of the first train.text_warmup_steps steps: a text-only language warm-up (e.g. "shapes_echo") or a
+    # curriculum's first stage (e.g. shapes with referring segmentation only)
     warmup_datasets: list[DatasetSpec] = field(default_factory=list)
     max_length: int = 8192
     num_workers: int = 0
@@ -114,7 +118,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     parallel: str = "ddp"             # "ddp" | "fsdp" (used when launched with torchrun)
     length_grouped: bool = True
-    text_warmup_steps: int = 0        # first steps drawn from data.warmup_datasets (a language warm-up)
+    text_warmup_steps: int = 0        # first steps drawn from data.warmup_datasets (a warm-up / first stage)
     save_every: int = 200
     log_every: int = 10
     tensorboard: bool = False

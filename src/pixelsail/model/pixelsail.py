@@ -260,7 +260,8 @@ class PixelSail(nn.Module):
         """
         states = hidden[seg_b, seg_t]
         if self.question_pool is not None:
-            keys = question_key_mask(input_ids, self.processor.ids["turn_end"], text_start, seg_b, seg_t)
+            seg_id = self.processor.ids["seg"] if self.config.seg_query_reads_answer else None
+            keys = question_key_mask(input_ids, self.processor.ids["turn_end"], text_start, seg_b, seg_t, seg_id)
             context = hidden[seg_b] if self.config.seg_query_pool == "hidden" else self.backbone.embed(input_ids[seg_b])
             states = torch.cat([states, self.question_pool(states, context, keys)], dim=-1)
         return self.seg_query(states)

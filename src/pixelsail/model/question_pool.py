@@ -16,18 +16,25 @@ POOL_SOURCES = ("", "hidden", "embedding")   # config.seg_query_pool: off, final
 
 
 def question_key_mask(input_ids: torch.Tensor, turn_end_id: int, text_start: torch.Tensor, seg_b: torch.Tensor,
-                      seg_t: torch.Tensor) -> torch.Tensor:
+                      seg_t: torch.Tensor, seg_id: int | None = None) -> torch.Tensor:
     """(M, L) bool: for the ``[SEG]`` at (seg_b[m], seg_t[m]), the tokens of the user turn its answer replies to.
 
     input_ids (B, L); text_start (B,) first text position of each sequence (after its vision block). A user turn
     is what lies between the previous turn's ``<|im_end|>`` and its own, so the question tokens are the text
-    positions with one ``<|im_end|>`` fewer before them than the ``[SEG]`` has.
+    positions with one ``<|im_end|>`` fewer before them than the ``[SEG]`` has. With ``seg_id`` (the ``[SEG]`` token's
+    id) the answer's own words since the previous ``[SEG]`` count too: in a grounded conversation ("a <p> red
+    circle </p> [SEG], a <p> blue star </p> [SEG]") each mask belongs to the phrase just before it.
     """
     ends = input_ids == turn_end_id
     ends_before = torch.cumsum(ends.long(), dim=1) - ends.long()               # (B, L) <|im_end|> strictly before
     pos = torch.arange(input_ids.shape[1], device=input_ids.device)[None]        # (1, L)
-    want = ends_before[seg_b, seg_t][:, None] - 1                                # (M, 1)
-    inside = (ends_before[seg_b] == want) & ~ends[seg_b]
+    turn = ends_before[seg_b, seg_t][:, None]                                    # (M, 1)
+    inside = (ends_before[seg_b] == turn - 1) & ~ends[seg_b]
+    if seg_id is not None:
+        segs = input_ids == seg_id
+        segs_upto = torch.cumsum(segs.long(), dim=1)                             # (B, L) [SEG]s at or before
+        since_previous = segs_upto[seg_b] == segs_upto[seg_b, seg_t][:, None] - 1
+        inside = inside | ((ends_before[seg_b] == turn) & since_previous & ~segs[seg_b])
     return inside & (pos >= text_start[seg_b][:, None]) & (pos < seg_t[:, None])
 
 
