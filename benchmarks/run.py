@@ -3,6 +3,10 @@
     python -m benchmarks.run                       # full run (~10 min on a 2-core CPU) -> docs/PERFORMANCE.md
     python -m benchmarks.run --quick               # tiny shapes, < 1 min -> runs/benchmarks-quick/PERFORMANCE.md
     python -m benchmarks.run --device cuda         # MFU against the card's bf16 peak, 0.5B-shaped config
+    python -m benchmarks.peers_bench               # Pixel-SAIL 0.5B vs LISA- and Sa2VA-1B-shaped peers, real sizes
+
+Section 2's peer is matched to our size (same LLM, one ViT, SAM-style decoder); the real-size peers are in
+benchmarks/peers.py.
 
 Every figure is a min/median/max over repeated runs or a ratio measured inside one repeat: a plain matmul of a
 similar shape runs right before and after the measured case, so machine load hits numerator and denominator alike.
@@ -478,11 +482,12 @@ def _log_times(bench: Bench, times: dict[str, Stats]) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- report
-def machine_description(device: torch.device, threads: int) -> str:
+def machine_description(device: torch.device, threads: int, precision: str | None = None) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
-    return (f"{cpu_name()}, {os.cpu_count()} cores visible, {threads} torch thread(s), fp32 "
-            f"(fast bf16: {fast_bf16('cpu')})")
+    # the benchmarks autocast to bf16 exactly where it is fast (AMX / AVX512-BF16), else they stay in fp32
+    precision = precision or ("bf16 autocast" if fast_bf16("cpu") else "fp32 (no fast bf16)")
+    return f"{cpu_name()}, {os.cpu_count()} cores visible, {threads} torch thread(s), {precision}"
 
 
 def bf16_peak(device: torch.device, override_tflops: float | None) -> float | None:
