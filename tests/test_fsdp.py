@@ -42,10 +42,15 @@ def test_fsdp_shards_per_decoder_layer_so_ranks_hold_and_gather_less(tmp_path):
     assert ranks[0]["per_layer"]["local"] + ranks[1]["per_layer"]["local"] == full
 
 
-def test_fsdp_checkpoints_carry_config_and_tokenizer_and_load_with_from_pretrained(tmp_path):
+def test_fsdp_checkpoints_carry_config_and_tokenizer_load_with_from_pretrained_and_resume(tmp_path):
+    """Per-layer FSDP with gradient checkpointing (the 3B recipe's setting) for 3 steps; the saved models load in
+    one process, and a run resumed from the step-2 checkpoint redoes step 3 with the same loss."""
+    import shutil
+
     from model_utils import tiny_config, tiny_tokenizer
 
     from pixelsail import PixelSail
+    from pixelsail.train import read_metrics
 
     tiny_tokenizer().save_pretrained(str(tmp_path / "tokenizer"))
     run = RunConfig()
@@ -53,13 +58,15 @@ def test_fsdp_checkpoints_carry_config_and_tokenizer_and_load_with_from_pretrain
     run.data.datasets = [DatasetSpec("shapes", 1.0, {"split": "train", "image_size": 64, "size": 16,
                                                      "tasks": {"res": 1.0}})]
     out = tmp_path / "run"
-    fields = {"output_dir": str(out), "max_steps": 2, "batch_size": 1, "lr": 1e-3, "precision": "fp32",
-              "save_every": 1, "log_every": 1, "tokenizer": str(tmp_path / "tokenizer"), "parallel": "fsdp"}
+    fields = {"output_dir": str(out), "max_steps": 3, "batch_size": 1, "lr": 1e-3, "precision": "fp32",
+              "save_every": 1, "log_every": 1, "tokenizer": str(tmp_path / "tokenizer"), "parallel": "fsdp",
+              "gradient_checkpointing": True}
     run = apply_overrides(run, [f"train.{k}={v}" for k, v in fields.items()])
     save_yaml(run, tmp_path / "run.yaml")
     torchrun("-m", "pixelsail.cli", "train", str(tmp_path / "run.yaml"))
+    losses = {r["step"]: r["loss"] for r in read_metrics(out / "metrics.jsonl")}
 
-    checkpoint = out / "checkpoints" / "step-00000002" / "model"
+    checkpoint = out / "checkpoints" / "step-00000003" / "model"
     for directory in (out / "model", checkpoint):
         assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in directory.iterdir()}
     model = PixelSail.from_pretrained(out / "model")
@@ -67,7 +74,7 @@ def test_fsdp_checkpoints_carry_config_and_tokenizer_and_load_with_from_pretrain
     # the loaded weights are the final ones, gathered from both ranks' shards: equal to the last checkpoint's file,
     # and different from the step before (training moved them)
     saved = load_file(str(checkpoint / "model.safetensors"))
-    before = load_file(str(out / "checkpoints" / "step-00000001" / "model" / "model.safetensors"))
+    before = load_file(str(out / "checkpoints" / "step-00000002" / "model" / "model.safetensors"))
     state = model.state_dict()
     for name, value in saved.items():
         torch.testing.assert_close(state[name], value, rtol=0, atol=0, msg=name)
@@ -75,3 +82,10 @@ def test_fsdp_checkpoints_carry_config_and_tokenizer_and_load_with_from_pretrain
     resp = model.respond(model.prefill_image(np.zeros((64, 64, 3), np.uint8)), "Please segment the red circle.",
                          max_new_tokens=3)
     assert isinstance(resp.text, str)
+
+    shutil.rmtree(out / "checkpoints" / "step-00000003")
+    shutil.rmtree(out / "model")
+    torchrun("-m", "pixelsail.cli", "train", str(tmp_path / "run.yaml"), "--resume")
+    resumed = {r["step"]: r["loss"] for r in read_metrics(out / "metrics.jsonl")}
+    assert resumed[3] == pytest.approx(losses[3], abs=1e-6)
+    assert PixelSail.from_pretrained(out / "model").config.hidden_size == 64
