@@ -40,6 +40,16 @@ def test_fsdp_shards_per_decoder_layer_so_ranks_hold_and_gather_less(tmp_path):
         assert one_unit["peak_forward"] == one_unit["peak_backward"] == full
         assert per_layer["loss"] == pytest.approx(one_unit["loss"], rel=1e-6)
     assert ranks[0]["per_layer"]["local"] + ranks[1]["per_layer"]["local"] == full
+    # untied embedding and LM head are units of their own: neither is gathered while a layer runs forward; in
+    # backward the embedding stays gathered from its last use (the question pool) on: FSDP2 frees a unit after the
+    # backward through its inputs, and token ids have none
+    for r in ranks:
+        untied, one_unit = r["untied"], r["untied_one_unit"]
+        layer, table = untied["layer_bytes"] / 4, untied["embedding_bytes"]
+        assert untied["peak_forward"] == untied["full"] - 3 * layer - 2 * table
+        assert untied["peak_backward"] == untied["peak_forward"] + table
+        assert one_unit["peak_forward"] == untied["full"]
+        assert untied["loss"] == pytest.approx(one_unit["loss"], rel=1e-6)
 
 
 def test_fsdp_checkpoints_carry_config_and_tokenizer_load_with_from_pretrained_and_resume(tmp_path):

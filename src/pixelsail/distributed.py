@@ -11,9 +11,13 @@ Two facts about PixelSail decide the units:
   unit is the *group* of its ``nn.Linear`` modules (FSDP2 gathers a group when the first of them runs and frees it
   after the last), and the norm weights (2 x hidden per layer) stay in the root unit, which is gathered for the
   whole forward.
-* The token embedding is tied to the LM head in the Qwen2.5 0.5B/3B checkpoints and is called several times per
-  forward (text, visual-prompt ids, the question pool), so it stays in the root unit too, as do the small vision
-  modules (patch embedding, upsampler, mask head).
+* The token embedding is tied to the LM head in the Qwen2.5 0.5B/3B checkpoints: one tensor used at the start and
+  at the end of the forward, so it stays in the root unit. Untied (Qwen2.5-7B: 2 x 545M parameters), the embedding
+  and the LM head are a unit each, gathered only while they run (both may run several times per forward: the
+  question pool embeds again, the [SEG] bag-of-words loss reads the LM head again; FSDP2 gathers them each time).
+  In backward, an embedding used again after the layers (the question pool) stays gathered from that use to the
+  end of the backward: FSDP2 frees a unit after the backward through its inputs, and token ids have none.
+* The vision modules (patch embedding, upsampler, mask head) are small and stay in the root unit.
 
 The model's keep-every-parameter-in-the-graph term (``_touch_all_parameters``, which DDP and FSDP2's reduce-scatter
 need so that every rank has a gradient for every root parameter) would read the resharded layer parameters as
@@ -40,6 +44,19 @@ def layer_units(model: nn.Module) -> list[list[nn.Module]]:
     return units
 
 
+def embedding_units(model: nn.Module) -> list[nn.Module]:
+    """The input embedding and the output head of every Hugging Face LM inside ``model``, unless they are tied."""
+    units = []
+    for module in model.modules():
+        get_in, get_out = getattr(module, "get_input_embeddings", None), getattr(module, "get_output_embeddings", None)
+        if not (callable(get_in) and callable(get_out)):
+            continue
+        emb, head = get_in(), get_out()
+        if emb is not None and head is not None and emb.weight is not head.weight:
+            units += [emb, head]
+    return units
+
+
 def _is_sharded(p: torch.Tensor) -> bool:
     from torch.distributed.tensor import DTensor
 
@@ -53,11 +70,11 @@ def touch_gathered_parameters(model: nn.Module) -> torch.Tensor | float:
 
 
 def shard_model(model: nn.Module, mesh, *, per_layer: bool = True) -> nn.Module:
-    """``fully_shard`` each decoder layer's linears (``per_layer``), then the root; ``model`` is sharded in place."""
+    """``fully_shard`` each decoder layer's linears and untied embeddings (``per_layer``), then the root, in place."""
     from torch.distributed.fsdp import fully_shard
 
     if per_layer:
-        for unit in layer_units(model):
+        for unit in [*layer_units(model), *embedding_units(model)]:
             fully_shard(unit, mesh=mesh)
     fully_shard(model, mesh=mesh)
     if callable(getattr(model, "_touch_all_parameters", None)):
@@ -79,5 +96,5 @@ def gathered_parameter_bytes(model: nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters() if not _is_sharded(p))
 
 
-__all__ = ["gathered_parameter_bytes", "layer_units", "local_parameter_bytes", "shard_model",
+__all__ = ["embedding_units", "gathered_parameter_bytes", "layer_units", "local_parameter_bytes", "shard_model",
            "touch_gathered_parameters"]
