@@ -60,6 +60,7 @@ def test_fsdp_checkpoints_carry_config_and_tokenizer_load_with_from_pretrained_a
     from model_utils import tiny_config, tiny_tokenizer
 
     from pixelsail import PixelSail
+    from pixelsail.model_check import check_model_dir
     from pixelsail.train import read_metrics
 
     tiny_tokenizer().save_pretrained(str(tmp_path / "tokenizer"))
@@ -79,6 +80,7 @@ def test_fsdp_checkpoints_carry_config_and_tokenizer_load_with_from_pretrained_a
     checkpoint = out / "checkpoints" / "step-00000003" / "model"
     for directory in (out / "model", checkpoint):
         assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in directory.iterdir()}
+    assert check_model_dir(out / "model") == []        # what `pixelsail eval --model` checks before loading
     model = PixelSail.from_pretrained(out / "model")
     assert model.config.hidden_size == 64 and len(model.tokenizer) == len(tiny_tokenizer())
     # the loaded weights are the final ones, gathered from both ranks' shards: equal to the last checkpoint's file,
