@@ -344,6 +344,8 @@ class PixelSail(nn.Module):
             v = embeds.shape[0]
             hidden = self.backbone(embeds[None], pos[:, None], AttentionLayout(torch.tensor([v])), cache)
             features = self.mask_features(self._vision_grid(hidden[0], inputs.grid)[None])
+        if self.inference_dtype is not None:  # cast once here, not on every question's mask product
+            features = features.to(self.inference_dtype)
         self.vision_prefill_count += 1
         return ImagePrefix(inputs, tuple(sorted((prompts or {}).keys())), cache, features, pooled, next_pos, v)
 
