@@ -15,7 +15,6 @@ RNG states, hence (in fp32 on CPU) the same loss curve as a run that was never i
 """
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import math
@@ -229,38 +228,19 @@ def _without_aliases(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[s
 
 
 def save_model_dir(model: nn.Module, full_state: dict[str, torch.Tensor], path: Path, sharded: bool) -> None:
-    """A loadable model directory: ``model.save_pretrained`` when it can see the weights, else the gathered weights
-    plus whatever config and tokenizer files the model describes itself with (:func:`_save_model_files`)."""
+    """A loadable model directory: ``model.save_pretrained`` (given the gathered weights when the model is sharded:
+    its own parameters are then DTensor shards); models without it (the tests' toy) get bare safetensors."""
     save = getattr(model, "save_pretrained", None)
-    if save is not None and not sharded:
-        save(str(path))
-        return
-    if save is not None and "state_dict" in inspect.signature(save).parameters:
+    if save is not None and sharded:
         save(str(path), state_dict=full_state)
+        return
+    if save is not None:
+        save(str(path))
         return
     from safetensors.torch import save_file
 
     path.mkdir(parents=True, exist_ok=True)
     save_file(_without_aliases(model, full_state), str(path / "model.safetensors"), metadata={"format": "pt"})
-    _save_model_files(model, path)
-
-
-def _save_model_files(model: nn.Module, path: Path) -> None:
-    """config.json and tokenizer files as ``PixelSail.save_pretrained`` writes them, for a sharded PixelSail.
-
-    Under FSDP the module's own parameters are DTensor shards, which ``save_pretrained`` cannot serialise; the
-    weights come from the gathered state instead. (Once ``save_pretrained`` takes ``state_dict=``, the branch above
-    uses it and this goes.) Other models (the tests' toy) get bare safetensors.
-    """
-    config, backbone = getattr(model, "config", None), getattr(model, "backbone", None)
-    if config is None or backbone is None or not hasattr(model, "tokenizer"):
-        return
-    from pixelsail.config import to_dict
-    from pixelsail.model.pixelsail import CONFIG_FILE
-
-    meta = {"pixelsail": to_dict(config), "llm": backbone.llm.config.to_dict()}
-    (path / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
-    model.tokenizer.save_pretrained(str(path))
 
 
 def load_model_weights(raw: nn.Module, wrapped: nn.Module, path: Path) -> None:

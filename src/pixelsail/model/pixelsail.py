@@ -426,18 +426,21 @@ class PixelSail(nn.Module):
         return self.backbone.logits(hidden)
 
     # ----------------------------------------------------------------------------------------------- save / load
-    def save_pretrained(self, directory: str | Path, *, dtype: torch.dtype | None = None) -> None:
+    def save_pretrained(self, directory: str | Path, *, dtype: torch.dtype | None = None,
+                        state_dict: dict[str, torch.Tensor] | None = None) -> None:
         """Config, tokenizer and safetensors weights; ``dtype`` (e.g. float16) stores smaller weights, which
-        :meth:`from_pretrained` casts back to the model's dtype."""
+        :meth:`from_pretrained` casts back to the model's dtype. ``state_dict``: the full weights to write instead of
+        the module's own (FSDP-sharded training gathers them; its parameters are shards)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         meta = {"pixelsail": to_dict(self.config), "llm": self.backbone.llm.config.to_dict()}
         (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
-        if dtype is None:
+        if dtype is None and state_dict is None:
             save_model(self, str(directory / WEIGHTS_FILE))
         else:
-            state = {k: (v.detach().to(dtype) if v.is_floating_point() else v.detach()).contiguous()
-                     for k, v in self.state_dict().items()}
+            source = self.state_dict() if state_dict is None else state_dict
+            state = {k: (v.detach().to(dtype) if dtype is not None and v.is_floating_point() else v.detach()).contiguous()
+                     for k, v in source.items()}
             if self.config.tie_word_embeddings:
                 state.pop("backbone.llm.lm_head.weight", None)
             save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
