@@ -625,7 +625,7 @@ def train(run: RunConfig, *, resume: bool, build: Callable[[RunConfig], nn.Modul
                              group_batches=max(1, GROUP_SAMPLES // (tc.batch_size * tc.grad_accum)))
         return micro_batches(stream, run.data.num_workers, tc.seed)
 
-    # the language warm-up (text only) takes the first text_warmup_steps steps, then the main mixture from its start
+    # the warm-up / first-stage mixture takes the first text_warmup_steps steps, then the main mixture from its start
     # still drawing from the warm-up stream (a checkpoint from its last step is; the loop below then switches)
     warming = start_step < tc.text_warmup_steps or (ckpt is not None and state.get("warming", False))
     if tc.text_warmup_steps and not run.data.warmup_datasets:
