@@ -164,7 +164,8 @@ def run_one(rung: Rung, args, seed: int, use_oracle: bool) -> dict:
             curve.append((step * args.batch, value))
             print(f"  {rung.name} {'oracle' if oracle else args.label} seed {seed}: {step * args.batch} samples "
                   f"({time.perf_counter() - t0:.0f} s) loss {float(loss.detach()):.3f} {rung.metric} {value:.1f}", flush=True)
-    return {"rung": rung.name, "variant": "oracle" if use_oracle else args.label, "seed": seed,
+    variant = args.label if not use_oracle else ("oracle" if args.label == "own" else f"oracle {args.label}")
+    return {"rung": rung.name, "variant": variant, "seed": seed,
             "metric": rung.metric, "chance": round(chance_level(rung, val), 1),
             "overrides": list(args.set) + (["distill"] if args.distill else []), "batch": args.batch,
             "image_size": args.image_size, "curve": curve, "seconds": round(time.perf_counter() - t0, 1),
