@@ -425,6 +425,27 @@ def test_trains_and_resumes_the_real_tiny_pixelsail_on_shapes(tmp_path):
     assert isinstance(resp.text, str)
 
 
+def test_a_curriculum_first_stage_is_any_mixture(tmp_path):
+    """The shipped recipe's first stage is referring segmentation only: data.warmup_datasets may be any mixture.
+    Here the first stage has masks and the main mixture (region descriptions) has none, so the loss parts tell which
+    mixture each step drew from."""
+    from model_utils import tiny_config, tiny_tokenizer
+
+    tiny_tokenizer().save_pretrained(str(tmp_path / "tokenizer"))
+    run = RunConfig()
+    run.model = tiny_config()
+    shapes = {"split": "train", "image_size": 64, "size": 32}
+    run.data.warmup_datasets = [DatasetSpec("shapes", 1.0, {**shapes, "tasks": {"res": 1.0}})]
+    run.data.datasets = [DatasetSpec("shapes", 1.0, {**shapes, "tasks": {"region_caption": 1.0}})]
+    out = tmp_path / "run"
+    fields = {"output_dir": str(out), "max_steps": 4, "batch_size": 2, "lr": 1e-3, "precision": "fp32",
+              "save_every": 0, "log_every": 1, "tokenizer": str(tmp_path / "tokenizer"), "text_warmup_steps": 2}
+    train(apply_overrides(run, [f"train.{k}={v}" for k, v in fields.items()]), resume=False)
+    records = {r["step"]: r for r in read_metrics(out / "metrics.jsonl")}
+    assert all("loss/mask_bce" in records[s] for s in (1, 2))
+    assert all("loss/mask_bce" not in records[s] for s in (3, 4))
+
+
 def test_language_warm_up_comes_first_and_resumes_across_the_switch(tmp_path):
     """text_warmup_steps draw text-only echo samples (no mask losses); then the main mixture starts. A run resumed
     from the checkpoint written on the warm-up's last step continues exactly like the uninterrupted one."""
