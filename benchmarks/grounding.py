@@ -93,6 +93,25 @@ def evaluate(model, oracle: AttributeOracle | None, rung: Rung, samples: list, b
     return float(metric.compute()["cIoU (LISA)"])
 
 
+@torch.no_grad()
+def position_accuracy(model, samples: list, batch_size: int = 32, positions: int = 8) -> list[float]:
+    """Teacher-forced accuracy (percent) of each of the answer's first ``positions`` tokens: where an answer rung
+    fails (e.g. "<vp_k>: red." - the copied tag, or the colour)."""
+    model.eval()
+    hits, counts = np.zeros(positions), np.zeros(positions)
+    for start in range(0, len(samples), batch_size):
+        batch = _encode(model, samples[start:start + batch_size])
+        hidden, _, _ = _hidden(model, batch)
+        labels = batch["labels"][:, 1:]
+        pred = model.backbone.logits(hidden[:, :-1]).argmax(-1)
+        for b in range(labels.shape[0]):
+            at = (labels[b] != IGNORE_INDEX).nonzero().flatten()[:positions]
+            hits[:len(at)] += (pred[b, at] == labels[b, at]).numpy()
+            counts[:len(at)] += 1
+    model.train()
+    return [round(float(100.0 * h / c), 1) for h, c in zip(hits, counts) if c]
+
+
 def teacher_maps(teacher, samples: list) -> list[dict[str, torch.Tensor]] | None:
     """Per sample the teacher's feature maps {name: (C, h, w)}, or None without a teacher."""
     if teacher is None:
@@ -165,7 +184,11 @@ def run_one(rung: Rung, args, seed: int, use_oracle: bool) -> dict:
             print(f"  {rung.name} {'oracle' if oracle else args.label} seed {seed}: {step * args.batch} samples "
                   f"({time.perf_counter() - t0:.0f} s) loss {float(loss.detach()):.3f} {rung.metric} {value:.1f}", flush=True)
     variant = args.label if not use_oracle else ("oracle" if args.label == "own" else f"oracle {args.label}")
-    return {"rung": rung.name, "variant": variant, "seed": seed,
+    extra = {}
+    if rung.metric == "accuracy":
+        extra["position_accuracy"] = position_accuracy(model, val)
+        print(f"  answer tokens, teacher-forced accuracy by position: {extra['position_accuracy']}", flush=True)
+    return {"rung": rung.name, "variant": variant, "seed": seed, **extra,
             "metric": rung.metric, "chance": round(chance_level(rung, val), 1),
             "overrides": list(args.set) + (["distill"] if args.distill else []), "batch": args.batch,
             "image_size": args.image_size, "curve": curve, "seconds": round(time.perf_counter() - t0, 1),

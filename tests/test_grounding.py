@@ -193,3 +193,24 @@ def test_gcg_rung_pairs_each_seg_with_its_phrase_object_and_its_blind_level_is_p
     union = sum(len(s.masks) * int(s.meta["all_objects"].sum()) for s in samples)
     assert chance_level(rung, samples) == pytest.approx(100.0 * inter / union)
     assert chance_level(rung, samples) < chance_level(RUNGS["multi"], rung_samples(RUNGS["multi"], "val", 6, 64))
+
+
+def test_position_accuracy_scores_each_answer_token_against_its_label(monkeypatch):
+    from benchmarks import grounding
+    from benchmarks.ladder import RUNGS, rung_samples
+
+    model = tiny_model().eval()
+    samples = rung_samples(RUNGS["vp_colour"], "val", 4, 64)          # answers "<vp_k>: colour."
+    batch = grounding._encode(model, samples)
+    labels = batch["labels"][:, 1:]
+    vocab = model.backbone.logits(torch.zeros(1, model.config.hidden_size)).shape[-1]
+
+    def logits_right_but_the_tag(h):                                 # every answer token right except the first
+        target = labels.clamp(min=0).clone()
+        first = (labels != -100).int().argmax(dim=1)
+        target[torch.arange(len(target)), first] = (target[torch.arange(len(target)), first] + 1) % vocab
+        return torch.nn.functional.one_hot(target, vocab).float()
+
+    monkeypatch.setattr(model.backbone, "logits", logits_right_but_the_tag)
+    got = grounding.position_accuracy(model, samples)
+    assert got[0] == 0.0 and all(v == 100.0 for v in got[1:]) and len(got) >= 4

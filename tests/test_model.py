@@ -383,3 +383,31 @@ def test_conv_patch_stem_sees_the_image_as_it_is_and_round_trips(tmp_path):
         assert torch.allclose(loaded.patch_embed(inputs.patches, inputs.grid), got, atol=1e-6)
     with pytest.raises(ValueError, match="patch_stem"):
         tiny_model(patch_stem="cnn")
+
+
+def test_vp_text_pool_adds_the_region_to_the_tag_beside_injection():
+    image = random_image(64, 64)
+    prompt = {3: box_mask(64, 64, 0, 30, 0, 30)}
+    sample = Sample(image=image, turns=[("What colour is <vp_3>?", "<vp_3>: red.")], prompts=prompt, task="vp_qa")
+    plain, both = tiny_model().eval(), tiny_model(vp_text_pool=True).eval()   # same seed, same weights
+    assert not both.vp_text_proj.weight.any()           # zero at the start: the tag is its plain embedding
+    with torch.no_grad():
+        both.vp_text_proj.weight.copy_(torch.eye(both.config.hidden_size))
+    rows = []
+    for m in (plain, both):
+        batch = m.processor.collate([m.processor(sample)])
+        embeds, _, _ = m.embed_batch(batch["input_ids"], batch["images"])
+        rows.append((batch["input_ids"][0], embeds[0]))
+    ids, (e_plain, e_both) = rows[0][0], (rows[0][1], rows[1][1])
+    tag = ids == plain.processor.ids["vp_3"]
+    n = 2 + 16
+    assert torch.equal(e_plain[:n], e_both[:n])                       # the patches are injected the same way
+    assert torch.equal(e_plain[~tag], e_both[~tag])                   # other tokens untouched
+    inputs = both.processor.image_inputs(image, prompt)
+    _, raw = both._patch_embeds(inputs)
+    pooled = raw[inputs.prompt_cover[0]].mean(0)
+    assert torch.allclose(e_both[tag] - e_plain[tag], pooled.expand(int(tag.sum()), -1), atol=1e-6)
+    prefix = both.prefill_image(image, prompt)                        # the cached path adds it too
+    a = both.respond(prefix, "What colour is <vp_3>?", max_new_tokens=4)
+    b = both.respond(prefix, "What colour is <vp_3>?", max_new_tokens=4, use_cache=False)
+    assert a.token_ids == b.token_ids

@@ -108,6 +108,11 @@ class PixelSail(nn.Module):
         stem = ConvPatchEmbed if config.patch_stem == "conv" else PatchEmbed
         self.patch_embed = stem(patch_size=config.patch_size, hidden_size=hidden, output_std=embed_std)
         self.prompt_injector = PromptInjector(hidden_size=hidden) if config.vp_injection else None
+        # beside injection, the tag's pooled region enters through a zero-initialised projection: the <vp_k> token
+        # starts as its plain embedding (copying the tag into the answer must not get harder) and learns to use it
+        self.vp_text_proj = nn.Linear(hidden, hidden, bias=False) if config.vp_injection and config.vp_text_pool else None
+        if self.vp_text_proj is not None:
+            nn.init.zeros_(self.vp_text_proj.weight)
         self.mask_features = MaskFeatures(hidden_size=hidden, patch_size=config.patch_size, mask_dim=config.mask_dim,
                                           upsample=config.upsample, stride=config.upsample_stride,
                                           max_width=config.upsample_max_width)
@@ -149,11 +154,18 @@ class PixelSail(nn.Module):
                                         self.backbone.embed(vp_ids))
         return injected, raw
 
+    @property
+    def _pools_prompts(self) -> bool:
+        """<vp_k> text tokens get their region's pooled patch embedding: the baseline, or beside injection."""
+        return self.prompt_injector is None or self.config.vp_text_pool
+
     def _add_pooled_prompts(self, embeds: torch.Tensor, ids: torch.Tensor, pooled: dict[int, torch.Tensor]) -> torch.Tensor:
         """Baseline prompts: add the pooled patch embedding of <vp_k> to every <vp_k> text token (ids (L,))."""
         if not pooled:
             return embeds
         add = torch.zeros_like(embeds)
+        if self.vp_text_proj is not None:
+            pooled = {k: self.vp_text_proj(vec) for k, vec in pooled.items()}
         for k, vec in pooled.items():
             add[ids == self.processor.ids[f"vp_{k}"]] = vec.to(embeds.dtype)
         return embeds + add
@@ -179,7 +191,7 @@ class PixelSail(nn.Module):
                 n = image.grid[0] * image.grid[1]
                 inject, raw = self._patch_embeds(image)
                 row = torch.cat([row[:1], row[1:1 + n] + inject, row[1 + n:]])
-                if self.prompt_injector is None and image.prompt_ids.numel():
+                if self._pools_prompts and image.prompt_ids.numel():
                     pooled = pooled_prompts(raw, image.prompt_ids.to(dev), image.prompt_cover.to(dev))
                     row = torch.cat([row[:n + 2], self._add_pooled_prompts(row[n + 2:], input_ids[i, n + 2:], pooled)])
                 pos, start = vision_positions(image.grid, dev)
@@ -329,7 +341,7 @@ class PixelSail(nn.Module):
         inject, raw = self._patch_embeds(image)
         embeds = torch.cat([embeds[:1], embeds[1:1 + n] + inject, embeds[1 + n:]])
         pooled = {}
-        if self.prompt_injector is None and image.prompt_ids.numel():
+        if self._pools_prompts and image.prompt_ids.numel():
             pooled = pooled_prompts(raw, image.prompt_ids.to(dev), image.prompt_cover.to(dev))
         pos, next_pos = vision_positions(image.grid, dev)
         return embeds, pos, next_pos, pooled
