@@ -385,11 +385,12 @@ def test_conv_patch_stem_sees_the_image_as_it_is_and_round_trips(tmp_path):
         tiny_model(patch_stem="cnn")
 
 
-def test_vp_text_pool_adds_the_region_to_the_tag_beside_injection():
+@pytest.mark.parametrize("mode", ["tags", "answer"])
+def test_vp_text_pool_adds_the_region_to_the_tag_beside_injection(mode):
     image = random_image(64, 64)
     prompt = {3: box_mask(64, 64, 0, 30, 0, 30)}
     sample = Sample(image=image, turns=[("What colour is <vp_3>?", "<vp_3>: red.")], prompts=prompt, task="vp_qa")
-    plain, both = tiny_model().eval(), tiny_model(vp_text_pool=True).eval()   # same seed, same weights
+    plain, both = tiny_model().eval(), tiny_model(vp_text_pool=mode).eval()   # same seed, same weights
     assert not both.vp_text_proj.weight.any()           # zero at the start: the tag is its plain embedding
     with torch.no_grad():
         both.vp_text_proj.weight.copy_(torch.eye(both.config.hidden_size))
@@ -401,6 +402,10 @@ def test_vp_text_pool_adds_the_region_to_the_tag_beside_injection():
     ids, (e_plain, e_both) = rows[0][0], (rows[0][1], rows[1][1])
     tag = ids == plain.processor.ids["vp_3"]
     n = 2 + 16
+    if mode == "answer":                                              # the question's tag stays plain
+        question_tag = int(tag.nonzero()[0])
+        assert torch.equal(e_plain[question_tag], e_both[question_tag])
+        tag[question_tag] = False
     assert torch.equal(e_plain[:n], e_both[:n])                       # the patches are injected the same way
     assert torch.equal(e_plain[~tag], e_both[~tag])                   # other tokens untouched
     inputs = both.processor.image_inputs(image, prompt)
@@ -408,6 +413,8 @@ def test_vp_text_pool_adds_the_region_to_the_tag_beside_injection():
     pooled = raw[inputs.prompt_cover[0]].mean(0)
     assert torch.allclose(e_both[tag] - e_plain[tag], pooled.expand(int(tag.sum()), -1), atol=1e-6)
     prefix = both.prefill_image(image, prompt)                        # the cached path adds it too
-    a = both.respond(prefix, "What colour is <vp_3>?", max_new_tokens=4)
-    b = both.respond(prefix, "What colour is <vp_3>?", max_new_tokens=4, use_cache=False)
+    a = both.respond(prefix, "What colour is <vp_3>?", max_new_tokens=4, answer_prefix="<vp_3>:")
+    b = both.respond(prefix, "What colour is <vp_3>?", max_new_tokens=4, answer_prefix="<vp_3>:", use_cache=False)
     assert a.token_ids == b.token_ids
+    with pytest.raises(ValueError, match="vp_text_pool"):
+        tiny_model(vp_text_pool="everywhere")

@@ -68,9 +68,10 @@ class PixelSailConfig:
     seg_bow_weight: float = 0.0
     # improvement 2: visual-prompt injection (False: the baseline's pooled patch embeddings)
     vp_injection: bool = True
-    # with vp_injection: the <vp_k> text tokens also get their region's pooled patch embedding, so an answer can read
-    # the region from the question's tag as well as from the marked patches (not in the paper)
-    vp_text_pool: bool = False
+    # with vp_injection, <vp_k> text tokens also get their region's pooled patch embedding (through a zero-initialised
+    # projection; not in the paper): "" off, "tags" every tag token, "answer" only the tags the answer writes (the
+    # question's tag stays plain, so copying it into the answer stays easy; docs/TRAINING.md)
+    vp_text_pool: str = ""
     num_vp_tokens: int = DEFAULT_NUM_VP_TOKENS
     # improvement 3: vision-expert distillation
     distill: DistillConfig = field(default_factory=DistillConfig)

@@ -80,8 +80,8 @@ def respond_batch(model, prefixes: Sequence, questions: Sequence[str],
             if all(done):
                 break
             tokens = torch.tensor([[t] for t in nxt], device=dev)  # (B, 1)
-            embeds = torch.stack([model._add_pooled_prompts(backbone.embed(tokens[i]), tokens[i], prefixes[i].pooled)
-                                  for i in range(b)])
+            embeds = torch.stack([model._add_pooled_prompts(backbone.embed(tokens[i]), tokens[i], prefixes[i].pooled,
+                                                            prompts[i].count(end_id)) for i in range(b)])
             positions = (starts + fed)[None, :, None].expand(3, b, 1)
             valid = torch.cat([valid, torch.ones(b, 1, dtype=torch.bool, device=dev)], dim=1)
             last = backbone(embeds, positions, AttentionLayout(vision_lens, len(cache), valid), cache)[:, 0]

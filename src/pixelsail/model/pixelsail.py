@@ -23,6 +23,7 @@ from pixelsail.processing import IGNORE_INDEX, ImageInputs, Processor
 from pixelsail.tokenizer import add_pixelsail_tokens, load_tokenizer
 
 CONFIG_FILE = "config.json"
+VP_TEXT_POOLS = ("", "tags", "answer")
 WEIGHTS_FILE = "model.safetensors"
 
 
@@ -110,6 +111,8 @@ class PixelSail(nn.Module):
         self.prompt_injector = PromptInjector(hidden_size=hidden) if config.vp_injection else None
         # beside injection, the tag's pooled region enters through a zero-initialised projection: the <vp_k> token
         # starts as its plain embedding (copying the tag into the answer must not get harder) and learns to use it
+        if config.vp_text_pool not in VP_TEXT_POOLS:
+            raise ValueError(f"vp_text_pool must be one of {VP_TEXT_POOLS}, got {config.vp_text_pool!r}")
         self.vp_text_proj = nn.Linear(hidden, hidden, bias=False) if config.vp_injection and config.vp_text_pool else None
         if self.vp_text_proj is not None:
             nn.init.zeros_(self.vp_text_proj.weight)
@@ -157,17 +160,24 @@ class PixelSail(nn.Module):
     @property
     def _pools_prompts(self) -> bool:
         """<vp_k> text tokens get their region's pooled patch embedding: the baseline, or beside injection."""
-        return self.prompt_injector is None or self.config.vp_text_pool
+        return self.prompt_injector is None or bool(self.config.vp_text_pool)
 
-    def _add_pooled_prompts(self, embeds: torch.Tensor, ids: torch.Tensor, pooled: dict[int, torch.Tensor]) -> torch.Tensor:
-        """Baseline prompts: add the pooled patch embedding of <vp_k> to every <vp_k> text token (ids (L,))."""
+    def _add_pooled_prompts(self, embeds: torch.Tensor, ids: torch.Tensor, pooled: dict[int, torch.Tensor],
+                            ends_before: int = 0) -> torch.Tensor:
+        """Add the pooled patch embedding of <vp_k> to the <vp_k> text tokens (ids (L,)): every one for the baseline
+        and ``vp_text_pool: tags``, those of assistant turns for ``answer`` (``ends_before``: <|im_end|> tokens
+        before ``ids[0]``; a turn after an odd number of them is the assistant's)."""
         if not pooled:
             return embeds
         add = torch.zeros_like(embeds)
+        where = torch.ones_like(ids, dtype=torch.bool)
         if self.vp_text_proj is not None:
             pooled = {k: self.vp_text_proj(vec) for k, vec in pooled.items()}
+            if self.config.vp_text_pool == "answer":
+                ends = ids == self.processor.ids["turn_end"]
+                where = (torch.cumsum(ends.long(), 0) - ends.long() + ends_before) % 2 == 1
         for k, vec in pooled.items():
-            add[ids == self.processor.ids[f"vp_{k}"]] = vec.to(embeds.dtype)
+            add[(ids == self.processor.ids[f"vp_{k}"]) & where] = vec.to(embeds.dtype)
         return embeds + add
 
     def _vision_grid(self, hidden: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -399,7 +409,8 @@ class PixelSail(nn.Module):
         dev = self.device
         start = fed_from if use_cache else 0
         ids_t = torch.tensor(ids[start:], device=dev)
-        embeds = self._add_pooled_prompts(self.backbone.embed(ids_t), ids_t, prefix.pooled)
+        ends_before = ids[:start].count(self.processor.ids["turn_end"])
+        embeds = self._add_pooled_prompts(self.backbone.embed(ids_t), ids_t, prefix.pooled, ends_before)
         pos = text_positions(prefix.next_position + start, len(ids_t), dev)
         if use_cache:
             layout = AttentionLayout(torch.tensor([prefix.length]), past_len=len(prefix.cache))
