@@ -46,6 +46,17 @@ def train_command(
         typer.echo(f"checkpoint: {summary.checkpoint}")
         if not summary.stopped_early:
             typer.echo(f"model: {Path(summary.output_dir) / 'model'}")
+    _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    """Tear the torchrun process group down before the interpreter exits: left to exit-time destructors, gloo's
+    threads sometimes abort a rank ("terminate called without an active exception", seen under load)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def register(app: typer.Typer) -> None:
