@@ -41,7 +41,7 @@ class ImagePrefix:
     prompts: tuple[int, ...]
     cache: KVCache
     features: torch.Tensor               # (1, mask_dim, h, w) per-pixel mask embeddings
-    pooled: dict[int, torch.Tensor]      # baseline prompt representations {k: (C,)}
+    pooled: dict[int, torch.Tensor]      # what each <vp_k> text token gets added {k: (C,)} (see _text_prompts)
     next_position: int                   # 1-D position of the first text token
     length: int                          # tokens in the cache
 
@@ -157,25 +157,28 @@ class PixelSail(nn.Module):
                                         self.backbone.embed(vp_ids))
         return injected, raw
 
-    @property
-    def _pools_prompts(self) -> bool:
-        """<vp_k> text tokens get their region's pooled patch embedding: the baseline, or beside injection."""
-        return self.prompt_injector is None or bool(self.config.vp_text_pool)
+    def _text_prompts(self, raw: torch.Tensor, image: ImageInputs) -> dict[int, torch.Tensor]:
+        """{k: (C,)} to add to the <vp_k> text tokens: each prompt's pooled patch embedding for the baseline, the same
+        through ``vp_text_proj`` beside injection (``vp_text_pool``); empty otherwise. Computed once per image."""
+        if not (self.prompt_injector is None or self.config.vp_text_pool) or image.prompt_ids.numel() == 0:
+            return {}
+        pooled = pooled_prompts(raw, image.prompt_ids.to(self.device), image.prompt_cover.to(self.device))
+        if self.vp_text_proj is not None:
+            pooled = {k: self.vp_text_proj(vec) for k, vec in pooled.items()}
+        return pooled
 
     def _add_pooled_prompts(self, embeds: torch.Tensor, ids: torch.Tensor, pooled: dict[int, torch.Tensor],
                             ends_before: int = 0) -> torch.Tensor:
-        """Add the pooled patch embedding of <vp_k> to the <vp_k> text tokens (ids (L,)): every one for the baseline
-        and ``vp_text_pool: tags``, those of assistant turns for ``answer`` (``ends_before``: <|im_end|> tokens
-        before ``ids[0]``; a turn after an odd number of them is the assistant's)."""
+        """Add ``pooled[k]`` (from :meth:`_text_prompts`) to the <vp_k> text tokens (ids (L,)): every one for the
+        baseline and ``vp_text_pool: tags``, those of assistant turns for ``answer`` (``ends_before``: <|im_end|>
+        tokens before ``ids[0]``; a turn after an odd number of them is the assistant's)."""
         if not pooled:
             return embeds
         add = torch.zeros_like(embeds)
         where = torch.ones_like(ids, dtype=torch.bool)
-        if self.vp_text_proj is not None:
-            pooled = {k: self.vp_text_proj(vec) for k, vec in pooled.items()}
-            if self.config.vp_text_pool == "answer":
-                ends = ids == self.processor.ids["turn_end"]
-                where = (torch.cumsum(ends.long(), 0) - ends.long() + ends_before) % 2 == 1
+        if self.vp_text_proj is not None and self.config.vp_text_pool == "answer":
+            ends = ids == self.processor.ids["turn_end"]
+            where = (torch.cumsum(ends.long(), 0) - ends.long() + ends_before) % 2 == 1
         for k, vec in pooled.items():
             add[(ids == self.processor.ids[f"vp_{k}"]) & where] = vec.to(embeds.dtype)
         return embeds + add
@@ -201,8 +204,8 @@ class PixelSail(nn.Module):
                 n = image.grid[0] * image.grid[1]
                 inject, raw = self._patch_embeds(image)
                 row = torch.cat([row[:1], row[1:1 + n] + inject, row[1 + n:]])
-                if self._pools_prompts and image.prompt_ids.numel():
-                    pooled = pooled_prompts(raw, image.prompt_ids.to(dev), image.prompt_cover.to(dev))
+                pooled = self._text_prompts(raw, image)
+                if pooled:
                     row = torch.cat([row[:n + 2], self._add_pooled_prompts(row[n + 2:], input_ids[i, n + 2:], pooled)])
                 pos, start = vision_positions(image.grid, dev)
                 positions[:, i, :n + 2] = pos
@@ -350,11 +353,8 @@ class PixelSail(nn.Module):
         embeds = self.backbone.embed(ids)
         inject, raw = self._patch_embeds(image)
         embeds = torch.cat([embeds[:1], embeds[1:1 + n] + inject, embeds[1 + n:]])
-        pooled = {}
-        if self._pools_prompts and image.prompt_ids.numel():
-            pooled = pooled_prompts(raw, image.prompt_ids.to(dev), image.prompt_cover.to(dev))
         pos, next_pos = vision_positions(image.grid, dev)
-        return embeds, pos, next_pos, pooled
+        return embeds, pos, next_pos, self._text_prompts(raw, image)
 
     @torch.no_grad()
     def prefill_image(self, image: np.ndarray, prompts: dict[int, np.ndarray] | None = None) -> ImagePrefix:
