@@ -50,6 +50,11 @@ def _hidden(model, batch: dict):
     return hidden, features, layout.vision_lens
 
 
+def _next_tokens(model, batch: dict, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher-forced greedy predictions (B, L-1) and the labels they are scored against (-100: not scored)."""
+    return model.backbone.logits(hidden[:, :-1]).argmax(-1), batch["labels"][:, 1:]
+
+
 def _queries(model, oracle: AttributeOracle | None, batch: dict, samples: list, hidden, text_start) -> list:
     """Per sample, its [SEG] queries (k_i, mask_dim): the model's own, or the oracle's."""
     if oracle is not None:
@@ -71,8 +76,7 @@ def evaluate(model, oracle: AttributeOracle | None, rung: Rung, samples: list, b
         batch = _encode(model, chunk)
         hidden, features, text_start = _hidden(model, batch)
         if rung.metric == "accuracy":
-            labels = batch["labels"][:, 1:]
-            pred = model.backbone.logits(hidden[:, :-1]).argmax(-1)
+            pred, labels = _next_tokens(model, batch, hidden)
             correct += int(((pred == labels) | (labels == IGNORE_INDEX)).all(dim=1).sum())
             continue
         for i, (s, q) in enumerate(zip(chunk, _queries(model, oracle, batch, chunk, hidden, text_start))):
@@ -101,9 +105,7 @@ def position_accuracy(model, samples: list, batch_size: int = 32, positions: int
     hits, counts = np.zeros(positions), np.zeros(positions)
     for start in range(0, len(samples), batch_size):
         batch = _encode(model, samples[start:start + batch_size])
-        hidden, _, _ = _hidden(model, batch)
-        labels = batch["labels"][:, 1:]
-        pred = model.backbone.logits(hidden[:, :-1]).argmax(-1)
+        pred, labels = _next_tokens(model, batch, _hidden(model, batch)[0])
         for b in range(labels.shape[0]):
             at = (labels[b] != IGNORE_INDEX).nonzero().flatten()[:positions]
             hits[:len(at)] += (pred[b, at] == labels[b, at]).numpy()
