@@ -47,10 +47,13 @@ def _unique(obj: ShapeObject, visible: list[ShapeObject], keys: tuple[str, ...])
     return [o for o in visible if all(getattr(o, k) == getattr(obj, k) for k in keys)] == [obj]
 
 
-def _seg_sample(scene: Scene, rung: str, question: str, targets: list[ShapeObject]) -> Sample:
+def _seg_sample(scene: Scene, rung: str, question: str, targets: list[ShapeObject], answer: str | None = None,
+                task: str | None = None) -> Sample:
+    """A mask sample; the answer defaults to "Sure, [SEG] ..." (one [SEG] per target), the task to res / gres."""
     everything = np.any(np.stack([o.mask for o in scene.visible_objects]), axis=0)
-    return Sample(image=scene.image, turns=[(question, seg_answer(len(targets)))], masks=[t.mask for t in targets],
-                  task="res" if len(targets) == 1 else "gres", image_id=scene.image_id,
+    answer = seg_answer(len(targets)) if answer is None else answer
+    return Sample(image=scene.image, turns=[(question, answer)], masks=[t.mask for t in targets],
+                  task=task or ("res" if len(targets) == 1 else "gres"), image_id=scene.image_id,
                   meta={"rung": rung, "oracle": [attribute_ids(t) for t in targets], "no_target": not targets,
                         "all_objects": everything})
 
@@ -108,10 +111,7 @@ def build_gcg(scene: Scene, rng: np.random.Generator) -> Sample | None:
     vis = reading_order(scene.visible_objects)
     if len(vis) < 2:
         return None
-    sample = _seg_sample(scene, "gcg", _pick(rng, list(GCG_QUESTIONS)), vis)
-    sample.turns = [(sample.turns[0][0], gcg_answer(vis))]
-    sample.task = "gcg"
-    return sample
+    return _seg_sample(scene, "gcg", _pick(rng, list(GCG_QUESTIONS)), vis, answer=gcg_answer(vis), task="gcg")
 
 
 def build_vp_colour(scene: Scene, rng: np.random.Generator) -> Sample | None:
