@@ -17,7 +17,7 @@ from torch import nn
 from pixelsail.data.sample import Sample
 from pixelsail.data.shapes import (
     COLOR_NAMES, GCG_QUESTIONS, SHAPES, SIZES, Scene, ShapeObject, _prompt_objects, _scene_and_rng, gcg_answer,
-    multi_referrals, no_target_referral, reading_order, relation_referrals, seg_answer,
+    make_vp_mcq, make_vp_qa, multi_referrals, no_target_referral, reading_order, relation_referrals, seg_answer,
 )
 from pixelsail.tokens import vp_token
 
@@ -125,6 +125,16 @@ def build_vp_colour(scene: Scene, rng: np.random.Generator) -> Sample | None:
                   task="vp_qa", image_id=scene.image_id, meta={"rung": "vp_colour", "oracle": []})
 
 
+def _as_rung(name: str, make: Callable[[Scene, np.random.Generator], Sample | None]) -> Callable:
+    """A task of the product's shapes mix as a rung (its own questions and answers, visual prompts included)."""
+    def build(scene: Scene, rng: np.random.Generator) -> Sample | None:
+        sample = make(scene, rng)
+        if sample is not None:
+            sample.meta.update(rung=name, oracle=[])
+        return sample
+    return build
+
+
 @dataclass(frozen=True)
 class Rung:
     name: str
@@ -147,6 +157,10 @@ RUNGS: dict[str, Rung] = {r.name: r for r in (
     Rung("no_target", build_no_target, "accuracy", None, chance=0.5),
     Rung("gcg", build_gcg, "cIoU", ("size", "color", "shape"), per_mask=True),
     Rung("vp_colour", build_vp_colour, "accuracy", None, chance=1 / len(COLOR_NAMES)),
+    # the product's visual-prompt tasks as they are: five question kinds (and 5 % absent prompts); multiple choice
+    # (colour / shape of one prompt out of 4 options, larger / side of two out of 2; "(B) red.")
+    Rung("vp_qa", _as_rung("vp_qa", make_vp_qa), "accuracy", None, chance=1 / len(COLOR_NAMES)),
+    Rung("vp_mcq", _as_rung("vp_mcq", make_vp_mcq), "accuracy", None, chance=1 / 3),
 )}
 
 

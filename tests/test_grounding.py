@@ -214,3 +214,15 @@ def test_position_accuracy_scores_each_answer_token_against_its_label(monkeypatc
     monkeypatch.setattr(model.backbone, "logits", logits_right_but_the_tag)
     got = grounding.position_accuracy(model, samples)
     assert got[0] == 0.0 and all(v == 100.0 for v in got[1:]) and len(got) >= 4
+
+
+def test_product_task_rungs_serve_the_shapes_mix_questions_with_their_prompts():
+    import re
+
+    from benchmarks.ladder import RUNGS, rung_samples
+
+    mcq = rung_samples(RUNGS["vp_mcq"], "val", 6, 64)
+    assert all(re.fullmatch(r"\([A-D]\) \S+\.", s.turns[0][1]) and s.prompts for s in mcq)
+    assert {s.meta["rung"] for s in mcq} == {"vp_mcq"} and all(s.meta["oracle"] == [] for s in mcq)
+    qa = rung_samples(RUNGS["vp_qa"], "val", 6, 64)
+    assert all(s.turns[0][1].startswith("<vp_") and s.task == "vp_qa" for s in qa)
