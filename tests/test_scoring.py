@@ -183,3 +183,22 @@ def test_eval_says_what_to_install_before_running_the_model_when_wordnet_is_miss
     assert "lacks cntlist.rev and 13 more: install it with `apt-get install wordnet-base wordnet-sense-index`" \
         in result.output.replace("\n", "")
     assert not (tmp_path / "o").exists()
+
+
+def test_gcg_is_also_scored_per_object_with_glamms_one_to_one_pairing():
+    # image 0 (4 x 5): objects row 0 (5 px) and row 2 (5 px). Predicted: row 0 (IoU 1 with the first), rows 0-3
+    # (IoU 5/20 with either) and nothing for row 2 -> pairs (row 0, row 0) = 1.0, then (rows 0-3, row 2) = 0.25:
+    # mIoU 0.625, one of two objects recalled at 0.5. The union row (LISA cIoU) sees rows 0-3 against rows 0 + 2:
+    # I = 10, U = 20.  Image 1: one object, no mask -> mIoU 0, 0 of 1 recalled.
+    everything = row(0, 5) | row(1, 5) | row(2, 5) | row(3, 5)
+    recs = [record(0, "gcg", [row(0, 5), everything], [row(0, 5), row(2, 5)], text="There is a <p> x </p> [SEG]."),
+            record(1, "gcg", [], [row(1, 5)], text="There is nothing.")]
+    got = score_records(recs, captions=False).results["gcg"]
+    assert got["mIoU (GLaMM)"] == pytest.approx(100 * (0.625 + 0.0) / 2)
+    assert got["mask recall@0.5 (GLaMM pairing)"] == pytest.approx(100 * 1 / 3)
+    assert got["cIoU (LISA)"] == pytest.approx(100 * (10 + 0) / (20 + 5))
+    # masking every object with every mask: the union scores perfectly, the pairing does not
+    lazy = [record(0, "gcg", [row(0, 5) | row(2, 5)] * 2, [row(0, 5), row(2, 5)])]
+    got = score_records(lazy, captions=False).results["gcg"]
+    assert got["cIoU (LISA)"] == pytest.approx(100.0) and got["mIoU (GLaMM)"] == pytest.approx(50.0)
+    assert "mIoU (GLaMM)" not in score_records(recs, captions=False, convention="authors").results.get("gcg", {})

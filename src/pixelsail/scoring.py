@@ -5,7 +5,8 @@ scripts, so a score is always computed under one named convention (every metric 
 
 * ``standard`` — the field's conventions (:mod:`pixelsail.metrics`): LISA-lineage cIoU / gIoU on the union of all
   predicted masks (no mask: an all-zero one), ReLA's gRefCOCO evaluator, COCOEvalCap captions (Java METEOR 1.5
-  after PTB tokenisation, ground truth as the reference).
+  after PTB tokenisation, ground truth as the reference); grounded conversation also per object, with GLaMM's
+  one-to-one pairing (:mod:`pixelsail.metrics_gcg`).
 * ``authors`` — the authors' released scripts (:mod:`pixelsail.metrics_authors`): the first predicted mask only
   for RES / gRES, V-T RES with unpredicted samples left out of cIoU, PerBench descriptions by NLTK METEOR / BLEU
   and CIDEr with the prediction as the reference. Tasks their scripts do not score (GCG, open QA) get no row.
@@ -25,6 +26,7 @@ from pixelsail.metrics import (METEOR_KEY, CaptionMetric, LisaMaskMetric, McqMet
                                perbench_overall, predicted_no_target, sample_iou)
 from pixelsail.metrics_authors import (NLTK_METEOR_KEY, VTRES_CIOU_KEY, VTRES_GIOU_KEY, AuthorsCaptionMetric,
                                        AuthorsVtresMetric, first_mask_keys)
+from pixelsail.metrics_gcg import GcgMaskMetric
 
 MASK_TASKS = ("res", "gres", "vt_res", "gcg")
 TEXT_TASKS = ("region_caption", "vp_qa", "vqa", "gcg")
@@ -108,9 +110,10 @@ class _StandardScorer(_Scorer):
         super().__init__()
         self.lisa: dict[str, LisaMaskMetric] = defaultdict(LisaMaskMetric)
         self.rela: dict[str, RelaMaskMetric] = defaultdict(RelaMaskMetric)
+        self.gcg: dict[str, GcgMaskMetric] = defaultdict(GcgMaskMetric)
 
     def sources(self) -> list[dict[str, Any]]:
-        return [self.lisa, self.rela] + super().sources()
+        return [self.lisa, self.rela, self.gcg] + super().sources()
 
     def add_masks(self, record: dict) -> float | None:
         task = record["task"]
@@ -119,6 +122,8 @@ class _StandardScorer(_Scorer):
         pred, gt = record_masks(record, "pred_masks"), record_masks(record, "gt_masks")
         if task == "gres":
             self.rela[task].update(pred, predicted_no_target(record["text"], pred), gt, _shape(record))
+        if task == "gcg":  # each object's mask, paired one to one (the union below rewards masking everything)
+            self.gcg[task].update(pred, gt)
         return sample_iou(*self.lisa[task].update(pred, gt, _shape(record)))
 
 
