@@ -8,6 +8,7 @@ projection ran (forward and backward).
 """
 from __future__ import annotations
 
+import gc
 import json
 import sys
 from pathlib import Path
@@ -59,6 +60,8 @@ def main(out: Path) -> None:
     result = {"per_layer": probe(True), "one_unit": probe(False), "untied": probe(True, tied=False),
               "untied_one_unit": probe(False, tied=False)}
     (out / f"rank{dist.get_rank()}.json").write_text(json.dumps(result))
+    gc.collect()          # the sharded models' collective work objects go before the group (see train_toy.py)
+    dist.barrier()
     dist.destroy_process_group()
 
 

@@ -6,6 +6,7 @@ Also a launcher: ``python tests/train_toy.py CONFIG.yaml [key=value ...] [--resu
 """
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import time
@@ -133,7 +134,14 @@ def main(argv: list[str]) -> None:
     state = {k: v.detach().cpu().clone().contiguous() for k, v in state.items() if k != "mix_again.weight"}
     save_file(state, os.path.join(run.train.output_dir, f"weights_rank{rank}.safetensors"))
     print(f"rank {rank}: steps={summary.steps} final_loss={summary.final_loss}")
+    # Leave the process group the way `pixelsail train` does, and first drop the FSDP-wrapped model: its pending
+    # collective work objects hold tensors, and freed during interpreter teardown they abort the rank ("terminate
+    # called without an active exception", seen in CI under load).
+    del model, state
+    captured.clear()
+    gc.collect()
     if torch.distributed.is_initialized():
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 
 

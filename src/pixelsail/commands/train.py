@@ -51,10 +51,14 @@ def train_command(
 
 def _leave_process_group() -> None:
     """Tear the torchrun process group down before the interpreter exits: left to exit-time destructors, gloo's
-    threads sometimes abort a rank ("terminate called without an active exception", seen under load)."""
+    threads sometimes abort a rank ("terminate called without an active exception", seen under load). Objects
+    still holding collective work (a sharded model caught in a reference cycle) are collected first."""
+    import gc
+
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.barrier()
         dist.destroy_process_group()
 
