@@ -8,7 +8,6 @@ projection ran (forward and backward).
 """
 from __future__ import annotations
 
-import gc
 import json
 import sys
 from pathlib import Path
@@ -16,6 +15,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from pixelsail.train import leave_distributed
 
 
 def probe(per_layer: bool, tied: bool = True) -> dict:
@@ -60,9 +61,7 @@ def main(out: Path) -> None:
     result = {"per_layer": probe(True), "one_unit": probe(False), "untied": probe(True, tied=False),
               "untied_one_unit": probe(False, tied=False)}
     (out / f"rank{dist.get_rank()}.json").write_text(json.dumps(result))
-    gc.collect()          # the sharded models' collective work objects go before the group (see train_toy.py)
-    dist.barrier()
-    dist.destroy_process_group()
+    leave_distributed()
 
 
 if __name__ == "__main__":

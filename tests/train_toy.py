@@ -6,7 +6,6 @@ Also a launcher: ``python tests/train_toy.py CONFIG.yaml [key=value ...] [--resu
 """
 from __future__ import annotations
 
-import gc
 import os
 import sys
 import time
@@ -109,7 +108,7 @@ def main(argv: list[str]) -> None:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     from pixelsail.config import RunConfig, apply_overrides, load_yaml
-    from pixelsail.train import train
+    from pixelsail.train import leave_distributed, train
 
     torch.set_num_threads(1)
     resume = "--resume" in argv
@@ -134,15 +133,11 @@ def main(argv: list[str]) -> None:
     state = {k: v.detach().cpu().clone().contiguous() for k, v in state.items() if k != "mix_again.weight"}
     save_file(state, os.path.join(run.train.output_dir, f"weights_rank{rank}.safetensors"))
     print(f"rank {rank}: steps={summary.steps} final_loss={summary.final_loss}")
-    # Leave the process group the way `pixelsail train` does, and first drop the FSDP-wrapped model: its pending
-    # collective work objects hold tensors, and freed during interpreter teardown they abort the rank ("terminate
-    # called without an active exception", seen in CI under load).
+    # drop the FSDP-wrapped model first: freed during interpreter teardown, its pending collective work aborted a
+    # rank in CI ("terminate called without an active exception")
     del model, state
     captured.clear()
-    gc.collect()
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+    leave_distributed()
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ RNG states, hence (in fp32 on CPU) the same loss curve as a run that was never i
 """
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
@@ -84,6 +85,17 @@ def init_distributed() -> DistEnv:
     if not dist.is_initialized():
         dist.init_process_group(backend=backend)
     return DistEnv(rank, world, local, device)
+
+
+def leave_distributed() -> None:
+    """Tear the ``torchrun`` process group down before the interpreter exits (no-op in one process). Left to
+    exit-time destructors, gloo's threads sometimes abort a rank ("terminate called without an active exception",
+    seen under load): objects still holding collective work (a sharded model in a reference cycle) are collected
+    first, and the ranks leave together. Callers drop their own references to a sharded model before calling."""
+    if dist.is_available() and dist.is_initialized():
+        gc.collect()
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def wrap_model(model: nn.Module, env: DistEnv, parallel: str) -> nn.Module:

@@ -18,7 +18,7 @@ def train_command(
 
     from pixelsail.commands import load_dataset_plugins
     from pixelsail.config import RunConfig, apply_overrides, load_yaml
-    from pixelsail.train import train
+    from pixelsail.train import leave_distributed, train
 
     load_dataset_plugins()
 
@@ -46,21 +46,7 @@ def train_command(
         typer.echo(f"checkpoint: {summary.checkpoint}")
         if not summary.stopped_early:
             typer.echo(f"model: {Path(summary.output_dir) / 'model'}")
-    _leave_process_group()
-
-
-def _leave_process_group() -> None:
-    """Tear the torchrun process group down before the interpreter exits: left to exit-time destructors, gloo's
-    threads sometimes abort a rank ("terminate called without an active exception", seen under load). Objects
-    still holding collective work (a sharded model caught in a reference cycle) are collected first."""
-    import gc
-
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        gc.collect()
-        dist.barrier()
-        dist.destroy_process_group()
+    leave_distributed()
 
 
 def register(app: typer.Typer) -> None:
