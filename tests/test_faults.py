@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 import pixelsail.commands.use as use
+import pixelsail.checkpoints as checkpoints
 import pixelsail.train as engine
 import train_toy
 from fake_pixelsail import FakePixelSail, scene
@@ -78,7 +79,7 @@ def test_a_full_disk_while_checkpointing_is_one_clear_error_and_leaves_no_partia
             f.write(b"\0" * 1000)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path / "model.safetensors"))
 
-    monkeypatch.setattr(engine, "save_model_dir", disk_full)
+    monkeypatch.setattr(checkpoints, "save_model_dir", disk_full)
     with pytest.raises(OSError) as ei:
         run_toy(out, max_steps=6, resume=True)
     assert ei.value.errno == errno.ENOSPC

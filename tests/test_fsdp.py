@@ -61,7 +61,7 @@ def test_fsdp_checkpoints_carry_config_and_tokenizer_load_with_from_pretrained_a
 
     from pixelsail import PixelSail
     from pixelsail.model_check import check_model_dir
-    from pixelsail.train import read_metrics
+    from pixelsail.run_log import read_metrics
 
     tiny_tokenizer().save_pretrained(str(tmp_path / "tokenizer"))
     run = RunConfig()

@@ -24,7 +24,8 @@ import train_toy
 from pixelsail.config import DatasetSpec, RunConfig, apply_overrides
 from pixelsail.data.mixture import (BatchStream, Mixture, MixtureSampler, SamplerState, micro_batch_indices,
                                     micro_batches)
-from pixelsail.train import latest_checkpoint, lr_factor, read_metrics, train
+from pixelsail.run_log import read_metrics
+from pixelsail.train import latest_checkpoint, lr_factor, train
 
 TOY_SCRIPT = Path(train_toy.__file__)
 
@@ -338,12 +339,12 @@ def test_partial_checkpoints_are_never_picked_up(tmp_path, monkeypatch):
     assert latest_checkpoint(out) == root / "step-00000004"
 
     # a save that fails before its rename publishes nothing
-    import pixelsail.train as engine
+    import pixelsail.checkpoints as checkpoints
 
     def crash(tmp, final):
         raise OSError("disk full")
 
-    monkeypatch.setattr(engine, "_publish", crash)
+    monkeypatch.setattr(checkpoints, "publish", crash)
     with pytest.raises(OSError, match="disk full"):
         train(toy_run(out, max_steps=6, save_every=2), resume=True, build=train_toy.build_toy(0.0))
     assert latest_checkpoint(out) == root / "step-00000004"

@@ -9,20 +9,17 @@ clip -> AdamW -> warm-up/cosine schedule. It writes into ``run.train.output_dir`
     model/                  the final model (at normal completion)
     loss_curves.png         the loss curves (at exit)
 
-Checkpoints are written to a temporary directory, fsynced and renamed, so a crash never leaves a half-written
-``step-N``; ``resume=True`` continues from the newest one: same weights, optimizer, schedule, data position and
-RNG states, hence (in fp32 on CPU) the same loss curve as a run that was never interrupted.
+Checkpoints (:mod:`pixelsail.checkpoints`) are written to a temporary directory, fsynced and renamed, so a crash
+never leaves a half-written ``step-N``; ``resume=True`` continues from the newest one: same weights, optimizer,
+schedule, data position and RNG states, hence (in fp32 on CPU) the same loss curve as a run that was never
+interrupted. What the run reports (metrics.jsonl, the loss picture) is :mod:`pixelsail.run_log`.
 """
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import math
 import os
-import random
-import re
-import resource
 import shutil
 import signal
 import time
@@ -31,19 +28,19 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Generator
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from pixelsail.checkpoints import (latest_checkpoint, load_checkpoint, publish, save_checkpoint, save_model_dir,
+                                   seed_all, state_dict_options)
 from pixelsail.config import RunConfig, TrainConfig, save_yaml
 from pixelsail.hardware import autocast_dtype
 from pixelsail.data.mixture import BatchStream, Mixture, MixtureSampler, SamplerState, micro_batches
+from pixelsail.run_log import LossInterval, MetricsLog, peak_rss_mb, plot_loss_curves
 
 log = logging.getLogger("pixelsail.train")
 
-CHECKPOINT_RE = re.compile(r"^step-(\d+)$")
-STATE_FILE = "trainer_state.json"   # written last: its presence marks a complete checkpoint
 # samples per rank sorted by length together (a window of steps); bounds the processed samples held in memory
 GROUP_SAMPLES = 64
 
@@ -173,319 +170,6 @@ def lr_factor(step: int, max_steps: int, warmup_ratio: float) -> float:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# checkpoints
-
-
-def list_checkpoints(ckpt_root: Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints (those with a trainer state file), oldest first."""
-    out = []
-    if ckpt_root.is_dir():
-        for p in ckpt_root.iterdir():
-            m = CHECKPOINT_RE.match(p.name)
-            if m and p.is_dir() and (p / STATE_FILE).is_file():
-                out.append((int(m.group(1)), p))
-    return sorted(out)
-
-
-def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    found = list_checkpoints(Path(output_dir) / "checkpoints")
-    return found[-1][1] if found else None
-
-
-def _fsync_tree(root: Path) -> None:
-    for dirpath, _, files in os.walk(root):
-        for name in files:
-            with open(os.path.join(dirpath, name), "rb") as f:
-                os.fsync(f.fileno())
-        _fsync_dir(Path(dirpath))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _publish(tmp: Path, final: Path) -> None:
-    """Make ``tmp`` appear as ``final`` in one rename (an older ``final`` is moved aside, then deleted)."""
-    _fsync_tree(tmp)
-    old = None
-    if final.exists():
-        old = final.with_name(f".old-{final.name}-{os.getpid()}")
-        os.replace(final, old)
-    os.replace(tmp, final)
-    _fsync_dir(final.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _state_dict_options():
-    from torch.distributed.checkpoint.state_dict import StateDictOptions
-
-    return StateDictOptions(full_state_dict=True, cpu_offload=True)
-
-
-def _without_aliases(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Drop the second name of tied parameters (safetensors refuses shared tensors)."""
-    first_name: dict[int, str] = {}
-    drop = set()
-    for name, p in model.named_parameters(remove_duplicate=False):
-        if id(p) in first_name:
-            drop.add(name)
-        else:
-            first_name[id(p)] = name
-    return {k: v.contiguous() for k, v in state.items() if k not in drop}
-
-
-def save_model_dir(model: nn.Module, full_state: dict[str, torch.Tensor], path: Path, sharded: bool) -> None:
-    """A loadable model directory: ``model.save_pretrained`` (given the gathered weights when the model is sharded:
-    its own parameters are then DTensor shards); models without it (the tests' toy) get bare safetensors."""
-    save = getattr(model, "save_pretrained", None)
-    if save is not None and sharded:
-        save(str(path), state_dict=full_state)
-        return
-    if save is not None:
-        save(str(path))
-        return
-    from safetensors.torch import save_file
-
-    path.mkdir(parents=True, exist_ok=True)
-    save_file(_without_aliases(model, full_state), str(path / "model.safetensors"), metadata={"format": "pt"})
-
-
-def load_model_weights(raw: nn.Module, wrapped: nn.Module, path: Path) -> None:
-    """Load every ``*.safetensors`` under ``path`` into the model (``wrapped``: itself, DDP or FSDP-sharded)."""
-    from safetensors.torch import load_file
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-
-    files = sorted(path.glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"{path}: no *.safetensors weights in this checkpoint")
-    state: dict[str, torch.Tensor] = {}
-    for f in files:
-        state.update(load_file(str(f)))
-    result = set_model_state_dict(wrapped, state,
-                                  options=StateDictOptions(full_state_dict=True, cpu_offload=True, strict=False))
-    aliases: dict[int, set[str]] = {}
-    for name, p in raw.named_parameters(remove_duplicate=False):
-        aliases.setdefault(id(p), set()).add(name)
-    loaded_via_alias = {n for names in aliases.values() if len(names) > 1 and names & state.keys() for n in names}
-    missing = [k for k in result.missing_keys if k not in loaded_via_alias]
-    if missing or result.unexpected_keys:
-        raise ValueError(f"{path}: weights do not match the model: missing {missing[:8]}, "
-                         f"unexpected {list(result.unexpected_keys)[:8]}")
-
-
-def _rng_state() -> dict[str, Any]:
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
-             "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_checkpoint(output_dir: Path, step: int, raw: nn.Module, wrapped: nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler: Any, trainer_state: dict[str, Any], env: DistEnv, sharded: bool,
-                    keep_last: int) -> Path:
-    """Collective: every rank must call it. Rank 0 writes the shared files, every rank its RNG state.
-
-    A failed write (a full disk, the output directory deleted under the run) raises an OSError that names the
-    checkpoint and the cause, after removing the partial temporary directory; earlier checkpoints stay as they were.
-    """
-    import errno
-
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
-
-    root = output_dir / "checkpoints"
-    final = root / f"step-{step:08d}"
-    tmp = root / f".tmp-step-{step:08d}"
-    try:
-        if env.is_main:
-            if not output_dir.is_dir():  # not recreated: a deleted run directory means the run is gone
-                raise FileNotFoundError(errno.ENOENT, f"the output directory {output_dir} was deleted during the run")
-            shutil.rmtree(tmp, ignore_errors=True)
-            root.mkdir(exist_ok=True)
-            tmp.mkdir()
-        env.barrier()
-        torch.save(_rng_state(), tmp / f"rng_rank{env.rank}.pt")
-        options = _state_dict_options()
-        model_state = get_model_state_dict(wrapped, options=options)
-        optim_state = get_optimizer_state_dict(wrapped, optimizer, options=options)
-        env.barrier()
-        if env.is_main:
-            save_model_dir(raw, model_state, tmp / "model", sharded)
-            torch.save(optim_state, tmp / "optimizer.pt")
-            state = dict(trainer_state, step=step, scheduler=scheduler.state_dict(), world_size=env.world_size)
-            (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
-            _publish(tmp, final)
-            for _, old in list_checkpoints(root)[:-keep_last] if keep_last > 0 else []:
-                shutil.rmtree(old, ignore_errors=True)
-    except OSError as e:
-        if env.is_main:
-            shutil.rmtree(tmp, ignore_errors=True)
-        kept = f"; earlier checkpoints in {root} are unchanged" if root.is_dir() else ""
-        message = f"checkpoint {final.name} not written ({e.strerror or e}){kept}"
-        raise (OSError(message) if e.errno is None else OSError(e.errno, message)) from e
-    env.barrier()
-    return final
-
-
-def load_checkpoint(path: Path, raw: nn.Module, wrapped: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-                    env: DistEnv) -> dict[str, Any]:
-    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
-
-    state = json.loads((path / STATE_FILE).read_text())
-    load_model_weights(raw, wrapped, path / "model")
-    optim_state = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
-    # checkpoints written before init_optimizer_state existed lack the state of parameters that had not had a
-    # gradient yet (e.g. the mask head before the first batch with masks)
-    set_optimizer_state_dict(wrapped, optimizer, optim_state,
-                             options=replace(_state_dict_options(), strict=False))
-    scheduler.load_state_dict(state["scheduler"])
-    rng_file = path / f"rng_rank{env.rank}.pt"
-    if rng_file.is_file():
-        _set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=True))
-    else:
-        log.warning("%s: no RNG state for rank %d (saved with world size %s); reseeding", path, env.rank,
-                    state.get("world_size"))
-        _seed_all(state["seed"] + env.rank + state["step"])
-    return state
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# progress and metrics
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-class MetricsLog:
-    """``metrics.jsonl`` (one record per log step) and, when installed and asked for, TensorBoard."""
-
-    def __init__(self, output_dir: Path, resume_step: int | None, tensorboard: bool):
-        self.path = output_dir / "metrics.jsonl"
-        if resume_step is None:
-            self.path.write_text("")
-        elif self.path.exists():   # forget steps logged after the checkpoint we resume from
-            keep = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["step"] <= resume_step]
-            self.path.write_text("".join(ln + "\n" for ln in keep))
-        self.tb = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(output_dir / "tensorboard"))
-            except ImportError:
-                log.warning("train.tensorboard is on but the tensorboard package is not installed; skipping it")
-
-    def write(self, record: dict[str, Any]) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.tb is not None:
-            for k, v in record.items():
-                if k != "step" and isinstance(v, (int, float)):
-                    self.tb.add_scalar(k, v, record["step"])
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-
-
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    return [json.loads(ln) for ln in Path(path).read_text().splitlines() if ln.strip()]
-
-
-def plot_loss_curves(metrics_path: Path, png_path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    records = read_metrics(metrics_path)
-    if not records:
-        return
-    steps = [r["step"] for r in records]
-    names = ["loss"] + sorted({k[len("loss/"):] for r in records for k in r if k.startswith("loss/")})
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for name in names:
-        key = "loss" if name == "loss" else f"loss/{name}"
-        ax.plot(steps, [r.get(key, float("nan")) for r in records], label=name, lw=2 if name == "loss" else 1)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    lr_ax = ax.twinx()
-    lr_ax.plot(steps, [r["lr"] for r in records], color="grey", ls="--", lw=1, label="lr (right axis)")
-    lr_ax.set_ylabel("lr")
-    handles = ax.get_legend_handles_labels()[0] + lr_ax.get_legend_handles_labels()[0]
-    ax.legend(handles=handles, loc="upper right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=110)
-    plt.close(fig)
-
-
-class _Interval:
-    """Loss sums since the last log step, averaged over micro-steps and then over ranks when logged."""
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.sums: dict[str, float] = {}
-        self.counts: dict[str, int] = {}
-        self.steps = 0
-        self.start = time.perf_counter()
-
-    def add(self, name: str, value: float) -> None:
-        self.sums[name] = self.sums.get(name, 0.0) + value
-        self.counts[name] = self.counts.get(name, 0) + 1
-
-    def record(self, env: DistEnv, *, step: int, lr: float, grad_norm: torch.Tensor, global_batch: int,
-               epoch: int, time_s: float) -> dict[str, Any]:
-        """The metrics line of a log step (collective when distributed)."""
-        losses, rss = self.reduce(env)
-        elapsed = time.perf_counter() - self.start
-        if hasattr(grad_norm, "full_tensor"):    # FSDP: a DTensor
-            grad_norm = grad_norm.full_tensor()
-        record = {"step": step, **losses, "lr": lr, "grad_norm": float(grad_norm),
-                  "samples_per_s": self.steps * global_batch / max(elapsed, 1e-9), "peak_rss_mb": rss,
-                  "epoch": epoch, "time_s": time_s}
-        if env.device.type == "cuda":
-            record["peak_gpu_mb"] = torch.cuda.max_memory_allocated(env.device) / 2**20
-        return record
-
-    def reduce(self, env: DistEnv) -> tuple[dict[str, float], float]:
-        """Mean of each loss over micro-steps of all ranks; peak RSS (MB) over ranks."""
-        local = (self.sums, self.counts, peak_rss_mb())
-        gathered = [local]
-        if env.distributed:
-            gathered = [None] * env.world_size
-            dist.all_gather_object(gathered, local)
-        sums: dict[str, float] = {}
-        counts: dict[str, int] = {}
-        for s, c, _ in gathered:
-            for k in s:
-                sums[k] = sums.get(k, 0.0) + s[k]
-                counts[k] = counts.get(k, 0) + c[k]
-        return {k: sums[k] / counts[k] for k in sums}, max(g[2] for g in gathered)
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # the loop
 
 
@@ -522,18 +206,13 @@ class _StopRequest:
         return bool(flag.item())
 
 
-def _seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def _forward_backward(wrapped: nn.Module, batches: list[dict[str, Any]], device: torch.device, autocast: Any,
-                      interval: _Interval, step: int) -> None:
+                      interval: LossInterval, step: int) -> None:
     """Accumulate the gradients of one step's micro-batches (gradients are synchronised on the last one)."""
     for a, mb in enumerate(batches):
         with _grad_sync(wrapped, a == len(batches) - 1):
@@ -598,7 +277,7 @@ def train(run: RunConfig, *, resume: bool, build: Callable[[RunConfig], nn.Modul
         out_dir.mkdir(parents=True, exist_ok=True)
         save_yaml(run, out_dir / "run.yaml")
 
-    _seed_all(tc.seed)                      # identical initial weights on every rank
+    seed_all(tc.seed)                      # identical initial weights on every rank
     model = (build or _default_build)(run)
     processor = model.processor
     if tc.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
@@ -611,7 +290,7 @@ def train(run: RunConfig, *, resume: bool, build: Callable[[RunConfig], nn.Modul
     init_optimizer_state(optimizer)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, tc.max_steps, tc.warmup_ratio))
-    _seed_all(tc.seed + 1000 * env.rank + 1)
+    seed_all(tc.seed + 1000 * env.rank + 1)
 
     global_batch = tc.batch_size * env.world_size * tc.grad_accum
     start_step, sampler_state = 0, SamplerState()
@@ -656,7 +335,7 @@ def train(run: RunConfig, *, resume: bool, build: Callable[[RunConfig], nn.Modul
 
         bar = tqdm(total=tc.max_steps, initial=start_step, desc="train", dynamic_ncols=True)
     step, last_saved, last_record = start_step, start_step if ckpt is not None else -1, None
-    interval, t0, samples_done = _Interval(), time.perf_counter(), 0
+    interval, t0, samples_done = LossInterval(), time.perf_counter(), 0
     steps_iter: Generator = batches(run.data.warmup_datasets if warming else run.data.datasets, sampler_state)
     stopped = False
     try:
@@ -723,10 +402,10 @@ def train(run: RunConfig, *, resume: bool, build: Callable[[RunConfig], nn.Modul
 def _export_final(out_dir: Path, wrapped: nn.Module, model: nn.Module, env: DistEnv, sharded: bool) -> None:
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-    state = get_model_state_dict(wrapped, options=_state_dict_options())
+    state = get_model_state_dict(wrapped, options=state_dict_options())
     if env.is_main:
         tmp = out_dir / ".tmp-model"
         shutil.rmtree(tmp, ignore_errors=True)
         save_model_dir(model, state, tmp, sharded)
-        _publish(tmp, out_dir / "model")
+        publish(tmp, out_dir / "model")
     env.barrier()
