@@ -16,7 +16,7 @@ from torch import nn
 
 from pixelsail.data.sample import Sample
 from pixelsail.data.shapes import (
-    COLOR_NAMES, GCG_QUESTIONS, SHAPES, SIZES, Scene, ShapeObject, _prompt_objects, _scene_and_rng, gcg_answer,
+    COLOR_NAMES, GCG_QUESTIONS, SHAPES, SIZES, Scene, ShapeObject, prompt_objects, scene_and_rng, gcg_answer,
     make_vp_mcq, make_vp_qa, multi_referrals, no_target_referral, reading_order, relation_referrals, seg_answer,
 )
 from pixelsail.tokens import vp_token
@@ -119,7 +119,7 @@ def build_vp_colour(scene: Scene, rng: np.random.Generator) -> Sample | None:
     obj = _pick(rng, scene.visible_objects)
     if obj is None:
         return None
-    p = _prompt_objects([obj], rng, scene.image_size)
+    p = prompt_objects([obj], rng, scene.image_size)
     tag = vp_token(p.ids[0])
     return Sample(image=scene.image, turns=[(f"What colour is {tag}?", f"{tag}: {obj.color}.")], prompts=p.prompts,
                   task="vp_qa", image_id=scene.image_id, meta={"rung": "vp_colour", "oracle": []})
@@ -184,7 +184,7 @@ def rung_samples(rung: Rung, split: str, count: int, image_size: int, start: int
     index = start
     while len(out) < count:
         for attempt in range(20):
-            scene, rng = _scene_and_rng(split, index, 0, image_size, attempt)
+            scene, rng = scene_and_rng(split, index, 0, image_size, attempt)
             sample = rung.build(scene, rng)
             if sample is not None:
                 out.append(sample)

@@ -110,7 +110,7 @@ def test_resized_objects_keep_their_size_class_and_stay_in_the_image():
             assert 0.9 * lo * sr.AREA_FACTOR[0] <= share <= 1.1 * hi * sr.AREA_FACTOR[1], (index, o.size, share)
     # a shape drawn touching the border and then grown is moved inward, not cut off
     for shape in ("square", "diamond", "circle"):
-        reach = 10.0 * sw._unit_area_and_extent(shape)[1]
+        reach = 10.0 * sw.unit_area_and_extent(shape)[1]
         spec = sw.ObjectSpec(shape, "red", (reach, S - reach), 10.0)
         (grown,), (mask,) = sr.resize_specs([spec], 1.25, S)
         assert grown.radius == pytest.approx(10.0 * 1.25**0.5) and grown.center[0] > reach

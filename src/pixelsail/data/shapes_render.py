@@ -29,7 +29,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from pixelsail.data import shapes as sw
+from pixelsail.data import shapes_scene as sw
 
 PERTURBED_SUFFIX = "_perturbed"
 LOOK_STREAM = 4                        # make_rng extra: 0 scenes, 2 task choice, 3 export; 4 the rendering look
@@ -132,7 +132,7 @@ def resize_specs(specs: Sequence[sw.ObjectSpec], area_factor: float, image_size:
     out, full = [], []
     for spec in specs:
         radius = spec.radius * float(np.sqrt(area_factor))
-        margin = min(radius * sw._unit_area_and_extent(spec.shape)[1], image_size / 2 - 1)
+        margin = min(radius * sw.unit_area_and_extent(spec.shape)[1], image_size / 2 - 1)
         cx, cy = (float(np.clip(c, margin, image_size - margin)) for c in spec.center)
         out.append(sw.ObjectSpec(spec.shape, spec.color, (cx, cy), radius))
         full.append(sw.shape_mask(spec.shape, cx, cy, radius, image_size))

@@ -1,0 +1,424 @@
+"""The shapes world's language and tasks: one sample builder per task over a :mod:`~pixelsail.data.shapes_scene`.
+
+The language is deliberately small and regular so a tiny model can learn it in minutes on a CPU:
+
+* attributes: size (small/large, by full area), colour (``COLORS``), shape (``SHAPES``);
+* relations between visible centroids: "left of", "right of", "above", "below";
+* positions: a 3x3 grid of the visible centroid (``POSITIONS``).
+
+Each builder takes a scene and the random stream that drew it and returns a :class:`Sample`, or None when the
+scene cannot support the task (:func:`make_sample` then draws the scene again).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from pixelsail.data.sample import Sample
+from pixelsail.data.shapes_scene import (COLORS, RELATIONS, SHAPES, SIZES, Scene, ShapeObject, _scaled_pixels,
+                                         scene_and_rng)
+from pixelsail.prompts import box_to_mask, point_to_mask
+from pixelsail.tokens import DEFAULT_NUM_VP_TOKENS, NO_TARGET_ANSWER, PHRASE_END, PHRASE_START, SEG, vp_token
+
+SHAPES_TASKS: tuple[str, ...] = ("res", "gres", "vp_qa", "vp_mcq", "region_caption", "vt_res", "gcg")
+MCQ_LETTERS = "ABCD"
+RES_TEMPLATES = ("Please segment {}.", "Segment {}.", "Can you segment {}?")
+CAPTION_QUESTIONS = ("Describe {} in detail.", "Please describe {}.")
+GCG_QUESTIONS = ("Describe the image and segment each object.", "What is in the image? Answer with grounded phrases.")
+VT_RES_KINDS = ("colour", "shape")
+# a region caption says "partly covered by X" when X hides at least this many of its pixels (at 128x128)
+OCCLUSION_MIN_PIXELS_128 = 12
+# a relation or left/right question is only asked when every compared centroid differs by this share of the image
+RELATION_MARGIN = 0.06
+ABSENT_PROMPT_RATE = 0.05
+LARGER_MIN_RATIO = 1.5
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# language
+
+
+ATTRIBUTES = ("size", "color", "shape")
+# attribute subsets an expression may use, most natural first
+DESCRIPTOR_KEYS: tuple[tuple[str, ...], ...] = (
+    ("shape",), ("color", "shape"), ("size", "shape"), ("size", "color", "shape"), ("color",), ("size", "color"),
+    ("size",),
+)
+
+
+def describe(attrs: Mapping[str, str], plural: bool = False) -> str:
+    """"small red circle", "red object", "large triangles", ..."""
+    noun = attrs.get("shape", "object")
+    words = [attrs[k] for k in ("size", "color") if k in attrs] + [noun + ("s" if plural else "")]
+    return " ".join(words)
+
+
+def matches(obj: ShapeObject, attrs: Mapping[str, str]) -> bool:
+    return all(getattr(obj, k) == v for k, v in attrs.items())
+
+
+def attributes_of(obj: ShapeObject, keys: Sequence[str]) -> dict[str, str]:
+    return {k: getattr(obj, k) for k in keys}
+
+
+def relation_holds(a: ShapeObject, b: ShapeObject, relation: str) -> bool:
+    (ax, ay), (bx, by) = a.centroid, b.centroid
+    return {"left of": ax < bx, "right of": ax > bx, "above": ay < by, "below": ay > by}[relation]
+
+
+def _relation_gap(a: ShapeObject, b: ShapeObject, relation: str) -> float:
+    (ax, ay), (bx, by) = a.centroid, b.centroid
+    return abs(ax - bx) if relation in ("left of", "right of") else abs(ay - by)
+
+
+def reading_order(objects: Sequence[ShapeObject]) -> list[ShapeObject]:
+    """Top-to-bottom, then left-to-right, by visible centroid."""
+    return sorted(objects, key=lambda o: (o.centroid[1], o.centroid[0]))
+
+
+def seg_answer(n: int) -> str:
+    """"Sure, [SEG]." / "Sure, [SEG] and [SEG]." / "Sure, [SEG], [SEG] and [SEG]."; "No target." for n = 0."""
+    if n == 0:
+        return NO_TARGET_ANSWER
+    segs = [SEG] * n
+    listed = segs[0] if n == 1 else ", ".join(segs[:-1]) + " and " + segs[-1]
+    return f"Sure, {listed}."
+
+
+def unique_descriptions(target: ShapeObject, visible: Sequence[ShapeObject]) -> list[dict[str, str]]:
+    out = []
+    for keys in DESCRIPTOR_KEYS:
+        attrs = attributes_of(target, keys)
+        if [o for o in visible if matches(o, attrs)] == [target]:
+            out.append(attrs)
+    return out
+
+
+def _pick(rng: np.random.Generator, items: Sequence):
+    return items[int(rng.integers(len(items)))]
+
+
+@dataclass
+class Referral:
+    """An expression and the visible objects it denotes."""
+
+    expression: str
+    targets: list[ShapeObject]
+    kind: str               # "attribute" | "relation" | "multi" | "no_target"
+
+
+def attribute_referrals(scene: Scene) -> list[Referral]:
+    """Every (target, minimal-ish unique description) pair of the scene."""
+    vis = scene.visible_objects
+    return [Referral("the " + describe(a), [t], "attribute") for t in vis for a in unique_descriptions(t, vis)]
+
+
+def relation_referrals(scene: Scene) -> list[Referral]:
+    """"the triangle left of the blue square": the anchor is named uniquely, the relation singles out the target
+    among at least two candidates, and every candidate is clearly on one side of the anchor."""
+    vis = scene.visible_objects
+    margin = RELATION_MARGIN * scene.image_size
+    out = []
+    for anchor in vis:
+        anchor_descs = unique_descriptions(anchor, vis)
+        if not anchor_descs:
+            continue
+        anchor_desc = anchor_descs[0]
+        for keys in DESCRIPTOR_KEYS[:4]:
+            groups: dict[tuple, list[ShapeObject]] = {}
+            for o in vis:
+                if o is not anchor:
+                    groups.setdefault(tuple(attributes_of(o, keys).items()), []).append(o)
+            for attrs, cands in groups.items():
+                if len(cands) < 2:
+                    continue
+                for rel in RELATIONS:
+                    if any(_relation_gap(c, anchor, rel) < margin for c in cands):
+                        continue
+                    hits = [c for c in cands if relation_holds(c, anchor, rel)]
+                    if len(hits) == 1:
+                        expr = f"the {describe(dict(attrs))} {rel} the {describe(anchor_desc)}"
+                        out.append(Referral(expr, hits, "relation"))
+    return out
+
+
+def multi_referrals(scene: Scene) -> list[Referral]:
+    """"all green objects" for every attribute combination shared by at least two visible objects."""
+    vis = scene.visible_objects
+    seen: dict[str, Referral] = {}
+    for keys in DESCRIPTOR_KEYS:
+        for o in vis:
+            attrs = attributes_of(o, keys)
+            expr = "all " + describe(attrs, plural=True)
+            if expr not in seen:
+                hits = [v for v in vis if matches(v, attrs)]
+                if len(hits) >= 2:
+                    seen[expr] = Referral(expr, reading_order(hits), "multi")
+    return list(seen.values())
+
+
+def no_target_referral(scene: Scene, rng: np.random.Generator) -> Referral:
+    """An expression that matches no visible object, often one that matches a hidden one or a near miss."""
+    vis = scene.visible_objects
+    hidden = [o for o in scene.objects if not o.visible]
+    for _ in range(50):
+        keys = _pick(rng, DESCRIPTOR_KEYS[:5])
+        if hidden and rng.random() < 0.5:
+            attrs = attributes_of(_pick(rng, hidden), keys)
+        else:
+            attrs = {"size": str(_pick(rng, SIZES)), "color": str(_pick(rng, list(COLORS))),
+                     "shape": str(_pick(rng, SHAPES))}
+            attrs = {k: attrs[k] for k in keys}
+        if not any(matches(o, attrs) for o in vis):
+            plural = rng.random() < 0.3
+            return Referral(("all " if plural else "the ") + describe(attrs, plural=plural), [], "no_target")
+    # every colour/shape combination is present: fall back to a full description, which cannot all be present
+    for size in SIZES:
+        for color in COLORS:
+            for shape in SHAPES:
+                attrs = {"size": size, "color": color, "shape": shape}
+                if not any(matches(o, attrs) for o in vis):
+                    return Referral("the " + describe(attrs), [], "no_target")
+    raise AssertionError("unreachable: more visible objects than attribute combinations")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# visual prompts
+
+
+PROMPT_KINDS = ("mask", "box", "point")
+
+
+def prompt_mask_for(obj: ShapeObject, kind: str, rng: np.random.Generator, image_size: int) -> np.ndarray:
+    if kind == "mask":
+        return obj.mask.copy()
+    if kind == "box":
+        return box_to_mask(obj.bbox, image_size, image_size)
+    if kind == "point":
+        interior = obj.mask.copy()
+        interior[1:-1, 1:-1] &= (obj.mask[:-2, 1:-1] & obj.mask[2:, 1:-1] & obj.mask[1:-1, :-2] & obj.mask[1:-1, 2:])
+        rows, cols = np.nonzero(interior if interior.any() else obj.mask)
+        j = int(rng.integers(rows.size))
+        return point_to_mask((cols[j] + 0.5, rows[j] + 0.5), image_size, image_size, radius=max(2.0, image_size / 48))
+    raise ValueError(f"unknown prompt kind {kind!r}; expected one of {PROMPT_KINDS}")
+
+
+@dataclass
+class _Prompting:
+    ids: list[int]
+    prompts: dict[int, np.ndarray]
+    meta: dict
+
+
+def prompt_objects(objs: Sequence[ShapeObject], rng: np.random.Generator, image_size: int,
+                    n_ids: int = DEFAULT_NUM_VP_TOKENS) -> _Prompting:
+    ids = [int(k) for k in rng.choice(n_ids, size=len(objs), replace=False)]
+    kinds = [str(_pick(rng, PROMPT_KINDS)) for _ in objs]
+    prompts = {k: prompt_mask_for(o, kind, rng, image_size) for k, o, kind in zip(ids, objs, kinds)}
+    meta = {"prompt_objects": {k: o.index for k, o in zip(ids, objs)},
+            "prompt_kinds": dict(zip(ids, kinds))}
+    return _Prompting(ids, prompts, meta)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# samples, one builder per task; each returns None when the scene cannot support the task
+
+
+def _sample(scene: Scene, task: str, question: str, reply: str, masks: Sequence[np.ndarray] = (),
+            prompts: Mapping[int, np.ndarray] | None = None, **meta) -> Sample:
+    base = {"split": scene.meta.get("split", ""), "index": scene.meta.get("index", 0),
+            "seed": scene.meta.get("seed", 0), "attempt": scene.meta.get("attempt", 0),
+            "ref_id": f"{scene.image_id}-{task}", "no_target": False, "target_ids": []}
+    base.update(meta)
+    return Sample(image=scene.image, turns=[(question, reply)], masks=[m.copy() for m in masks],
+                  prompts=dict(prompts or {}), task=task, image_id=scene.image_id, meta=base)
+
+
+def _referral_sample(scene: Scene, task: str, ref: Referral, rng: np.random.Generator) -> Sample:
+    question = _pick(rng, RES_TEMPLATES).format(ref.expression)
+    return _sample(scene, task, question, seg_answer(len(ref.targets)), [t.mask for t in ref.targets],
+                   expression=ref.expression, expression_kind=ref.kind, no_target=not ref.targets,
+                   target_ids=[t.index for t in ref.targets])
+
+
+def make_res(scene: Scene, rng: np.random.Generator) -> Sample | None:
+    relations = relation_referrals(scene)
+    pool = relations if relations and rng.random() < 0.4 else attribute_referrals(scene)
+    if not pool:
+        return None
+    return _referral_sample(scene, "res", _pick(rng, pool), rng)
+
+
+def make_gres(scene: Scene, rng: np.random.Generator) -> Sample | None:
+    multi = multi_referrals(scene)
+    if multi and rng.random() < 0.65:
+        ref = _pick(rng, multi)
+    else:
+        ref = no_target_referral(scene, rng)
+    return _referral_sample(scene, "gres", ref, rng)
+
+
+def _absent_prompt_sample(scene: Scene, task: str, rng: np.random.Generator, question_for: Callable[[str], str]):
+    vis = scene.visible_objects
+    present = prompt_objects([_pick(rng, vis)], rng, scene.image_size)
+    absent = int(_pick(rng, [k for k in range(DEFAULT_NUM_VP_TOKENS) if k not in present.ids]))
+    tag = vp_token(absent)
+    return _sample(scene, task, question_for(tag), f"{tag} is not in the image.", prompts=present.prompts,
+                   absent_prompt=absent, **present.meta)
+
+
+VP_QA_KINDS = ("colour", "shape", "size", "what", "where")
+
+
+def make_vp_qa(scene: Scene, rng: np.random.Generator) -> Sample | None:
+    vis = scene.visible_objects
+    if not vis:
+        return None
+    kind = str(_pick(rng, VP_QA_KINDS))
+    questions = {"colour": "What colour is {}?", "shape": "What shape is {}?", "size": "Is {} small or large?",
+                 "what": "What is {}?", "where": "Where is {}?"}
+    if rng.random() < ABSENT_PROMPT_RATE:
+        return _absent_prompt_sample(scene, "vp_qa", rng, questions[kind].format)
+    obj = _pick(rng, vis)
+    p = prompt_objects([obj], rng, scene.image_size)
+    tag = vp_token(p.ids[0])
+    value = {"colour": obj.color, "shape": obj.shape, "size": obj.size, "what": "a " + obj.phrase(),
+             "where": "in the " + obj.position}[kind]
+    return _sample(scene, "vp_qa", questions[kind].format(tag), f"{tag}: {value}.", prompts=p.prompts,
+                   question_kind=kind, target_ids=[obj.index], **p.meta)
+
+
+def mcq_question(stem: str, options: Sequence[str]) -> str:
+    listed = " ".join(f"({MCQ_LETTERS[i]}) {o}" for i, o in enumerate(options))
+    return f"{stem} {listed}. Answer with the option's letter."
+
+
+def make_vp_mcq(scene: Scene, rng: np.random.Generator) -> Sample | None:
+    vis = scene.visible_objects
+    if not vis:
+        return None
+    margin = RELATION_MARGIN * scene.image_size
+    pairs_larger = [(a, b) for a in vis for b in vis if a.area >= LARGER_MIN_RATIO * b.area]
+    pairs_side = [(a, b) for a in vis for b in vis if a is not b and abs(a.centroid[0] - b.centroid[0]) >= margin]
+    kinds = ["colour", "shape"] + (["larger"] if pairs_larger else []) + (["side"] if pairs_side else [])
+    kind = str(_pick(rng, kinds))
+    if kind in ("colour", "shape"):
+        obj = _pick(rng, vis)
+        p = prompt_objects([obj], rng, scene.image_size)
+        tag = vp_token(p.ids[0])
+        correct = obj.color if kind == "colour" else obj.shape
+        pool = [c for c in (COLORS if kind == "colour" else SHAPES) if c != correct]
+        options = [str(c) for c in rng.choice(pool, size=3, replace=False)] + [correct]
+        stem = f"What colour is {tag}?" if kind == "colour" else f"What shape is {tag}?"
+        target_ids = [obj.index]
+    elif kind == "larger":
+        big, small = _pick(rng, pairs_larger)
+        p = prompt_objects([big, small], rng, scene.image_size)
+        options = [vp_token(k) for k in p.ids]
+        correct = options[0]
+        stem = f"Which is larger, {options[0]} or {options[1]}?" if rng.random() < 0.5 else \
+            f"Which is larger, {options[1]} or {options[0]}?"
+        target_ids = [big.index, small.index]
+    else:
+        a, b = _pick(rng, pairs_side)
+        p = prompt_objects([a, b], rng, scene.image_size)
+        ta, tb = (vp_token(k) for k in p.ids)
+        options = ["left", "right"]
+        correct = "left" if a.centroid[0] < b.centroid[0] else "right"
+        stem = f"Is {ta} left or right of {tb}?"
+        target_ids = [a.index, b.index]
+    order = rng.permutation(len(options))
+    options = [options[i] for i in order]
+    letter = MCQ_LETTERS[options.index(correct)]
+    return _sample(scene, "vp_mcq", mcq_question(stem, options), f"({letter}) {correct}.", prompts=p.prompts,
+                   question_kind=kind, answer=f"({letter})", choices=options, correct=correct,
+                   target_ids=target_ids, **p.meta)
+
+
+def occluders(scene: Scene, obj: ShapeObject) -> list[ShapeObject]:
+    """Objects hiding at least the threshold number of ``obj``'s pixels, most hiding first."""
+    min_px = _scaled_pixels(OCCLUSION_MIN_PIXELS_128, scene.image_size)
+    counts = [(int((obj.full_mask & o.mask).sum()), o) for o in scene.objects[obj.index + 1:]]
+    return [o for n, o in sorted(counts, key=lambda c: (-c[0], c[1].index)) if n >= min_px]
+
+
+def region_caption(scene: Scene, obj: ShapeObject) -> str:
+    """"a large blue square in the top left, partly covered by a red circle and a green star"."""
+    text = f"a {obj.phrase()} in the {obj.position}"
+    covering = [f"a {o.phrase(with_size=False)}" for o in occluders(scene, obj)]
+    if covering:
+        listed = covering[0] if len(covering) == 1 else ", ".join(covering[:-1]) + " and " + covering[-1]
+        text += f", partly covered by {listed}"
+    return text
+
+
+def make_region_caption(scene: Scene, rng: np.random.Generator) -> Sample | None:
+    vis = scene.visible_objects
+    if not vis:
+        return None
+    template = _pick(rng, CAPTION_QUESTIONS)
+    if rng.random() < ABSENT_PROMPT_RATE:
+        return _absent_prompt_sample(scene, "region_caption", rng, template.format)
+    obj = _pick(rng, vis)
+    p = prompt_objects([obj], rng, scene.image_size)
+    tag = vp_token(p.ids[0])
+    return _sample(scene, "region_caption", template.format(tag), f"{tag}: {region_caption(scene, obj)}.",
+                   prompts=p.prompts, target_ids=[obj.index], caption=region_caption(scene, obj), **p.meta)
+
+
+def make_vt_res(scene: Scene, rng: np.random.Generator) -> Sample | None:
+    """"Segment the object with the same colour as <vp_k>." when exactly one other visible object qualifies."""
+    vis = scene.visible_objects
+    options = []
+    for kind in VT_RES_KINDS:
+        attr = "color" if kind == "colour" else "shape"
+        for o in vis:
+            same = [v for v in vis if v is not o and getattr(v, attr) == getattr(o, attr)]
+            if len(same) == 1:
+                options.append((kind, o, same[0]))
+    if not options:
+        return None
+    kind, anchor, target = _pick(rng, options)
+    p = prompt_objects([anchor], rng, scene.image_size)
+    tag = vp_token(p.ids[0])
+    question = f"Segment the object with the same {kind} as {tag}."
+    return _sample(scene, "vt_res", question, seg_answer(1), [target.mask], prompts=p.prompts,
+                   expression=f"the object with the same {kind} as {tag}", vt_kind=kind,
+                   target_ids=[target.index], **p.meta)
+
+
+def gcg_answer(objects: Sequence[ShapeObject]) -> str:
+    """"There is a <p> large red circle </p> [SEG], a <p> small blue star </p> [SEG] and ..."."""
+    parts = [f"a {PHRASE_START} {o.phrase()} {PHRASE_END} {SEG}" for o in objects]
+    listed = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    return f"There is {listed}."
+
+
+def make_gcg(scene: Scene, rng: np.random.Generator) -> Sample | None:
+    vis = reading_order(scene.visible_objects)
+    if not vis:
+        return None
+    return _sample(scene, "gcg", _pick(rng, GCG_QUESTIONS), gcg_answer(vis), [o.mask for o in vis],
+                   target_ids=[o.index for o in vis])
+
+
+TASK_BUILDERS: dict[str, Callable[[Scene, np.random.Generator], Sample | None]] = {
+    "res": make_res, "gres": make_gres, "vp_qa": make_vp_qa, "vp_mcq": make_vp_mcq,
+    "region_caption": make_region_caption, "vt_res": make_vt_res, "gcg": make_gcg,
+}
+
+
+def make_sample(split: str, index: int, task: str, seed: int = 0, image_size: int = 128,
+                max_attempts: int = 50, plain: bool = False) -> Sample:
+    """A ``task`` sample for scene ``index`` of ``split``; scenes that cannot support the task are re-drawn."""
+    if task not in TASK_BUILDERS:
+        raise ValueError(f"unknown shapes task {task!r}; expected one of {SHAPES_TASKS}")
+    for attempt in range(max_attempts):
+        # the sample draws from where the scene's stream stopped: the scene never depends on the task
+        scene, rng = scene_and_rng(split, index, seed, image_size, attempt, plain)
+        sample = TASK_BUILDERS[task](scene, rng)
+        if sample is not None:
+            return sample
+    raise RuntimeError(f"no scene for task {task!r} at {split}[{index}] after {max_attempts} attempts")
