@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pixelsail.ablation import (READING_END, READING_START, VARIANTS, ablation_metrics, compare_steps, mean_std,
-                                variant_run)
+from pixelsail.ablation import READING_END, READING_START, VARIANTS, ablation_metrics, variant_run
+from pixelsail.ablation_report import compare_steps, mean_std
 from pixelsail.config import RunConfig, load_yaml, to_dict
 from pixelsail.data.export import mask_to_rle
 from pixelsail.experts import SHIPPED_SHAPES_EXPERT

@@ -89,8 +89,8 @@ def ablate_command(
                                   help="score region descriptions with METEOR (Java); needed for the overall"),
 ) -> None:
     """Train and evaluate the four ablation variants x seeds; write a table and a bar chart."""
-    from pixelsail.ablation import (VARIANTS, AblationSettings, machine_description, run_ablation, summarize,
-                                    write_report)
+    from pixelsail.ablation import VARIANTS, AblationSettings, run_ablation
+    from pixelsail.ablation_report import machine_description, summarize, write_report
 
     try:
         base = base_config(config, quick, steps, batch_size, list(overrides or []))
