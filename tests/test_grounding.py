@@ -226,3 +226,44 @@ def test_product_task_rungs_serve_the_shapes_mix_questions_with_their_prompts():
     assert {s.meta["rung"] for s in mcq} == {"vp_mcq"} and all(s.meta["oracle"] == [] for s in mcq)
     qa = rung_samples(RUNGS["vp_qa"], "val", 6, 64)
     assert all(s.turns[0][1].startswith("<vp_") and s.task == "vp_qa" for s in qa)
+
+
+def test_res_breakdown_groups_expressions_and_scores_objects_by_hand():
+    from benchmarks.res_breakdown import expression_group, object_scores
+
+    assert expression_group("the large red star", "attribute") == "size+colour+shape"
+    assert expression_group("the star", "attribute") == "shape"
+    assert expression_group("the small object", "attribute") == "size"
+    assert expression_group("the circle left of the blue star", "relation") == "relation"
+    probs = np.zeros((4, 4), dtype=np.float32)
+    probs[:2, :2] = 0.4        # object 1 (the target): mean 0.4
+    probs[2:, 2:] = [[0.9, 0.1], [0.5, 0.5]]   # object 2: mean 0.5
+    masks = {1: box_mask(4, 4, 0, 2, 0, 2), 2: box_mask(4, 4, 2, 4, 2, 4), 3: np.zeros((4, 4), dtype=bool)}
+    s = object_scores(probs, masks, target=1)   # object 3 shows no pixel: not a candidate
+    assert s == pytest.approx({"ranked_first": 0.0, "p_target": 0.4, "p_other": 0.5, "chance": 0.5})
+    assert object_scores(probs, masks, target=2)["ranked_first"] == 1.0
+
+
+def test_res_breakdown_reads_generated_masks_and_runs_teacher_forced(tmp_path):
+    from benchmarks.res_breakdown import generated, table, teacher_forced
+    from pixelsail.data.export import mask_to_rle
+
+    gt = box_mask(8, 8, 0, 4, 0, 4)                       # 16 px
+    half = box_mask(8, 8, 0, 4, 0, 2)                     # 8 px inside it
+    records = [{"task": "res", "gt_masks": [mask_to_rle(gt)], "pred_masks": [mask_to_rle(half)],
+                "meta": {"expression": "the red star", "expression_kind": "attribute"}},
+               {"task": "res", "gt_masks": [mask_to_rle(gt)], "pred_masks": [],
+                "meta": {"expression": "the blue star", "expression_kind": "attribute"}},
+               {"task": "gres", "gt_masks": [], "pred_masks": [], "meta": {}}]
+    path = tmp_path / "predictions.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    gen = generated(path)
+    assert gen == {"colour+shape": {"n": 2, "cIoU": pytest.approx(100 * 8 / 32), "empty": 1}}
+
+    tf = teacher_forced(tiny_model(), "test", 6, batch_size=4)
+    rows = [r for group in tf.values() for r in group]
+    assert 0 < len(rows) <= 6
+    for r in rows:
+        assert 0.0 <= r["p_target"] <= 1.0 and 0.0 <= r["p_other"] <= 1.0 and 0.0 < r["chance"] <= 1.0
+        assert r["ranked_first"] == float(r["p_target"] > r["p_other"])
+    assert "| colour+shape |" in table(tf, gen)
