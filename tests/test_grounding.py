@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -267,3 +268,41 @@ def test_res_breakdown_reads_generated_masks_and_runs_teacher_forced(tmp_path):
         assert 0.0 <= r["p_target"] <= 1.0 and 0.0 <= r["p_other"] <= 1.0 and 0.0 < r["chance"] <= 1.0
         assert r["ranked_first"] == float(r["p_target"] > r["p_other"])
     assert "| colour+shape |" in table(tf, gen)
+
+
+def test_vision_probe_labels_pixels_and_reads_out_a_separable_attribute():
+    from benchmarks.vision_probe import GROUPS, linear_probe, object_means, pixel_labels, scenes_and_samples
+
+    (sample, scene), = scenes_and_samples("test", 1, start=3)
+    labels = pixel_labels(scene)
+    assert labels.shape == (3, 128, 128)
+    for obj in scene.visible_objects:   # every visible pixel carries its object's classes, the rest is -1
+        names = dict(zip((g for g, _ in GROUPS), (obj.color, obj.shape, obj.size)))
+        for g, (group, vocabulary) in enumerate(GROUPS):
+            assert set(labels[g][torch.from_numpy(obj.mask)].tolist()) == {vocabulary.index(names[group])}
+    background = ~np.any(np.stack([o.mask for o in scene.visible_objects]), axis=0)
+    assert set(labels[:, torch.from_numpy(background)].flatten().tolist()) == {-1}
+
+    feature = torch.zeros(2, 32, 32)
+    feature[0] = torch.arange(32 * 32, dtype=torch.float32).reshape(32, 32)
+    means = object_means(feature, scene)
+    assert len(means) == len(scene.visible_objects) and all(m.shape == (2,) for m, _ in means)
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 3, (200,), generator=g)
+    x = torch.randn(200, 4, generator=g) * 0.1
+    x[torch.arange(200), y] += 2.0          # class k lights up dimension k
+    pred = linear_probe(x[:150], y[:150], x[150:], 3)
+    assert float((pred == y[150:]).float().mean()) > 0.95
+
+
+def test_vision_probe_trains_the_visual_path_and_reports_object_accuracy(tmp_path):
+    from benchmarks.vision_probe import main
+
+    main(["train", "--samples", "8", "--batch", "4", "--eval-every", "8", "--eval-scenes", "2",
+          "--config", str(Path(__file__).resolve().parent.parent / "configs" / "shapes-quick.yaml"),
+          "--out", str(tmp_path)])
+    run = json.loads((tmp_path / "runs.jsonl").read_text())
+    (samples, accuracy), = run["curve"]
+    assert samples == 8 and set(accuracy) == {"colour", "shape", "size"}
+    assert all(0.0 <= v <= 100.0 for v in accuracy.values())
