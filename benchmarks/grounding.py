@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from benchmarks.ladder import RUNGS, AttributeOracle, Rung, chance_level, rung_samples
-from benchmarks.oracle_query import dense_features
+from benchmarks.oracle_query import dense_features, optimizer_step
 from pixelsail.config import apply_overrides, load_yaml
 from pixelsail.metrics import LisaMaskMetric
 from pixelsail.model import build_model
@@ -175,11 +175,7 @@ def run_one(rung: Rung, args, seed: int, use_oracle: bool) -> dict:
         else:
             loss = model(batch["input_ids"], batch["labels"], batch["lengths"], batch["images"], batch["masks"],
                          teacher_features=maps).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params.parameters(), run.train.grad_clip)
-        optimizer.step()
-        scheduler.step()
+        optimizer_step(loss, optimizer, scheduler, params, run.train.grad_clip)
         if step % every == 0 or step == steps:
             value = evaluate(model, oracle, rung, val)
             curve.append((step * args.batch, value))

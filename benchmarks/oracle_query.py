@@ -60,6 +60,16 @@ def training_sample(index: int, image_size: int):
     raise RuntimeError(f"no referring sample for train scene {index}")
 
 
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scheduler, params: nn.Module,
+                   grad_clip: float) -> None:
+    """One step of the probes' training loops: backward, clip, AdamW, schedule."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params.parameters(), grad_clip)
+    optimizer.step()
+    scheduler.step()
+
+
 def dense_features(model, batch) -> tuple[dict[int, torch.Tensor], torch.Tensor, AttentionLayout]:
     """Per-image mask features, the final hidden states (B, L, C) and the batch's attention layout."""
     embeds, positions, layout = model.embed_batch(batch["input_ids"], batch["images"])
@@ -147,11 +157,7 @@ def main(argv: list[str] | None = None) -> None:
         if teacher is not None:
             distill = model.distill_losses(hidden, batch["images"], features, batch["teacher_features"])
             loss = loss + cfg.distill.weight * sum(distill.values())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params.parameters(), run.train.grad_clip)
-        optimizer.step()
-        scheduler.step()
+        optimizer_step(loss, optimizer, scheduler, params, run.train.grad_clip)
         if step % args.eval_every == 0 or step == args.steps:
             ciou = evaluate(model, oracle, val_samples, val_scenes)
             rows.append((step, float(dice.detach()), ciou))

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.oracle_query import dense_features
+from benchmarks.oracle_query import dense_features, optimizer_step
 from pixelsail.config import apply_overrides, load_yaml
 from pixelsail.data.shapes import COLOR_NAMES, SHAPES, SIZES, make_sample, scene_and_rng
 from pixelsail.train import build_optimizer, lr_factor
@@ -236,11 +236,7 @@ def train_run(args) -> dict:
         pairs = scenes_and_samples("train", args.batch, start=(step - 1) * args.batch + args.seed * 100_003)
         labels = torch.stack([pixel_labels(scene) for _, scene in pairs])        # (B, 3, H, W)
         loss = dense_loss(head(extract(pairs)), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params.parameters(), run.train.grad_clip)
-        optimizer.step()
-        scheduler.step()
+        optimizer_step(loss, optimizer, scheduler, params, run.train.grad_clip)
         if step % every == 0 or step == steps:
             acc = object_accuracy(extract, head, val)
             curve.append((step * args.batch, acc))
