@@ -15,9 +15,11 @@ path (patch embedding, the decoder over the vision block, the upsampler, the mas
 classification head on the mask features and a per-pixel objective: cross-entropy of the colour, shape and size
 class of the object under each object pixel. ``--architecture expert`` trains the shapes expert's small conv net
 the same way instead: the positive control; ``--architecture model-tokens`` reads the model's vision tokens before
-the upsampler (is shape lost there, or never computed?). Every ``--eval-every`` samples it reports per-object accuracy (the
-majority class of the object's pixels) on val scenes: how many samples the architecture needs to represent each
-attribute when every pixel is labelled, which bounds what the sparse referring loss can teach it.
+the upsampler (is shape lost there, or never computed?); ``--objective distill`` trains the features with the
+model's distillation loss to the shapes expert's maps alone, the head reading them detached (does distillation put
+shape into them?). Every ``--eval-every`` samples it reports per-object accuracy (the majority class of the
+object's pixels) on val scenes: how many samples the architecture needs to represent each attribute when every
+pixel is labelled, which bounds what the sparse referring loss can teach it.
 """
 from __future__ import annotations
 
@@ -220,9 +222,35 @@ def object_accuracy(extract: nn.Module, head: AttributeHead, pairs: list[tuple],
     return {name: 100.0 * hits[g] / max(total, 1) for g, (name, _) in enumerate(GROUPS)}
 
 
+def distill_setup(run):
+    """The shapes expert as teacher and ``run.model.distill`` switched on, as the distillation recipes do."""
+    from pixelsail.ablation import TEACHER, distill_teachers
+    from pixelsail.config import DistillConfig
+    from pixelsail.experts import load_teacher
+
+    run.model.distill = DistillConfig(enabled=True, teachers=distill_teachers(), weight=run.model.distill.weight)
+    return load_teacher(TEACHER)
+
+
+def distill_loss(extract: ModelFeatures, teacher, pairs: list[tuple]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the model's distillation loss to the teacher's maps, its mask features (B, C, h, w))."""
+    model = extract.model
+    batch = model.processor.collate([model.processor(s) for s, _ in pairs])
+    feats, hidden, _ = dense_features(model, batch)
+    outs = teacher.encode_batch([s.image for s, _ in pairs])
+    maps = [{k: torch.from_numpy(v) for k, v in out.items()} for out in outs]
+    losses = model.distill_losses(hidden, batch["images"], feats, maps)
+    return sum(losses.values()), torch.stack([feats[i] for i in range(len(pairs))])
+
+
 def train_run(args) -> dict:
     run = apply_overrides(load_yaml(args.config), list(args.set))
     torch.manual_seed(args.seed)
+    teacher = None
+    if args.objective == "distill":
+        if args.architecture != "model":
+            raise SystemExit("--objective distill needs --architecture model")
+        teacher = distill_setup(run)
     extract = ARCHITECTURES[args.architecture](run).train()
     head = AttributeHead(extract.dim)
     params = nn.ModuleList([extract, head])
@@ -235,14 +263,19 @@ def train_run(args) -> dict:
     for step in range(1, steps + 1):
         pairs = scenes_and_samples("train", args.batch, start=(step - 1) * args.batch + args.seed * 100_003)
         labels = torch.stack([pixel_labels(scene) for _, scene in pairs])        # (B, 3, H, W)
-        loss = dense_loss(head(extract(pairs)), labels)
+        if teacher is None:
+            loss = dense_loss(head(extract(pairs)), labels)
+        else:   # the features learn from the teacher only; the head reads them without shaping them
+            distill, feats = distill_loss(extract, teacher, pairs)
+            loss = distill + dense_loss(head(feats.detach()), labels)
         optimizer_step(loss, optimizer, scheduler, params, run.train.grad_clip)
         if step % every == 0 or step == steps:
             acc = object_accuracy(extract, head, val)
             curve.append((step * args.batch, acc))
             print(f"  {args.label} seed {args.seed}: {step * args.batch} samples ({time.perf_counter() - t0:.0f} s) "
                   f"loss {float(loss.detach()):.3f} " + " ".join(f"{k} {v:.1f}" for k, v in acc.items()), flush=True)
-    return {"label": args.label, "architecture": args.architecture, "seed": args.seed, "overrides": list(args.set),
+    return {"label": args.label, "architecture": args.architecture, "objective": args.objective, "seed": args.seed,
+            "overrides": list(args.set),
             "batch": args.batch, "lr": args.lr, "curve": curve, "seconds": round(time.perf_counter() - t0, 1)}
 
 
@@ -260,6 +293,9 @@ def main(argv: list[str] | None = None) -> None:
     tr.add_argument("--architecture", choices=sorted(ARCHITECTURES), default="model",
                     help="model: the recipe's model, read at its mask features; model-tokens: read at its vision "
                          "tokens' final states (before the upsampler); expert: the shapes expert's conv net (control)")
+    tr.add_argument("--objective", choices=("labels", "distill"), default="labels",
+                    help="labels: per-pixel cross-entropy trains the features; distill: only the distillation loss "
+                         "to the shapes expert's maps trains them (the probe head reads them detached)")
     tr.add_argument("--label", default="as configured")
     tr.add_argument("--samples", type=int, default=9600)
     tr.add_argument("--batch", type=int, default=16)

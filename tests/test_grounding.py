@@ -296,13 +296,16 @@ def test_vision_probe_labels_pixels_and_reads_out_a_separable_attribute():
     assert float((pred == y[150:]).float().mean()) > 0.95
 
 
-def test_vision_probe_trains_the_visual_path_and_reports_object_accuracy(tmp_path):
+@pytest.mark.parametrize("objective", ["labels", "distill"])
+def test_vision_probe_trains_the_visual_path_and_reports_object_accuracy(tmp_path, objective):
     from benchmarks.vision_probe import main
 
-    main(["train", "--samples", "8", "--batch", "4", "--eval-every", "8", "--eval-scenes", "2",
+    main(["train", "--objective", objective, "--samples", "8", "--batch", "4", "--eval-every", "8",
+          "--eval-scenes", "2",
           "--config", str(Path(__file__).resolve().parent.parent / "configs" / "shapes-quick.yaml"),
           "--out", str(tmp_path)])
     run = json.loads((tmp_path / "runs.jsonl").read_text())
+    assert run["objective"] == objective
     (samples, accuracy), = run["curve"]
     assert samples == 8 and set(accuracy) == {"colour", "shape", "size"}
     assert all(0.0 <= v <= 100.0 for v in accuracy.values())
