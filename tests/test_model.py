@@ -195,6 +195,8 @@ def test_save_load_roundtrip_without_pickle(tmp_path, monkeypatch):
 def test_from_pretrained_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json is missing"):
         PixelSail.from_pretrained(tmp_path)
+    with pytest.raises(FileNotFoundError, match="gone: no such model directory"):   # e.g. a pruned checkpoint
+        PixelSail.from_pretrained(tmp_path / "gone")
 
 
 def test_distillation_losses_flow():

@@ -474,6 +474,8 @@ class PixelSail(nn.Module):
                         attn_implementation: str | None = None) -> "PixelSail":
         directory = Path(directory)
         cfg_path = directory / CONFIG_FILE
+        if not directory.is_dir():
+            raise FileNotFoundError(f"{directory}: no such model directory")
         if not cfg_path.is_file():
             raise FileNotFoundError(f"{directory} is not a pixelsail checkpoint: {CONFIG_FILE} is missing")
         meta = json.loads(cfg_path.read_text())
