@@ -121,6 +121,17 @@ def teacher_maps(teacher, samples: list) -> list[dict[str, torch.Tensor]] | None
     return [{k: torch.from_numpy(v) for k, v in out.items()} for out in teacher.encode_batch([s.image for s in samples])]
 
 
+def with_distillation(run, batch_size: int | None = None):
+    """Switch ``run.model.distill`` on with the shipped shapes expert's maps (as the distillation recipes do) and
+    return that expert, loaded as the teacher."""
+    from pixelsail.ablation import TEACHER, distill_teachers
+    from pixelsail.config import DistillConfig
+    from pixelsail.experts import load_teacher
+
+    run.model.distill = DistillConfig(enabled=True, teachers=distill_teachers(), weight=run.model.distill.weight)
+    return load_teacher(TEACHER, batch_size=batch_size)
+
+
 def oracle_loss(model, oracle: AttributeOracle, batch: dict, samples: list,
                 teacher_features: list[dict] | None = None) -> torch.Tensor:
     hidden, features, text_start = _hidden(model, batch)
@@ -147,14 +158,7 @@ def samples_to_reach(curve: list[tuple[int, float]], level: float) -> int | None
 def run_one(rung: Rung, args, seed: int, use_oracle: bool) -> dict:
     run = apply_overrides(load_yaml(args.config), list(args.set))
     run.model.mask_num_points = min(run.model.mask_num_points, args.image_size ** 2 // 4)
-    teacher = None
-    if args.distill:
-        from pixelsail.ablation import TEACHER, distill_teachers
-        from pixelsail.config import DistillConfig
-        from pixelsail.experts import load_teacher
-
-        run.model.distill = DistillConfig(enabled=True, teachers=distill_teachers(), weight=run.model.distill.weight)
-        teacher = load_teacher(TEACHER, batch_size=args.batch)
+    teacher = with_distillation(run, batch_size=args.batch) if args.distill else None
     torch.manual_seed(seed)
     model = build_model(run.model).train()
     oracle = AttributeOracle(run.model.mask_dim, rung.oracle_keys) if use_oracle else None

@@ -16,8 +16,8 @@ from torch import nn
 
 from pixelsail.data.sample import Sample
 from pixelsail.data.shapes import (
-    COLOR_NAMES, GCG_QUESTIONS, SHAPES, SIZES, Scene, ShapeObject, prompt_objects, scene_and_rng, gcg_answer,
-    make_vp_mcq, make_vp_qa, multi_referrals, no_target_referral, reading_order, relation_referrals, seg_answer,
+    COLOR_NAMES, GCG_QUESTIONS, SHAPES, SIZES, Scene, ShapeObject, gcg_answer, make_vp_mcq, make_vp_qa,
+    multi_referrals, no_target_referral, prompt_objects, reading_order, relation_referrals, scene_and_rng, seg_answer,
 )
 from pixelsail.tokens import vp_token
 

@@ -30,7 +30,7 @@ from torch import nn
 
 from benchmarks.ladder import AttributeOracle, attribute_ids
 from pixelsail.config import DistillConfig, load_yaml
-from pixelsail.data.shapes import Scene, ShapesDataset, scene_and_rng, make_res
+from pixelsail.data.shapes import Scene, ShapesDataset, generate_scene, make_res, scene_and_rng
 from pixelsail.metrics import LisaMaskMetric
 from pixelsail.model import build_model
 from pixelsail.model.attention import AttentionLayout
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
 
     val = ShapesDataset("val", tasks={"res": 1.0}, image_size=image_size, size=args.eval_samples, seed=0)
     val_samples = [val[i] for i in range(len(val))]
-    val_scenes = [scene_and_rng("val", s.meta["index"], 0, image_size, s.meta["attempt"])[0] for s in val_samples]
+    val_scenes = [generate_scene("val", s.meta["index"], 0, image_size, s.meta["attempt"]) for s in val_samples]
     n_ambiguous = sum(ambiguous(sc, s.meta["target_ids"][0]) for sc, s in zip(val_scenes, val_samples))
 
     rows = []

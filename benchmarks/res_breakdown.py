@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from benchmarks.grounding import _encode, _hidden, _queries
-from pixelsail.data.shapes import COLOR_NAMES, SHAPES, SIZES, make_sample, scene_and_rng
+from pixelsail.data.shapes import COLOR_NAMES, SHAPES, SIZES, generate_scene, make_sample
 from pixelsail.model.mask_head import mask_logits, mask_probabilities
 
 _ATTRIBUTE_WORDS = (("size", SIZES), ("colour", COLOR_NAMES), ("shape", SHAPES))
@@ -64,7 +64,7 @@ def teacher_forced(model, split: str, count: int, batch_size: int = 32) -> dict[
         for i, (s, q) in enumerate(zip(chunk, _queries(model, None, batch, chunk, hidden, text_start))):
             h, w = s.image.shape[:2]
             probs = mask_probabilities(mask_logits(q, features[i][None].expand(q.shape[0], -1, -1, -1)), (h, w))
-            scene, _ = scene_and_rng(split, s.meta["index"], s.meta["seed"], h, s.meta["attempt"])
+            scene = generate_scene(split, s.meta["index"], s.meta["seed"], h, s.meta["attempt"])
             masks = {o.index: o.mask for o in scene.visible_objects}
             group = expression_group(s.meta["expression"], s.meta["expression_kind"])
             groups[group].append(object_scores(probs[0].numpy(), masks, s.meta["target_ids"][0]))

@@ -33,9 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmarks.grounding import teacher_maps, with_distillation
 from benchmarks.oracle_query import dense_features, optimizer_step
 from pixelsail.config import apply_overrides, load_yaml
-from pixelsail.data.shapes import COLOR_NAMES, SHAPES, SIZES, make_sample, scene_and_rng
+from pixelsail.data.shapes import COLOR_NAMES, SHAPES, SIZES, generate_scene, make_sample
 from pixelsail.train import build_optimizer, lr_factor
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,8 +48,7 @@ def scenes_and_samples(split: str, count: int, start: int = 0, image_size: int =
     out = []
     for i in range(start, start + count):
         s = make_sample(split, i, "res", image_size=image_size)
-        scene, _ = scene_and_rng(split, i, s.meta["seed"], image_size, s.meta["attempt"])
-        out.append((s, scene))
+        out.append((s, generate_scene(split, i, s.meta["seed"], image_size, s.meta["attempt"])))
     return out
 
 
@@ -69,11 +69,16 @@ def pixel_labels(scene) -> torch.Tensor:
     return labels
 
 
-def features_of(model, pairs: list[tuple]) -> list[torch.Tensor]:
-    """Mask features (C, h, w) of each pair's image."""
+def forward_pairs(model, pairs: list[tuple]) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """One forward of the pairs' samples: (the collated batch, mask features (B, C, h, w), final states (B, L, C))."""
     batch = model.processor.collate([model.processor(s) for s, _ in pairs])
-    feats, _, _ = dense_features(model, batch)
-    return [feats[i] for i in range(len(pairs))]
+    feats, hidden, _ = dense_features(model, batch)
+    return batch, torch.stack([feats[i] for i in range(len(pairs))]), hidden
+
+
+def features_of(model, pairs: list[tuple]) -> torch.Tensor:
+    """Mask features (B, C, h, w) of the pairs' images."""
+    return forward_pairs(model, pairs)[1]
 
 
 def object_means(feature: torch.Tensor, scene) -> list[tuple[torch.Tensor, tuple[int, int, int]]]:
@@ -106,7 +111,8 @@ def linear_probe(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Ten
         loss.backward()
         return loss
 
-    opt.step(closure)
+    with torch.enable_grad():   # callers may hold no_grad (probe() does, for the feature pass)
+        opt.step(closure)
     return (xb @ w + b).argmax(1).detach()
 
 
@@ -171,10 +177,9 @@ class ModelFeatures(nn.Module):
         self.dim = run.model.mask_dim if read == "mask" else run.model.hidden_size
 
     def forward(self, pairs: list[tuple]) -> torch.Tensor:          # -> (B, C, H/stride, W/stride)
+        batch, feats, hidden = forward_pairs(self.model, pairs)
         if self.read == "mask":
-            return torch.stack(features_of(self.model, pairs))
-        batch = self.model.processor.collate([self.model.processor(s) for s, _ in pairs])
-        _, hidden, _ = dense_features(self.model, batch)
+            return feats
         return torch.stack([self.model._vision_grid(hidden[i], im.grid) for i, im in enumerate(batch["images"])])
 
 
@@ -222,25 +227,12 @@ def object_accuracy(extract: nn.Module, head: AttributeHead, pairs: list[tuple],
     return {name: 100.0 * hits[g] / max(total, 1) for g, (name, _) in enumerate(GROUPS)}
 
 
-def distill_setup(run):
-    """The shapes expert as teacher and ``run.model.distill`` switched on, as the distillation recipes do."""
-    from pixelsail.ablation import TEACHER, distill_teachers
-    from pixelsail.config import DistillConfig
-    from pixelsail.experts import load_teacher
-
-    run.model.distill = DistillConfig(enabled=True, teachers=distill_teachers(), weight=run.model.distill.weight)
-    return load_teacher(TEACHER)
-
-
 def distill_loss(extract: ModelFeatures, teacher, pairs: list[tuple]) -> tuple[torch.Tensor, torch.Tensor]:
     """(the model's distillation loss to the teacher's maps, its mask features (B, C, h, w))."""
-    model = extract.model
-    batch = model.processor.collate([model.processor(s) for s, _ in pairs])
-    feats, hidden, _ = dense_features(model, batch)
-    outs = teacher.encode_batch([s.image for s, _ in pairs])
-    maps = [{k: torch.from_numpy(v) for k, v in out.items()} for out in outs]
-    losses = model.distill_losses(hidden, batch["images"], feats, maps)
-    return sum(losses.values()), torch.stack([feats[i] for i in range(len(pairs))])
+    batch, feats, hidden = forward_pairs(extract.model, pairs)
+    maps = teacher_maps(teacher, [s for s, _ in pairs])
+    losses = extract.model.distill_losses(hidden, batch["images"], dict(enumerate(feats.unbind(0))), maps)
+    return sum(losses.values()), feats
 
 
 def train_run(args) -> dict:
@@ -250,7 +242,7 @@ def train_run(args) -> dict:
     if args.objective == "distill":
         if args.architecture != "model":
             raise SystemExit("--objective distill needs --architecture model")
-        teacher = distill_setup(run)
+        teacher = with_distillation(run)
     extract = ARCHITECTURES[args.architecture](run).train()
     head = AttributeHead(extract.dim)
     params = nn.ModuleList([extract, head])
