@@ -249,9 +249,10 @@ def test_half_precision_checkpoint_loads_back_into_fp32(tmp_path):
         p.numel() * 4 for p in model.parameters())
 
 
-def test_depthwise_conv_paths_agree_with_a_grouped_conv():
+def test_depthwise_conv_paths_agree_with_a_grouped_conv(monkeypatch):
     from torch import nn
 
+    from pixelsail.model import upsampler
     from pixelsail.model.upsampler import DepthwiseConv3x3
 
     dw = DepthwiseConv3x3(8)
@@ -261,10 +262,14 @@ def test_depthwise_conv_paths_agree_with_a_grouped_conv():
         conv.bias.copy_(dw.bias)
     x = torch.randn(2, 5, 7, 8)
     expected = conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-    assert torch.allclose(dw(x), expected, atol=1e-5)  # fp32: grouped conv
+    assert torch.allclose(dw(x), expected, atol=1e-5)  # fp32
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        shifted = dw(x)  # autocast on a CPU: the shifted multiply-adds
-    assert torch.allclose(shifted.float(), expected, atol=1e-5)
+        fast = dw(x)  # bf16 where the CPU has native bf16
+    assert torch.allclose(fast.float(), expected, atol=0.05, rtol=0.02)
+    monkeypatch.setattr(upsampler, "fast_bf16", lambda device: False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        emulated = dw(x)  # a CPU without native bf16 computes it in fp32
+    assert emulated.dtype == torch.float32 and torch.allclose(emulated, expected, atol=1e-5)
 
 
 def test_seg_query_standardizes_with_batch_statistics_in_training_and_running_ones_otherwise():
