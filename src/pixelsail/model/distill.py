@@ -29,15 +29,15 @@ class DistillAdapters(nn.Module):
         self.adapters = nn.ModuleDict(layers)
 
     def forward(self, student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """student: {source: (C, h, w)} for one image; teacher: {name: (C_t, h_t, w_t)}. -> {name: mse}."""
+        """student: {source: (G, C, h, w)} for G images; teacher: {name: (G, C_t, h_t, w_t)}. -> {name: mse}."""
         losses = {}
         for name, target in teacher.items():
             if name not in self.adapters:
                 raise KeyError(f"teacher features {name!r} given but the model has adapters for {sorted(self.adapters)}")
-            pred = self.adapters[name](student[self.sources[name]][None])  # (1, C_t, h, w)
+            pred = self.adapters[name](student[self.sources[name]])  # (G, C_t, h, w)
             target = target.to(pred.device, torch.float32)
-            if target.shape[0] != pred.shape[1]:
-                raise ValueError(f"teacher {name!r} has {target.shape[0]} channels, the adapter expects {pred.shape[1]}")
-            target = F.interpolate(target[None], size=pred.shape[-2:], mode="bilinear", align_corners=False)
+            if target.shape[1] != pred.shape[1]:
+                raise ValueError(f"teacher {name!r} has {target.shape[1]} channels, the adapter expects {pred.shape[1]}")
+            target = F.interpolate(target, size=pred.shape[-2:], mode="bilinear", align_corners=False)
             losses[name] = F.mse_loss(pred.float(), target)
         return losses

@@ -57,14 +57,17 @@ class ConvPatchEmbed(nn.Module):
             nn.init.normal_(self.proj.weight, std=output_std / self.proj.in_features ** 0.5)
 
     def forward(self, patches: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
-        """patches (N, 3*P*P), N = gh*gw row-major, each patch flattened as (3, P, P) -> (N, C)."""
+        """patches ([G,] N, 3*P*P) of G images sharing one grid, N = gh*gw row-major, each patch flattened as
+        (3, P, P) -> ([G,] N, C)."""
         if grid is None:
             raise ValueError("the conv patch stem needs the patch grid")
         gh, gw, p = grid[0], grid[1], self.patch_size
-        # (gh*gw, 3*P*P) -> (gh, gw, 3, P, P) -> (3, gh, P, gw, P) -> (1, 3, gh*P, gw*P)
-        image = patches.view(gh, gw, 3, p, p).permute(2, 0, 3, 1, 4).reshape(1, 3, gh * p, gw * p)
-        cells = self.stages(image)                                   # (1, C', gh, gw)
-        return self.proj(cells[0].flatten(1).transpose(0, 1))        # (gh*gw, C)
+        lead = patches.shape[:-2]
+        # (G, gh*gw, 3*P*P) -> (G, gh, gw, 3, P, P) -> (G, 3, gh, P, gw, P) -> (G, 3, gh*P, gw*P)
+        images = patches.reshape(-1, gh, gw, 3, p, p).permute(0, 3, 1, 4, 2, 5).reshape(-1, 3, gh * p, gw * p)
+        cells = self.stages(images)                                  # (G, C', gh, gw)
+        out = self.proj(cells.flatten(2).transpose(1, 2))            # (G, gh*gw, C)
+        return out.reshape(*lead, gh * gw, -1)
 
 
 class PromptInjector(nn.Module):
@@ -74,22 +77,30 @@ class PromptInjector(nn.Module):
         super().__init__()
         self.proj = nn.Linear(hidden_size, hidden_size, bias=False)
 
-    def forward(self, patch_embeds: torch.Tensor, prompt_ids: torch.Tensor, prompt_cover: torch.Tensor,
-                vp_embeds: torch.Tensor) -> torch.Tensor:
-        """patch_embeds (N, C); prompt_ids (K,) sorted largest first; prompt_cover (K, N); vp_embeds (num_vp, C)."""
-        if prompt_ids.numel() == 0:
-            return patch_embeds
-        owner = torch.full((patch_embeds.shape[0],), -1, dtype=torch.long, device=patch_embeds.device)
-        for k, cover in zip(prompt_ids.tolist(), prompt_cover):
-            owner[cover] = k
+    def forward(self, patch_embeds: torch.Tensor, owner: torch.Tensor, vp_embeds: torch.Tensor) -> torch.Tensor:
+        """patch_embeds (..., N, C); owner (..., N) the k of the prompt each patch gets (-1: none, see
+        :func:`prompt_owner`); vp_embeds (num_vp, C) the <vp_k> token embeddings. -> patch_embeds + injection."""
         covered = owner >= 0
-        inject = self.proj(vp_embeds[owner[covered]])
-        return patch_embeds.index_put((covered.nonzero(as_tuple=True)[0],), inject, accumulate=True)
+        inject = torch.zeros_like(patch_embeds)
+        inject[covered] = self.proj(vp_embeds[owner[covered]]).to(patch_embeds.dtype)
+        return patch_embeds + inject
+
+
+def prompt_owner(prompt_ids: torch.Tensor, prompt_cover: torch.Tensor) -> torch.Tensor:
+    """prompt_ids (K,) sorted largest first, prompt_cover (K, N) -> (N,) the k of the smallest prompt covering each
+    patch, -1 where none does (later, smaller prompts overwrite earlier ones)."""
+    order = torch.arange(1, prompt_ids.numel() + 1, device=prompt_cover.device)[:, None]   # (K, 1)
+    if prompt_ids.numel() == 0:
+        return torch.full((prompt_cover.shape[1],), -1, dtype=torch.long, device=prompt_cover.device)
+    last = (prompt_cover * order).amax(dim=0)                                                # (N,) 0 = none
+    ids = torch.cat([torch.full((1,), -1, dtype=torch.long, device=prompt_ids.device), prompt_ids])
+    return ids[last]
 
 
 def pooled_prompts(patch_embeds: torch.Tensor, prompt_ids: torch.Tensor, prompt_cover: torch.Tensor) -> dict[int, torch.Tensor]:
     """The plain baseline: each prompt is the mean patch embedding inside its coverage. Returns {k: (C,)}."""
-    out = {}
-    for k, cover in zip(prompt_ids.tolist(), prompt_cover):
-        out[k] = patch_embeds[cover].mean(dim=0)
-    return out
+    if prompt_ids.numel() == 0:
+        return {}
+    cover = prompt_cover.to(patch_embeds.dtype)                                   # (K, N)
+    means = (cover @ patch_embeds) / cover.sum(dim=1, keepdim=True)               # (K, C)
+    return dict(zip(prompt_ids.tolist(), means.unbind(0)))

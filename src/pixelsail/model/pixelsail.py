@@ -14,9 +14,12 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerBa
 
 from pixelsail.config import DistillConfig, PixelSailConfig, from_dict, to_dict
 from pixelsail.model.backbone import AttentionLayout, Backbone, KVCache
+from pixelsail.model.batch_inputs import (ImageGroup, batch_positions, grid_groups, text_positions, vision_lengths,
+                                          vision_positions, vp_token_index)
 from pixelsail.model.distill import DistillAdapters
 from pixelsail.model.mask_head import MASK_THRESHOLD, SegQuery, mask_logits, mask_losses, mask_probabilities
-from pixelsail.model.patch_embed import PATCH_STEMS, ConvPatchEmbed, PatchEmbed, PromptInjector, pooled_prompts
+from pixelsail.model.patch_embed import (PATCH_STEMS, ConvPatchEmbed, PatchEmbed, PromptInjector, pooled_prompts,
+                                         prompt_owner)
 from pixelsail.model.question_pool import POOL_SOURCES, QuestionPool, question_key_mask
 from pixelsail.model.upsampler import MaskFeatures
 from pixelsail.processing import IGNORE_INDEX, ImageInputs, Processor
@@ -52,26 +55,6 @@ class Response:
     masks: list[np.ndarray] = field(default_factory=list)       # (H, W) bool at the original image size
     mask_scores: list[float] = field(default_factory=list)
     token_ids: list[int] = field(default_factory=list)
-
-
-def vision_positions(grid: tuple[int, int], device: torch.device | None = None) -> tuple[torch.Tensor, int]:
-    """(3, 2 + gh*gw) positions of ``<vision> patches </vision>`` and the first free 1-D position after them.
-
-    <vision> sits at 0 on every axis, patch (r, c) at (t=1, h=1+r, w=1+c), </vision> one past the largest row/column.
-    """
-    gh, gw = grid
-    rows = torch.arange(gh, device=device).repeat_interleave(gw) + 1
-    cols = torch.arange(gw, device=device).repeat(gh) + 1
-    end = 1 + max(gh, gw)
-    t = torch.cat([torch.zeros(1, dtype=torch.long, device=device), torch.ones(gh * gw, dtype=torch.long, device=device),
-                   torch.full((1,), end, device=device)])
-    h = torch.cat([torch.zeros(1, dtype=torch.long, device=device), rows, torch.full((1,), end, device=device)])
-    w = torch.cat([torch.zeros(1, dtype=torch.long, device=device), cols, torch.full((1,), end, device=device)])
-    return torch.stack([t, h, w]), end + 1
-
-
-def text_positions(start: int, length: int, device: torch.device | None = None) -> torch.Tensor:
-    return torch.arange(start, start + length, device=device).expand(3, length)
 
 
 def build_llm(config: PixelSailConfig) -> Qwen2ForCausalLM:
@@ -148,40 +131,59 @@ class PixelSail(nn.Module):
 
     def _patch_embeds(self, image: ImageInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (embeddings to add to the <vpatch> tokens (N, C), raw patch embeddings (N, C))."""
+        raw = self.patch_embed(image.patches.to(self.device, self.patch_embed.proj.weight.dtype), image.grid)
+        return self._inject_prompts(raw[None], [image])[0], raw
+
+    def _inject_prompts(self, raw: torch.Tensor, images: list[ImageInputs]) -> torch.Tensor:
+        """raw (G, N, C) patch embeddings of G images sharing a grid -> the same with their prompts injected."""
+        prompted = [j for j, im in enumerate(images) if im.prompt_ids.numel()]
+        if self.prompt_injector is None or not prompted:
+            return raw
         dev = self.device
-        raw = self.patch_embed(image.patches.to(dev, self.patch_embed.proj.weight.dtype), image.grid)
-        if self.prompt_injector is None or image.prompt_ids.numel() == 0:
-            return raw, raw
+        owner = torch.full(raw.shape[:2], -1, dtype=torch.long, device=dev)                  # (G, N)
+        for j in prompted:
+            owner[j] = prompt_owner(images[j].prompt_ids.to(dev), images[j].prompt_cover.to(dev))
         vp_ids = torch.tensor([self.processor.ids[f"vp_{k}"] for k in range(self.config.num_vp_tokens)], device=dev)
-        injected = self.prompt_injector(raw, image.prompt_ids.to(dev), image.prompt_cover.to(dev),
-                                        self.backbone.embed(vp_ids))
-        return injected, raw
+        return self.prompt_injector(raw, owner, self.backbone.embed(vp_ids))
 
     def _text_prompts(self, raw: torch.Tensor, image: ImageInputs) -> dict[int, torch.Tensor]:
         """{k: (C,)} to add to the <vp_k> text tokens: each prompt's pooled patch embedding for the baseline, the same
         through ``vp_text_proj`` beside injection (``vp_text_pool``); empty otherwise. Computed once per image."""
-        if not (self.prompt_injector is None or self.config.vp_text_pool) or image.prompt_ids.numel() == 0:
+        if not self._pools_text_prompts() or image.prompt_ids.numel() == 0:
             return {}
         pooled = pooled_prompts(raw, image.prompt_ids.to(self.device), image.prompt_cover.to(self.device))
         if self.vp_text_proj is not None:
             pooled = {k: self.vp_text_proj(vec) for k, vec in pooled.items()}
         return pooled
 
-    def _add_pooled_prompts(self, embeds: torch.Tensor, ids: torch.Tensor, pooled: dict[int, torch.Tensor],
+    def _pools_text_prompts(self) -> bool:
+        return self.prompt_injector is None or bool(self.config.vp_text_pool)
+
+    def _add_pooled_prompts(self, embeds: torch.Tensor, ids: torch.Tensor, pooled: dict | list[dict],
                             ends_before: int = 0) -> torch.Tensor:
-        """Add ``pooled[k]`` (from :meth:`_text_prompts`) to the <vp_k> text tokens (ids (L,)): every one for the
-        baseline and ``vp_text_pool: tags``, those of assistant turns for ``answer`` (``ends_before``: <|im_end|>
-        tokens before ``ids[0]``; a turn after an odd number of them is the assistant's)."""
-        if not pooled:
+        """Add ``pooled[k]`` (from :meth:`_text_prompts`) to the <vp_k> text tokens: every one for the baseline and
+        ``vp_text_pool: tags``, those of assistant turns for ``answer`` (``ends_before``: <|im_end|> tokens before
+        ``ids[..., 0]``; a turn after an odd number of them is the assistant's). ids (L,) with embeds (L, C) and one
+        {k: (C,)}, or ids (B, L) with embeds (B, L, C) and one dict per row."""
+        if ids.dim() == 1:
+            return self._add_pooled_prompts(embeds[None], ids[None], [pooled], ends_before)[0]
+        items = [(b, k, vec) for b, row in enumerate(pooled) for k, vec in row.items()]
+        if not items:
             return embeds
-        add = torch.zeros_like(embeds)
-        where = torch.ones_like(ids, dtype=torch.bool)
+        num_vp = self.config.num_vp_tokens
+        vp_ids = torch.tensor([self.processor.ids[f"vp_{k}"] for k in range(num_vp)], device=ids.device)
+        k_of = vp_token_index(ids, vp_ids)                                                   # (B, L), -1: no tag
+        where = k_of >= 0
         if self.vp_text_proj is not None and self.config.vp_text_pool == "answer":
-            ends = ids == self.processor.ids["turn_end"]
-            where = (torch.cumsum(ends.long(), 0) - ends.long() + ends_before) % 2 == 1
-        for k, vec in pooled.items():
-            add[(ids == self.processor.ids[f"vp_{k}"]) & where] = vec.to(embeds.dtype)
-        return embeds + add
+            ends = (ids == self.processor.ids["turn_end"]).long()
+            where = where & ((torch.cumsum(ends, -1) - ends + ends_before) % 2 == 1)
+        # (B, num_vp + 1, C): row b, column k = what <vp_k> of row b gets; the last column stays zero
+        table = embeds.new_zeros(ids.shape[0], num_vp + 1, embeds.shape[-1])
+        b_idx, k_idx = torch.tensor([b for b, _, _ in items]), torch.tensor([k for _, k, _ in items])
+        table = table.index_put((b_idx.to(ids.device), k_idx.to(ids.device)),
+                                torch.stack([vec for *_, vec in items]).to(embeds.dtype))
+        rows = torch.arange(ids.shape[0], device=ids.device)[:, None]
+        return embeds + table[rows, torch.where(where, k_of, num_vp)]
 
     def _vision_grid(self, hidden: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """hidden (L, C) of one sequence -> its patch states as a (C, gh, gw) map."""
@@ -190,30 +192,31 @@ class PixelSail(nn.Module):
 
     # ----------------------------------------------------------------------------------------------- training
     def embed_batch(self, input_ids: torch.Tensor, images: list) -> tuple[torch.Tensor, torch.Tensor, AttentionLayout]:
-        """Token embeddings with patches (and prompts) added, 3-axis positions (3, B, L) and the attention layout."""
+        """Token embeddings with patches (and prompts) added, 3-axis positions (3, B, L) and the attention layout.
+
+        Batched per patch grid (:mod:`pixelsail.model.batch_inputs`): one patch embedding, one injection and one
+        scatter onto the <vpatch> tokens per grid, not per sample.
+        """
         dev = self.device
-        b, seq_len = input_ids.shape
-        embeds = self.backbone.embed(input_ids)
-        positions = torch.zeros(3, b, seq_len, dtype=torch.long, device=dev)
-        vision_lens = torch.zeros(b, dtype=torch.long)
-        rows = []
-        for i, image in enumerate(images):
-            row = embeds[i]
-            start = 0
-            if image is not None:
-                n = image.grid[0] * image.grid[1]
-                inject, raw = self._patch_embeds(image)
-                row = torch.cat([row[:1], row[1:1 + n] + inject, row[1 + n:]])
-                pooled = self._text_prompts(raw, image)
-                if pooled:
-                    row = torch.cat([row[:n + 2], self._add_pooled_prompts(row[n + 2:], input_ids[i, n + 2:], pooled)])
-                pos, start = vision_positions(image.grid, dev)
-                positions[:, i, :n + 2] = pos
-                vision_lens[i] = n + 2
-            v = int(vision_lens[i])
-            positions[:, i, v:] = text_positions(start, seq_len - v, dev)
-            rows.append(row)
-        return torch.stack(rows), positions, AttentionLayout(vision_lens)
+        seq_len = input_ids.shape[1]
+        embeds = self.backbone.embed(input_ids)                                             # (B, L, C)
+        rows, cols, values = [], [], []          # (batch row, token) of each patch and what it gets added
+        pooled = [{} for _ in images]
+        for group in grid_groups(images):
+            n, members = group.num_patches, [images[i] for i in group.rows]
+            patches = torch.stack([im.patches for im in members]).to(dev, self.patch_embed.proj.weight.dtype)
+            raw = self.patch_embed(patches, group.grid)                                       # (G, N, C)
+            inject = self._inject_prompts(raw, members)
+            rows.append(torch.tensor(group.rows, device=dev).repeat_interleave(n))
+            cols.append(torch.arange(1, n + 1, device=dev).repeat(len(group.rows)))
+            values.append(inject.reshape(-1, inject.shape[-1]))
+            for j, i in enumerate(group.rows):
+                pooled[i] = self._text_prompts(raw[j], members[j])
+        if values:
+            embeds = embeds.index_put((torch.cat(rows), torch.cat(cols)), torch.cat(values).to(embeds.dtype),
+                                      accumulate=True)
+        embeds = self._add_pooled_prompts(embeds, input_ids, pooled)
+        return embeds, batch_positions(images, seq_len, dev), AttentionLayout(vision_lengths(images))
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, lengths: torch.Tensor, images: list,
                 masks: list[torch.Tensor], teacher_features: list[dict] | None = None) -> PixelSailOutput:
@@ -230,11 +233,10 @@ class PixelSail(nn.Module):
 
         # masks: one query per [SEG] in the answers, dotted with its image's per-pixel features
         losses: dict[str, torch.Tensor] = {}
-        has_image = [i for i, im in enumerate(images) if im is not None]
         with_image = torch.tensor([im is not None for im in images], device=dev)[:, None]
         # in a text-only sample [SEG] is an ordinary token (the language warm-up): no mask, no query
         seg = (input_ids == self.processor.ids["seg"]) & (labels != IGNORE_INDEX) & with_image
-        features = self._mask_features_batch(hidden, images, has_image)
+        grouped = self._grouped_mask_features(hidden, images)
         num_masks = sum(int(m.shape[0]) for m in masks)
         touch = self._touch_all_parameters()
         if num_masks:
@@ -248,19 +250,7 @@ class PixelSail(nn.Module):
             queries = self.seg_queries(hidden, input_ids, text_start, seg_b, seg_t)
             if self.seg_bow is not None:
                 losses["seg_bow"] = self.seg_bow_loss(hidden, input_ids, text_start, seg_b, seg_t)
-            bce_sum, dice_sum = 0.0, 0.0
-            offset = 0
-            for i, tgt in enumerate(masks):  # per image: its queries, its features, its target resolution
-                k = tgt.shape[0]
-                if k == 0:
-                    continue
-                logits_i = mask_logits(queries[offset:offset + k], features[i][None].expand(k, -1, -1, -1))
-                bce, dice = mask_losses(logits_i, tgt.to(dev), num_points=self.config.mask_num_points,
-                                        oversample=self.config.mask_oversample_ratio,
-                                        importance=self.config.mask_importance_ratio, num_masks=num_masks)
-                bce_sum, dice_sum = bce_sum + bce, dice_sum + dice
-                offset += k
-            losses["mask_bce"], losses["mask_dice"] = bce_sum, dice_sum
+            losses["mask_bce"], losses["mask_dice"] = self._mask_losses(queries, seg_b, grouped, masks, num_masks)
             lm_weight = self.config.lm_weight_with_masks
         else:
             lm_weight = self.config.lm_weight_without_masks
@@ -271,6 +261,7 @@ class PixelSail(nn.Module):
         if "seg_bow" in losses:
             total = total + self.config.seg_bow_weight * losses["seg_bow"]
         if self.distill is not None and teacher_features:
+            features = {i: f for group, feats in grouped for i, f in zip(group.rows, feats.unbind(0))}
             distill = self.distill_losses(hidden, images, features, teacher_features)
             losses.update(distill)
             total = total + self.config.distill.weight * sum(distill.values())
@@ -307,15 +298,26 @@ class PixelSail(nn.Module):
 
     def distill_losses(self, hidden: torch.Tensor, images: list, features: dict[int, torch.Tensor],
                        teacher_features: list[dict]) -> dict[str, torch.Tensor]:
-        """{"distill_<teacher>": MSE averaged over the batch's images} (an image without teacher maps counts as 0)."""
+        """{"distill_<teacher>": MSE averaged over the batch's images} (an image without teacher maps counts as 0).
+
+        Images sharing a grid and teacher map shapes go through the adapters as one batch (the mean of equal-sized
+        per-image MSEs is the MSE of their stack).
+        """
         with_image = [i for i, im in enumerate(images) if im is not None]
-        losses: dict[str, torch.Tensor] = {}
+        groups: dict[tuple, list[int]] = {}
         for i in with_image:
-            if not teacher_features[i]:
-                continue
-            student = {"upsampled": features[i], "vision_tokens": self._vision_grid(hidden[i], images[i].grid)}
-            for name, value in self.distill(student, teacher_features[i]).items():
-                losses[f"distill_{name}"] = losses.get(f"distill_{name}", 0.0) + value / len(with_image)
+            if teacher_features[i]:
+                shapes = tuple(sorted((name, tuple(t.shape)) for name, t in teacher_features[i].items()))
+                groups.setdefault((tuple(images[i].grid), shapes), []).append(i)
+        losses: dict[str, torch.Tensor] = {}
+        for ((gh, gw), shapes), rows in groups.items():
+            idx = torch.tensor(rows, device=hidden.device)
+            # (G, L, C) -> patch states (G, N, C) -> (G, C, gh, gw)
+            tokens = hidden[idx, 1:1 + gh * gw].transpose(1, 2).reshape(len(rows), -1, gh, gw)
+            student = {"upsampled": torch.stack([features[i] for i in rows]), "vision_tokens": tokens}
+            teacher = {name: torch.stack([teacher_features[i][name] for i in rows]) for name, _ in shapes}
+            for name, value in self.distill(student, teacher).items():
+                losses[f"distill_{name}"] = losses.get(f"distill_{name}", 0.0) + value * len(rows) / len(with_image)
         return losses
 
     def _touch_all_parameters(self) -> torch.Tensor | float:
@@ -328,17 +330,48 @@ class PixelSail(nn.Module):
             return 0.0
         return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
 
-    def _mask_features_batch(self, hidden: torch.Tensor, images: list, idx: list[int]) -> dict[int, torch.Tensor]:
-        """Upsampled features per image index; images sharing a grid are run as one batch."""
-        by_grid: dict[tuple[int, int], list[int]] = {}
-        for i in idx:
-            by_grid.setdefault(images[i].grid, []).append(i)
-        out = {}
-        for grid, members in by_grid.items():
-            maps = torch.stack([self._vision_grid(hidden[i], grid) for i in members])
-            # unbind, not feats[j]: indexing makes backward zero-fill a whole-batch gradient per image
-            out.update(zip(members, self.mask_features(maps).unbind(0)))
+    def _mask_losses(self, queries: torch.Tensor, seg_b: torch.Tensor,
+                     grouped: list[tuple[ImageGroup, torch.Tensor]], masks: list[torch.Tensor],
+                     num_masks: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Point-sampled BCE and Dice of every query (M, mask_dim) against its target, one call per patch grid.
+
+        seg_b (M,): the batch row of each query (sorted); grouped: :meth:`_grouped_mask_features`.
+        """
+        dev = queries.device
+        bce, dice = queries.new_zeros((), dtype=torch.float32), queries.new_zeros((), dtype=torch.float32)
+        slot = torch.full((len(masks),), -1, dtype=torch.long, device=dev)  # batch row -> index in its grid group
+        for group, feats in grouped:
+            rows = torch.tensor(group.rows, device=dev)
+            slot[rows] = torch.arange(len(group.rows), device=dev)
+            in_group = torch.isin(seg_b, rows)
+            if not bool(in_group.any()):
+                continue
+            # (M_g, mask_dim) . (M_g, mask_dim, h, w): each query against its own image's features
+            logits = mask_logits(queries[in_group], feats.index_select(0, slot[seg_b[in_group]]))
+            targets = torch.cat([masks[i] for i in group.rows]).to(dev)                     # (M_g, H, W)
+            b, d = mask_losses(logits, targets, num_points=self.config.mask_num_points,
+                               oversample=self.config.mask_oversample_ratio,
+                               importance=self.config.mask_importance_ratio, num_masks=num_masks)
+            bce, dice = bce + b, dice + d
+        return bce, dice
+
+    def _grouped_mask_features(self, hidden: torch.Tensor, images: list) -> list[tuple[ImageGroup, torch.Tensor]]:
+        """Per patch grid: its rows and their upsampled features (G, mask_dim, h, w), one upsampler call each."""
+        out = []
+        for group in grid_groups(images):
+            gh, gw = group.grid
+            rows = torch.tensor(group.rows, device=hidden.device)
+            # (G, L, C) -> patch states (G, N, C) -> (G, C, gh, gw)
+            maps = hidden[rows, 1:1 + gh * gw].transpose(1, 2).reshape(len(group.rows), -1, gh, gw)
+            out.append((group, self.mask_features(maps)))
         return out
+
+    def _mask_features_batch(self, hidden: torch.Tensor, images: list, idx: list[int]) -> dict[int, torch.Tensor]:
+        """{batch row: (mask_dim, h, w)} for the rows ``idx`` (see :meth:`_grouped_mask_features`)."""
+        keep = set(idx)
+        chosen = [im if i in keep else None for i, im in enumerate(images)]
+        return {i: f for group, feats in self._grouped_mask_features(hidden, chosen)
+                for i, f in zip(group.rows, feats.unbind(0))}
 
     # ----------------------------------------------------------------------------------------------- inference
     def _autocast(self):
