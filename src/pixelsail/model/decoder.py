@@ -48,8 +48,9 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x (B, H, L, D), cos/sin (B, L, D) -> x rotated (the half-split RoPE of Llama/Qwen2)."""
-    cos, sin = cos[:, None], sin[:, None]
+    """x (B, H, L, D), cos/sin (B, L, D) -> x rotated (the half-split RoPE of Llama/Qwen2), in x's dtype (under
+    bf16 autocast the projections are bf16: rotating them in fp32 doubled the memory traffic of these products)."""
+    cos, sin = cos[:, None].to(x.dtype), sin[:, None].to(x.dtype)
     return x * cos + _rotate_half(x) * sin
 
 
