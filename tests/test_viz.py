@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pixelsail.viz import draw_prompts, image_grid, mask_boundary, overlay_masks
+from pixelsail.viz import MASK_COLORS, contrasting_colors, draw_prompts, image_grid, mask_boundary, overlay_masks
 
 
 def test_overlay_blends_inside_the_mask_only():
@@ -23,6 +23,24 @@ def test_outline_is_opaque_on_the_mask_border():
     out = overlay_masks(image, [mask], colors=[(0, 255, 0)], alpha=0.0, outline=True)
     assert mask_boundary(mask).sum() == 8 and not mask_boundary(mask)[2, 2]
     assert out[1, 1].tolist() == [0, 255, 0] and out[2, 2].tolist() == [0, 0, 0]
+
+
+def test_default_colours_contrast_with_what_each_mask_covers():
+    image = np.zeros((8, 16, 3), dtype=np.uint8)
+    image[:, :8] = (250, 50, 50)     # a red object on the left, a yellow one on the right
+    image[:, 8:] = (250, 210, 10)
+    left, right = np.zeros((8, 16), bool), np.zeros((8, 16), bool)
+    left[:, :8], right[:, 8:] = True, True
+    red_first = contrasting_colors(image, [left, right, left])
+    assert len(set(red_first)) == 3 and all(c in MASK_COLORS for c in red_first)
+    for k, region in enumerate((left, right)):   # the farthest of the colours the earlier masks left free
+        mean = image[region].mean(axis=0)
+        gap = ((np.asarray(red_first[k]) - mean) ** 2).sum()
+        assert all(gap >= ((np.asarray(c) - mean) ** 2).sum() for c in MASK_COLORS if c not in red_first[:k])
+    assert red_first[0] != MASK_COLORS[0]   # not the palette's red over a red object
+    out = overlay_masks(image, [left], alpha=1.0, outline=False)
+    assert out[0, 0].tolist() == list(red_first[0])
+    assert contrasting_colors(image, [np.zeros((8, 16), bool)]) == [MASK_COLORS[0]]   # an empty mask: the first
 
 
 def test_overlay_errors():

@@ -31,7 +31,7 @@ from pixelsail.imageio import DEFAULT_MAX_PIXELS, ImageInputError, ImageSource, 
 from pixelsail.model_check import ModelFileError, ModelFileWarning, check_model_dir
 from pixelsail.prompts import as_prompt_mask, box_to_mask, point_to_mask
 from pixelsail.tokens import NO_TARGET_ANSWER, vp_indices, vp_token
-from pixelsail.viz import draw_prompts, overlay_masks
+from pixelsail.viz import contrasting_colors, draw_prompts, overlay_masks
 
 SHIPPED_MODEL = "shapes-tiny"
 SEGMENT_TEMPLATE = "Please segment {expression}."
@@ -88,21 +88,27 @@ class Result:
             out.append(self.domain.note())
         return out
 
+    @property
+    def mask_colors(self) -> list[tuple[int, int, int]]:
+        """The overlay colour of each mask (RGB; each contrasts with the pixels its mask covers)."""
+        return contrasting_colors(self.image, self.masks)
+
     def overlay(self, alpha: float = 0.5, show_prompts: bool = True) -> np.ndarray:
         """The image with the answer's masks blended in (and the visual prompts outlined and tagged)."""
-        out = overlay_masks(self.image, self.masks, alpha=alpha)
+        out = overlay_masks(self.image, self.masks, colors=self.mask_colors, alpha=alpha)
         if show_prompts and self.prompts:
             out = draw_prompts(out, self.prompts, alpha=0.0)
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: text, timing and each mask as COCO RLE with its area, box (x0, y0, x1, y1) and score."""
+        """JSON-ready: text, timing and each mask as COCO RLE with its area, box (x0, y0, x1, y1), score and overlay
+        colour."""
         masks = []
-        for m, s in zip(self.masks, self.mask_scores):
+        for m, s, color in zip(self.masks, self.mask_scores, self.mask_colors):
             ys, xs = np.nonzero(m)
             box = [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1] if xs.size else None
             masks.append({"rle": mask_to_rle(m), "area": int(m.sum()), "box": box, "score": float(s),
-                          "empty": not xs.size})
+                          "empty": not xs.size, "color": list(color)})
         domain = None if self.domain is None else {"explained": self.domain.explained,
                                                    "in_domain": self.domain.in_domain}
         return {"question": self.question, "text": self.text, "masks": masks, "seconds": round(self.seconds, 4),

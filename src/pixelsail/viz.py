@@ -35,13 +35,32 @@ def mask_boundary(mask: np.ndarray) -> np.ndarray:
     return mask & ~interior
 
 
+def contrasting_colors(image: np.ndarray, masks: Sequence[np.ndarray],
+                       palette: Sequence[tuple[int, int, int]] = MASK_COLORS) -> list[tuple[int, int, int]]:
+    """One palette colour per mask: of the colours not yet taken, the one farthest (in RGB) from the mean colour of
+    the pixels the mask covers. A red overlay on a red object showed only its outline; each mask now stands out
+    from what it covers, and the masks of one answer stay told apart (the palette repeats after its 10 colours)."""
+    image = _check_image(image)
+    chosen: list[tuple[int, int, int]] = []
+    for i, mask in enumerate(masks):
+        mask = _check_mask(mask, image.shape[:2], f"mask {i}")
+        free = [c for c in palette if c not in chosen] or list(palette)
+        if not mask.any():
+            chosen.append(free[0])
+            continue
+        mean = image[mask].astype(np.float32).mean(axis=0)
+        chosen.append(max(free, key=lambda c: float(((np.asarray(c, np.float32) - mean) ** 2).sum())))
+    return chosen
+
+
 def overlay_masks(image: np.ndarray, masks: Sequence[np.ndarray], colors: Sequence[tuple[int, int, int]] | None = None,
                   alpha: float = 0.5, outline: bool = True) -> np.ndarray:
-    """Blend each mask's colour into the image (later masks on top); optionally draw each mask's outline opaque."""
+    """Blend each mask's colour into the image (later masks on top); optionally draw each mask's outline opaque.
+    Without ``colors`` each mask gets the palette colour that contrasts most with what it covers."""
     image = _check_image(image)
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    colors = list(colors) if colors is not None else [MASK_COLORS[i % len(MASK_COLORS)] for i in range(len(masks))]
+    colors = list(colors) if colors is not None else contrasting_colors(image, masks)
     if len(colors) < len(masks):
         raise ValueError(f"{len(masks)} masks but only {len(colors)} colours")
     out = image.astype(np.float32)

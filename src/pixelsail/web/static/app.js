@@ -221,7 +221,10 @@ function showResult(r) {
     li.className = "mask";
     li.dataset.area = String(m.area);
     const what = m.empty ? "empty — nothing matched" : `${m.area} px, box [${m.box}]`;
-    li.textContent = `mask ${i}: ${what}, score ${m.score.toFixed(2)}`;
+    const sw = document.createElement("span");
+    sw.className = "swatch";
+    if (m.color) sw.style.background = `rgb(${m.color[0]}, ${m.color[1]}, ${m.color[2]})`;
+    li.append(sw, `mask ${i}: ${what}, score ${m.score.toFixed(2)}`);
     return li;
   }));
   // what the answer alone does not say: empty masks, an image unlike the model's training images
