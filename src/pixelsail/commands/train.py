@@ -49,5 +49,74 @@ def train_command(
     leave_distributed()
 
 
+def calibrate_command(
+    model_dir: Path = typer.Argument(..., help="a trained model directory (rewritten in place, atomically)"),
+    config: Path = typer.Argument(..., help="the run config YAML it was trained with (its data.datasets are used)"),
+    batches: int = typer.Option(32, "--batches", min=1, help="training batches whose [SEG] states are averaged"),
+    batch_size: int = typer.Option(16, "--batch-size", min=1),
+) -> None:
+    """Give a model's [SEG] query standardisation the exact statistics of its training data (training does this
+    itself since session 9; models trained before kept the last batches' running averages)."""
+    import shutil
+
+    import torch
+
+    from pixelsail.calibration import calibrate_query_norm, query_norm
+    from pixelsail.checkpoints import publish
+    from pixelsail.commands import load_dataset_plugins
+    from pixelsail.config import RunConfig, load_yaml
+    from pixelsail.data.mixture import BatchStream, Mixture, MixtureSampler, SamplerState, micro_batches
+    from pixelsail.hardware import autocast_dtype
+    from pixelsail.model import PixelSail
+
+    load_dataset_plugins()
+    if not config.is_file():
+        raise typer.BadParameter(f"config file {config} does not exist")
+    try:
+        run = load_yaml(config, RunConfig)
+        model = PixelSail.from_pretrained(model_dir)
+    except (OSError, ValueError, TypeError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    if query_norm(model) is None:
+        typer.echo(f"{model_dir}: the model has no [SEG] standardisation (seg_query_norm is off); nothing to do")
+        return
+    proc = model.processor
+    stream = BatchStream(MixtureSampler(Mixture.from_config(run.data), batch_size, run.train.seed), proc,
+                         proc.collate, rank=0, world_size=1, grad_accum=1, length_grouped=True, start=SamplerState())
+    steps = micro_batches(stream, 0, run.train.seed)
+    dtype = autocast_dtype(run.train.precision, "cpu")
+    try:
+        count = calibrate_query_norm(model, (mb for _, mbs in steps for mb in mbs), max_batches=batches,
+                                     autocast=torch.autocast("cpu", dtype=dtype or torch.bfloat16,
+                                                             enabled=dtype is not None))
+    finally:
+        steps.close()
+    if count < 2:
+        typer.echo(f"error: the first {batches} batches of {config} have no [SEG] answers to calibrate on", err=True)
+        raise typer.Exit(2)
+    tmp = model_dir.with_name(f".tmp-{model_dir.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, dtype=_stored_float_dtype(model_dir / "model.safetensors"))
+    for extra in model_dir.iterdir():  # run.yaml, training.json and the like travel with the weights
+        if not (tmp / extra.name).exists() and extra.is_file():
+            shutil.copy2(extra, tmp / extra.name)
+    publish(tmp, model_dir)
+    typer.echo(f"{model_dir}: [SEG] standardisation set from {count} [SEG] states of {batches} batches of {config}")
+
+
+def _stored_float_dtype(weights: Path):
+    """The dtype the floating-point weights were stored in (the shipped model keeps fp16 on disk)."""
+    from safetensors import safe_open
+
+    with safe_open(str(weights), framework="pt") as f:
+        for key in f.keys():
+            tensor = f.get_tensor(key)
+            if tensor.is_floating_point():
+                return tensor.dtype
+    return None
+
+
 def register(app: typer.Typer) -> None:
     app.command("train")(train_command)
+    app.command("calibrate")(calibrate_command)
