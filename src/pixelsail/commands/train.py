@@ -53,7 +53,7 @@ def calibrate_command(
     model_dir: Path = typer.Argument(..., help="a trained model directory (rewritten in place, atomically)"),
     config: Path = typer.Argument(..., help="the run config YAML it was trained with (its data.datasets are used)"),
     batches: int = typer.Option(32, "--batches", min=1, help="training batches whose [SEG] states are averaged"),
-    batch_size: int = typer.Option(16, "--batch-size", min=1),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="default: the config's train.batch_size"),
 ) -> None:
     """Give a model's [SEG] query standardisation the exact statistics of its training data (training does this
     itself since session 9; models trained before kept the last batches' running averages)."""
@@ -68,6 +68,7 @@ def calibrate_command(
     from pixelsail.data.mixture import BatchStream, Mixture, MixtureSampler, SamplerState, micro_batches
     from pixelsail.hardware import autocast_dtype
     from pixelsail.model import PixelSail
+    from pixelsail.train import GROUP_SAMPLES
 
     load_dataset_plugins()
     if not config.is_file():
@@ -82,8 +83,11 @@ def calibrate_command(
         typer.echo(f"{model_dir}: the model has no [SEG] standardisation (seg_query_norm is off); nothing to do")
         return
     proc = model.processor
-    stream = BatchStream(MixtureSampler(Mixture.from_config(run.data), batch_size, run.train.seed), proc,
-                         proc.collate, rank=0, world_size=1, grad_accum=1, length_grouped=True, start=SamplerState())
+    size = batch_size or run.train.batch_size
+    # the batches the engine calibrates on at the end of a one-process run of this config
+    stream = BatchStream(MixtureSampler(Mixture.from_config(run.data), size, run.train.seed), proc, proc.collate,
+                         rank=0, world_size=1, grad_accum=1, length_grouped=run.train.length_grouped,
+                         start=SamplerState(), group_batches=max(1, GROUP_SAMPLES // size))
     steps = micro_batches(stream, 0, run.train.seed)
     dtype = autocast_dtype(run.train.precision, "cpu")
     try:
