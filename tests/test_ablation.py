@@ -46,13 +46,17 @@ def test_variants_differ_from_each_other_only_in_the_intended_switches(tmp_path)
     expert = json.loads((SHIPPED_SHAPES_EXPERT / "config.json").read_text())
     assert differing(runs[2], runs[3]) == out_dir | {
         "model.distill.enabled", "model.distill.teachers", "model.distill.teachers.pixel.channels", "model.distill.teachers.pixel.source",
-        "model.distill.teachers.image.channels", "model.distill.teachers.image.source", "data.datasets"}
+        "model.distill.teachers.image.channels", "model.distill.teachers.image.source", "data.datasets",
+        "data.warmup_datasets"}
     assert runs[3].model.distill.teachers == {
         "pixel": {"channels": expert["pixel_channels"], "source": "upsampled"},
         "image": {"channels": expert["image_channels"], "source": "vision_tokens"}}
     # distillation sees the very same data, only wrapped so that samples carry the teacher's features
     assert len(runs[3].data.datasets) == len(runs[2].data.datasets) >= 1
-    for wrapped, plain in zip(runs[3].data.datasets, runs[2].data.datasets):
+    pairs = list(zip(runs[3].data.datasets, runs[2].data.datasets))
+    pairs += list(zip(runs[3].data.warmup_datasets, runs[2].data.warmup_datasets))   # both stages
+    for wrapped, plain in pairs:
+        assert plain.name == "shapes"    # the recipe's own distillation wrapper is taken off first
         assert wrapped.name == "distilled" and wrapped.weight == plain.weight
         assert wrapped.args == {"dataset": {"name": plain.name, "args": plain.args}, "teacher": "shapes"}
     # seeds change the seed and the directory, nothing else; the base config is left as it was

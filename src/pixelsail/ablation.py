@@ -113,19 +113,32 @@ def with_teacher(spec: DatasetSpec) -> DatasetSpec:
                        {"dataset": {"name": spec.name, "args": copy.deepcopy(spec.args)}, "teacher": TEACHER})
 
 
+def without_teacher(spec: DatasetSpec) -> DatasetSpec:
+    """The dataset a ``distilled`` wrapper holds (any other spec as it is)."""
+    if spec.name != "distilled":
+        return spec
+    inner = spec.args["dataset"]
+    return DatasetSpec(inner["name"], spec.weight, copy.deepcopy(inner.get("args", {})))
+
+
 def variant_run(base: RunConfig, variant: Variant, seed: int, out_dir: str | Path,
                 teachers: dict[str, dict[str, Any]] | None = None) -> RunConfig:
     """``base`` with ``variant``'s switches, ``seed`` and its own output directory; nothing else changes.
 
-    Distillation also wraps every training dataset so its samples carry teacher features (same samples, same order).
+    Distillation also wraps every training dataset, both stages', so its samples carry teacher features (same
+    samples, same order); the other variants train on the plain datasets (a base that distils, as the shipped
+    recipe does since session 9, is unwrapped first).
     """
     run = from_dict(RunConfig, copy.deepcopy(to_dict(base)))
     run.model.upsample = variant.upsample
     run.model.vp_injection = variant.vp_injection
+    run.data.datasets = [without_teacher(s) for s in run.data.datasets]
+    run.data.warmup_datasets = [without_teacher(s) for s in run.data.warmup_datasets]
     if variant.distill:
         run.model.distill = DistillConfig(enabled=True, teachers=teachers or distill_teachers(),
                                           weight=base.model.distill.weight)
         run.data.datasets = [with_teacher(s) for s in run.data.datasets]
+        run.data.warmup_datasets = [with_teacher(s) for s in run.data.warmup_datasets]
     else:
         run.model.distill = DistillConfig(enabled=False, teachers={}, weight=base.model.distill.weight)
     run.train.seed = int(seed)

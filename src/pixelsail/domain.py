@@ -84,7 +84,10 @@ def training_domain(model_dir: str | Path) -> str | None:
             continue
         try:
             run = yaml.safe_load(path.read_text()) or {}
-            names = {str(s.get("name")) for s in (run.get("data") or {}).get("datasets") or []}
+            specs = (run.get("data") or {}).get("datasets") or []
+            # a `distilled` wrapper trains on the dataset it holds
+            names = {str((s.get("args") or {}).get("dataset", {}).get("name") if s.get("name") == "distilled"
+                         else s.get("name")) for s in specs}
         except (yaml.YAMLError, AttributeError, TypeError, OSError):
             return None
         return SHAPES_DOMAIN if names and names <= SHAPES_DATASETS else None
