@@ -487,11 +487,19 @@ def test_warm_up_without_its_datasets_is_refused(tmp_path):
 def test_shipped_recipe_loads_and_builds_its_mixture():
     from pixelsail.config import load_yaml
 
+    import pixelsail.experts.cache  # noqa: F401  (registers the `distilled` wrapper, as the CLI's plugins do)
+
     run = load_yaml(Path(__file__).parents[1] / "configs" / "shapes-tiny.yaml", RunConfig)
-    assert [d.name for d in run.data.datasets] == ["shapes"] and run.train.batch_size == 16
+    # the shapes world, every sample carrying the shapes expert's maps for the distillation the recipe switches on
+    assert [d.name for d in run.data.datasets] == ["distilled"] and run.train.batch_size == 16
+    inner = run.data.datasets[0].args["dataset"]
+    assert inner["name"] == "shapes" and run.data.datasets[0].args["teacher"] == "shapes"
+    assert run.model.distill.enabled and set(run.model.distill.teachers) == {"pixel", "image"}
     mixture = Mixture.from_config(run.data)
-    assert mixture.epoch_size() == run.data.datasets[0].args["size"]
-    assert mixture[0].task in run.data.datasets[0].args["tasks"]
+    assert mixture.epoch_size() == inner["args"]["size"]
+    sample = mixture[0]
+    assert sample.task in inner["args"]["tasks"]
+    assert set(sample.meta["teacher_features"]) == {"pixel", "image"}
 
 
 def test_train_command_reports_bad_configs_clearly(tmp_path):
