@@ -1,14 +1,16 @@
-"""Exact statistics for the [SEG] query's standardisation, computed once when training ends.
+"""Exact statistics for the [SEG] query's standardisation, for checkpoints taken in the middle of a run.
 
 With ``seg_query_norm`` the mask query standardises each [SEG] state per channel: with the batch's statistics while
 training and with BatchNorm's running averages otherwise. Those averages are exponential over the last ~10 batches
-(momentum 0.1), and length-grouped batches hold one or two tasks each, so the running statistics describe whichever
-tasks came last. Where the [SEG] states vary little this decides everything: on a 3000-step checkpoint of the
-shapes recipe with distillation weight 5 (running variance 0.006 per channel) the teacher-forced probability of the
-referred object was 0.003 with the running statistics and 0.73 with exact ones over the training mix
-(docs/TRAINING.md, session 9). So the engine replaces them by the exact mean and variance of the [SEG] states of a
-fixed set of training batches before it exports the model (what "precise BatchNorm" does), and
-``pixelsail calibrate`` does the same for a model trained before.
+(momentum 0.1), and length-grouped batches hold one or two tasks each, so mid-run they describe whichever tasks
+came last. Where the [SEG] states vary little this decides everything: on a 3000-step checkpoint of the shapes
+recipe (distillation weight 5, running variance 0.006 per channel) the teacher-forced probability of the referred
+object was 0.003 with the running statistics and 0.73 with the exact ones of 32 training batches of the mix
+(``pixelsail calibrate``). A *finished* run is different: at the end of the cosine schedule the running averages
+have settled, and the model learned with per-batch (mostly per-task) statistics, so one pooled estimate over the
+mix is a compromise: on the two finished session-9 runs it changed referring cIoU by -0.4 and -7.9 points and
+generalised cIoU by -6.6 and -11.4 (docs/TRAINING.md, session 9). The engine therefore exports the running
+statistics as they are; this module is for probing checkpoints.
 """
 from __future__ import annotations
 

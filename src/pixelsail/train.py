@@ -32,7 +32,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from pixelsail.calibration import calibrate_query_norm
 from pixelsail.checkpoints import (latest_checkpoint, load_checkpoint, publish, save_checkpoint, save_model_dir,
                                    seed_all, state_dict_options)
 from pixelsail.config import RunConfig, TrainConfig, save_yaml
@@ -387,12 +386,6 @@ def train(run: RunConfig, *, resume: bool, build: Callable[[RunConfig], nn.Modul
         save_checkpoint(out_dir, step, model, wrapped, optimizer, scheduler, trainer_state(), env, sharded, keep_last)
     final_ckpt = latest_checkpoint(out_dir)
     if not stopped and step >= tc.max_steps:
-        calibration = batches(run.data.datasets, SamplerState())
-        try:  # exact [SEG] standardisation statistics for the exported model (see pixelsail.calibration)
-            calibrate_query_norm(model, (mb for _, mbs in calibration for mb in mbs), device=env.device,
-                                 autocast=autocast)
-        finally:
-            calibration.close()
         _export_final(out_dir, wrapped, model, env, sharded)
     if metrics is not None:
         metrics.close()

@@ -55,8 +55,9 @@ def calibrate_command(
     batches: int = typer.Option(32, "--batches", min=1, help="training batches whose [SEG] states are averaged"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="default: the config's train.batch_size"),
 ) -> None:
-    """Give a model's [SEG] query standardisation the exact statistics of its training data (training does this
-    itself since session 9; models trained before kept the last batches' running averages)."""
+    """Give a model's [SEG] query standardisation the exact statistics of 32 training batches: for checkpoints
+    taken mid-run, whose running averages describe the last few batches (a finished run's are better left as they
+    are; see pixelsail.calibration)."""
     import shutil
 
     import torch
