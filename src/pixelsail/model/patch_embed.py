@@ -89,9 +89,9 @@ class PromptInjector(nn.Module):
 def prompt_owner(prompt_ids: torch.Tensor, prompt_cover: torch.Tensor) -> torch.Tensor:
     """prompt_ids (K,) sorted largest first, prompt_cover (K, N) -> (N,) the k of the smallest prompt covering each
     patch, -1 where none does (later, smaller prompts overwrite earlier ones)."""
-    order = torch.arange(1, prompt_ids.numel() + 1, device=prompt_cover.device)[:, None]   # (K, 1)
     if prompt_ids.numel() == 0:
         return torch.full((prompt_cover.shape[1],), -1, dtype=torch.long, device=prompt_cover.device)
+    order = torch.arange(1, prompt_ids.numel() + 1, device=prompt_cover.device)[:, None]   # (K, 1)
     last = (prompt_cover * order).amax(dim=0)                                                # (N,) 0 = none
     ids = torch.cat([torch.full((1,), -1, dtype=torch.long, device=prompt_ids.device), prompt_ids])
     return ids[last]

@@ -139,8 +139,7 @@ class PixelSail(PretrainedIO, nn.Module):
         owner = torch.full(raw.shape[:2], -1, dtype=torch.long, device=dev)                  # (G, N)
         for j in prompted:
             owner[j] = prompt_owner(images[j].prompt_ids.to(dev), images[j].prompt_cover.to(dev))
-        vp_ids = torch.tensor([self.processor.ids[f"vp_{k}"] for k in range(self.config.num_vp_tokens)], device=dev)
-        return self.prompt_injector(raw, owner, self.backbone.embed(vp_ids))
+        return self.prompt_injector(raw, owner, self.backbone.embed(self._vp_token_ids(dev)))
 
     def _text_prompts(self, raw: torch.Tensor, image: ImageInputs) -> dict[int, torch.Tensor]:
         """{k: (C,)} to add to the <vp_k> text tokens: each prompt's pooled patch embedding for the baseline, the same
@@ -167,8 +166,7 @@ class PixelSail(PretrainedIO, nn.Module):
         if not items:
             return embeds
         num_vp = self.config.num_vp_tokens
-        vp_ids = torch.tensor([self.processor.ids[f"vp_{k}"] for k in range(num_vp)], device=ids.device)
-        k_of = vp_token_index(ids, vp_ids)                                                   # (B, L), -1: no tag
+        k_of = vp_token_index(ids, self._vp_token_ids(ids.device))                                                   # (B, L), -1: no tag
         where = k_of >= 0
         if self.vp_text_proj is not None and self.config.vp_text_pool == "answer":
             ends = (ids == self.processor.ids["turn_end"]).long()
@@ -183,8 +181,19 @@ class PixelSail(PretrainedIO, nn.Module):
 
     def _vision_grid(self, hidden: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """hidden (L, C) of one sequence -> its patch states as a (C, gh, gw) map."""
+        return self._patch_maps(hidden[None], [0], grid)[0]
+
+    @staticmethod
+    def _patch_maps(hidden: torch.Tensor, rows: list[int], grid: tuple[int, int]) -> torch.Tensor:
+        """hidden (B, L, C) -> the patch states of ``rows`` (all with patch grid ``grid``) as (G, C, gh, gw) maps."""
         gh, gw = grid
-        return hidden[1:1 + gh * gw].transpose(0, 1).reshape(-1, gh, gw)
+        # (G, L, C) -> patch states (G, N, C) -> (G, C, N) -> (G, C, gh, gw)
+        states = hidden[torch.tensor(rows, device=hidden.device), 1:1 + gh * gw]
+        return states.transpose(1, 2).reshape(len(rows), -1, gh, gw)
+
+    def _vp_token_ids(self, device: torch.device) -> torch.Tensor:
+        """(num_vp,) the ids of <vp_0> .. <vp_{num_vp-1}>."""
+        return torch.tensor([self.processor.ids[f"vp_{k}"] for k in range(self.config.num_vp_tokens)], device=device)
 
     # ----------------------------------------------------------------------------------------------- training
     def embed_batch(self, input_ids: torch.Tensor, images: list) -> tuple[torch.Tensor, torch.Tensor, AttentionLayout]:
@@ -306,11 +315,9 @@ class PixelSail(PretrainedIO, nn.Module):
                 shapes = tuple(sorted((name, tuple(t.shape)) for name, t in teacher_features[i].items()))
                 groups.setdefault((tuple(images[i].grid), shapes), []).append(i)
         losses: dict[str, torch.Tensor] = {}
-        for ((gh, gw), shapes), rows in groups.items():
-            idx = torch.tensor(rows, device=hidden.device)
-            # (G, L, C) -> patch states (G, N, C) -> (G, C, gh, gw)
-            tokens = hidden[idx, 1:1 + gh * gw].transpose(1, 2).reshape(len(rows), -1, gh, gw)
-            student = {"upsampled": torch.stack([features[i] for i in rows]), "vision_tokens": tokens}
+        for (grid, shapes), rows in groups.items():
+            student = {"upsampled": torch.stack([features[i] for i in rows]),
+                       "vision_tokens": self._patch_maps(hidden, rows, grid)}
             teacher = {name: torch.stack([teacher_features[i][name] for i in rows]) for name, _ in shapes}
             for name, value in self.distill(student, teacher).items():
                 losses[f"distill_{name}"] = losses.get(f"distill_{name}", 0.0) + value * len(rows) / len(with_image)
@@ -355,11 +362,7 @@ class PixelSail(PretrainedIO, nn.Module):
         """Per patch grid: its rows and their upsampled features (G, mask_dim, h, w), one upsampler call each."""
         out = []
         for group in grid_groups(images):
-            gh, gw = group.grid
-            rows = torch.tensor(group.rows, device=hidden.device)
-            # (G, L, C) -> patch states (G, N, C) -> (G, C, gh, gw)
-            maps = hidden[rows, 1:1 + gh * gw].transpose(1, 2).reshape(len(group.rows), -1, gh, gw)
-            out.append((group, self.mask_features(maps)))
+            out.append((group, self.mask_features(self._patch_maps(hidden, group.rows, group.grid))))
         return out
 
     def _mask_features_batch(self, hidden: torch.Tensor, images: list, idx: list[int]) -> dict[int, torch.Tensor]:
