@@ -180,12 +180,9 @@ class EvalSet:
 
 def training_image_size(run: RunConfig) -> int:
     """The shapes image size of the training mixture (looking inside 'distilled' wrappers)."""
-    for spec in run.data.datasets:
-        name, args = spec.name, spec.args
-        if name == "distilled":
-            name, args = args["dataset"]["name"], args["dataset"].get("args", {})
-        if name == "shapes":
-            return int(args.get("image_size", 128))
+    for spec in map(without_teacher, run.data.datasets):
+        if spec.name == "shapes":
+            return int(spec.args.get("image_size", 128))
     raise ValueError("the ablation's base config must train on the 'shapes' dataset")
 
 
