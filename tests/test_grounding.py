@@ -79,6 +79,22 @@ def test_only_the_pooled_query_reads_the_question_tokens():
         assert torch.allclose(q[0], q[1], atol=1e-6) != differ
 
 
+@pytest.mark.parametrize("stop", [False, True])
+def test_stop_grad_keeps_the_mask_loss_off_the_seg_state_but_trains_the_query_layers(stop):
+    proc = tiny_model().processor
+    ids = torch.tensor([proc.conversation_ids([("Please segment the red circle.", "Sure, [SEG].")])[0]])
+    seg_t = (ids[0] == proc.ids["seg"]).nonzero().flatten()
+    model = tiny_model(seg_query_pool="embedding", seg_query_norm=True, seg_query_stop_grad=stop).train()
+    hidden = torch.randn(2, ids.shape[1], 64, requires_grad=True)
+    q = model.seg_queries(hidden, ids.expand(2, -1), torch.zeros(2, dtype=torch.long), torch.tensor([0, 1]),
+                          seg_t.repeat(2))
+    q.pow(2).sum().backward()
+    reached = 0.0 if hidden.grad is None else float(hidden.grad[:, seg_t[0]].abs().sum())
+    assert (reached == 0) == stop
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.seg_query.mlp.parameters())
+    assert model.question_pool.v.weight.grad.abs().sum() > 0
+
+
 def test_bow_loss_is_logged_weighted_and_reaches_the_question_embeddings():
     model = tiny_model(seg_bow_weight=0.5).train()
     image = random_image(64, 64)

@@ -64,6 +64,11 @@ class PixelSailConfig:
     # with seg_query_pool: the pool also reads the answer's own words since the previous [SEG] (grounded conversation:
     # each mask belongs to the phrase before it); False = the user turn only (not in the paper either way)
     seg_query_reads_answer: bool = False
+    # the mask loss trains the query layers but not the [SEG] state they read, which only the language-model loss
+    # shapes (not in the paper). Why: with seg_query_norm and seg_query_pool the question pool carries the expression,
+    # and the mask loss, amplified by the standardisation, squeezed the [SEG] state to one constant vector; the
+    # token after [SEG] then never depended on context (docs/TRAINING.md, session 10)
+    seg_query_stop_grad: bool = False
     # auxiliary loss: a linear read-out of each [SEG] state predicts its question's words (not in the paper)
     seg_bow_weight: float = 0.0
     # improvement 2: visual-prompt injection (False: the baseline's pooled patch embeddings)

@@ -278,8 +278,11 @@ class PixelSail(PretrainedIO, nn.Module):
 
         The paper's query is an MLP of the [SEG] state; with ``seg_query_pool`` the MLP also sees an attention
         read-out of the question that [SEG] answers (text_start (B,): where each sequence's text begins).
+        With ``seg_query_stop_grad`` the mask loss does not reach the [SEG] states themselves.
         """
         states = hidden[seg_b, seg_t]
+        if self.config.seg_query_stop_grad:
+            states = states.detach()
         if self.question_pool is not None:
             seg_id = self.processor.ids["seg"] if self.config.seg_query_reads_answer else None
             keys = question_key_mask(input_ids, self.processor.ids["turn_end"], text_start, seg_b, seg_t, seg_id)
