@@ -325,3 +325,24 @@ def test_vision_probe_trains_the_visual_path_and_reports_object_accuracy(tmp_pat
     (samples, accuracy), = run["curve"]
     assert samples == 8 and set(accuracy) == {"colour", "shape", "size"}
     assert all(0.0 <= v <= 100.0 for v in accuracy.values())
+
+
+def test_seg_state_report_measures_spread_and_a_collapsed_state_reads_zero(monkeypatch):
+    import benchmarks.seg_state as seg_state
+
+    model = tiny_model()
+    r = seg_state.seg_state_report(model, "gcg", count=4, batch_size=2)
+    assert r["n"] >= 4 and r["spread"] > 0.01 and 0.0 <= r["next_accuracy"] <= 1.0
+    assert set(r["words"]) <= {"colour", "shape", "size"} and r["words"]
+
+    real_hidden = seg_state._hidden
+
+    def constant_at_seg(m, batch):           # every [SEG] final state replaced by one vector
+        hidden, features, starts = real_hidden(m, batch)
+        hidden = hidden.clone()
+        hidden[batch["input_ids"] == m.processor.ids["seg"]] = 1.0
+        return hidden, features, starts
+
+    monkeypatch.setattr(seg_state, "_hidden", constant_at_seg)
+    collapsed = seg_state.seg_state_report(model, "gcg", count=4, batch_size=2)
+    assert collapsed["spread"] == pytest.approx(0.0, abs=1e-6) and len(dict(collapsed["next_top"])) == 1
