@@ -258,8 +258,8 @@ def generator_samples(split: str, n: int, image_size: int) -> dict[str, list]:
 def test_shapes_export_through_the_readers_scores_like_the_generator(tmp_path):
     from pixelsail.data.export import GREFER_DIR, PERBENCH_DIR, REFER_DIR, export_shapes
 
-    export_shapes(tmp_path, {"test": 4}, image_size=64)
-    direct = generator_samples("test", 4, 64)
+    export_shapes(tmp_path, {"test": 6}, image_size=64)
+    direct = generator_samples("test", 6, 64)
     read = {"res": ReferEvalDataset(tmp_path / REFER_DIR, split="test"),
             "gres": ReferEvalDataset(tmp_path / GREFER_DIR, split="test"),
             "perbench": PerBench(tmp_path / PERBENCH_DIR)}

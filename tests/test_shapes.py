@@ -253,6 +253,19 @@ def test_objects_are_visible_or_fully_hidden():
         assert 1 <= len(scene.visible_objects) <= len(scene.objects) <= 6
 
 
+@pytest.mark.parametrize("split", ["train", "test", "test_perturbed"])
+def test_touching_objects_never_share_a_colour(split):
+    """Two touching objects of one colour would read as one blob that the expressions name as two."""
+    for index in range(120):
+        visible = generate_scene(split, index).visible_objects
+        for i, a in enumerate(visible):
+            grown = np.pad(a.mask, 1)
+            grown = np.logical_or.reduce([grown[1 + dy:S + 1 + dy, 1 + dx:S + 1 + dx]
+                                          for dy in (-1, 0, 1) for dx in (-1, 0, 1)])   # 3x3 dilation
+            for b in visible[i + 1:]:
+                assert a.color != b.color or not (grown & b.mask).any(), (split, index, a.color)
+
+
 def _occlusion_scene():
     bg = np.full((S, S, 3), 128, dtype=np.uint8)
     specs = [ObjectSpec("circle", "red", (40.0, 40.0), 8.0),       # fully under the square

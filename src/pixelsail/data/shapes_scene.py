@@ -3,13 +3,14 @@
 A scene is a textured grey background with 2-6 flat-coloured shapes painted in order, so later shapes occlude
 earlier ones. Each object keeps its full (unoccluded) mask and its *visible* mask. An object is either visible
 (enough pixels, see :func:`compose_scene`) or fully hidden; a hidden object is never the target or the subject of
-any expression. Everything is deterministic in (split, index, seed): the random stream is seeded from all three,
+any expression. Touching objects never share a colour (:func:`separate_colours`; before session 10 about a quarter
+of the scenes had two same-coloured objects that read as one blob). Everything is deterministic in (split, index, seed): the random stream is seeded from all three,
 so splits share no scene. The questions and answers about a scene are :mod:`pixelsail.data.shapes_tasks`.
 """
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property, lru_cache
 from typing import Sequence
 
@@ -257,6 +258,37 @@ def compose_scene(specs: Sequence[ObjectSpec], image_size: int, background: np.n
     return Scene(image=image, objects=objects, image_size=image_size, image_id=image_id)
 
 
+def _touches(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether masks a and b (H, W) overlap or are 8-neighbours somewhere."""
+    grown = a.copy()
+    grown[1:] |= a[:-1]
+    grown[:-1] |= a[1:]
+    grown[:, 1:] |= grown[:, :-1].copy()
+    grown[:, :-1] |= grown[:, 1:].copy()
+    return bool((grown & b).any())
+
+
+def separate_colours(specs: Sequence[ObjectSpec], full: Sequence[np.ndarray]) -> list[ObjectSpec]:
+    """``specs`` (in painting order, with their full masks) where no object touches a visible earlier object of its
+    own colour: such an object takes the next palette colour after its own that none of those it touches has.
+
+    Two touching objects of one colour read as one blob: nobody could tell where the small blue circle ends and the
+    large blue star begins, yet each would be named and segmented on its own. Deterministic (draws nothing from the
+    generator), so scenes without such a contact are unchanged."""
+    out: list[ObjectSpec] = []
+    visible: list[np.ndarray] = []
+    for spec, mask in zip(specs, full):
+        taken = {o.color for o, v in zip(out, visible) if v.any() and _touches(mask, v)}
+        start = COLOR_NAMES.index(spec.color)
+        free = [COLOR_NAMES[(start + k) % len(COLOR_NAMES)] for k in range(len(COLOR_NAMES))]
+        free = [c for c in free if c not in taken]
+        out.append(spec if not free or free[0] == spec.color else replace(spec, color=free[0]))
+        for v in visible:
+            v &= ~mask
+        visible.append(mask.copy())
+    return out
+
+
 def random_specs(rng: np.random.Generator, image_size: int, n_objects: int
                  ) -> tuple[list[ObjectSpec], list[np.ndarray]]:
     """Random shapes placed so that, where possible, every earlier object keeps half of itself visible.
@@ -285,7 +317,7 @@ def random_specs(rng: np.random.Generator, image_size: int, n_objects: int
         for v in visible:
             v[window] &= ~mask[window]
         visible.append(mask.copy())
-    return specs, full
+    return separate_colours(specs, full), full
 
 
 def scene_and_rng(split: str, index: int, seed: int, image_size: int, attempt: int, plain: bool = False
@@ -300,6 +332,7 @@ def scene_and_rng(split: str, index: int, seed: int, image_size: int, attempt: i
     look = None
     if shapes_render.is_perturbed_split(split):  # a held-out rendering: resized objects, other pixels
         look, specs, full = shapes_render.perturb_specs(split, index, seed, attempt, specs, image_size)
+        specs = separate_colours(specs, full)       # resized objects may touch where the originals did not
     scene = compose_scene(specs, image_size, background, full_masks=full,
                           image_id=f"shapes-{split}-{seed}-{index}" + (f"-{attempt}" if attempt else ""))
     scene.meta.update(split=split, index=index, seed=seed, attempt=attempt)
