@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from pixelsail.ablation import EVAL_TASKS, METRICS, READING_END, READING_START, VARIANTS, variant_by_name
+from pixelsail.config import inner_dataset
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -168,7 +169,7 @@ def budget_lines(results: Sequence[dict]) -> list[str]:
     steps, batch = tc["max_steps"], tc["batch_size"] * tc["grad_accum"]
     train_s = [r["train"]["wall_s"] for r in results]
     eval_s = [r["eval"]["wall_s"] for r in results]
-    inner = [d["args"]["dataset"] if d["name"] == "distilled" else d for d in data["datasets"]]
+    inner = [inner_dataset(d) for d in data["datasets"]]
     return [
         f"- training per run: {steps} steps × batch {batch} = {steps * batch} samples, lr {tc['lr']}, "
         f"warm-up {tc['warmup_ratio']}, {tc['precision']}; data {json.dumps(inner)}",

@@ -101,6 +101,12 @@ class DatasetSpec:
     args: dict[str, Any] = field(default_factory=dict)
 
 
+def inner_dataset(spec: dict[str, Any]) -> dict[str, Any]:
+    """The dataset a ``distilled`` wrapper holds, for a mixture entry as a plain dict (``run.yaml``); any other entry
+    as it is. (A :class:`DatasetSpec`: :func:`pixelsail.ablation.without_teacher`.)"""
+    return (spec.get("args") or {}).get("dataset") or {} if spec.get("name") == "distilled" else spec
+
+
 @dataclass
 class DataConfig:
     datasets: list[DatasetSpec] = field(default_factory=lambda: [DatasetSpec("shapes")])

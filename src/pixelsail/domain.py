@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pixelsail.config import inner_dataset
 from pixelsail.data.shapes import BACKGROUND_MAX_SPREAD, COLORS
 
 SHAPES_DOMAIN = "shapes"
@@ -85,9 +86,7 @@ def training_domain(model_dir: str | Path) -> str | None:
         try:
             run = yaml.safe_load(path.read_text()) or {}
             specs = (run.get("data") or {}).get("datasets") or []
-            # a `distilled` wrapper trains on the dataset it holds
-            names = {str((s.get("args") or {}).get("dataset", {}).get("name") if s.get("name") == "distilled"
-                         else s.get("name")) for s in specs}
+            names = {str(inner_dataset(s).get("name")) for s in specs}   # what a `distilled` wrapper holds
         except (yaml.YAMLError, AttributeError, TypeError, OSError):
             return None
         return SHAPES_DOMAIN if names and names <= SHAPES_DATASETS else None
