@@ -4,8 +4,9 @@ A scene is a textured grey background with 2-6 flat-coloured shapes painted in o
 earlier ones. Each object keeps its full (unoccluded) mask and its *visible* mask. An object is either visible
 (enough pixels, see :func:`compose_scene`) or fully hidden; a hidden object is never the target or the subject of
 any expression. Touching objects never share a colour (:func:`separate_colours`; before session 10 about a quarter
-of the scenes had two same-coloured objects that read as one blob). Everything is deterministic in (split, index, seed): the random stream is seeded from all three,
-so splits share no scene. The questions and answers about a scene are :mod:`pixelsail.data.shapes_tasks`.
+of the scenes had two same-coloured objects that read as one blob). Everything is deterministic in (split, index,
+seed): the random stream is seeded from all three, so splits share no scene. The questions and answers about a
+scene are :mod:`pixelsail.data.shapes_tasks`.
 """
 from __future__ import annotations
 
