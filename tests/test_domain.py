@@ -90,5 +90,7 @@ def test_which_models_are_checked(tmp_path):
     assert training_domain(run / "checkpoints" / "step-5" / "model") == SHAPES_DOMAIN
     (run / "run.yaml").write_text("data:\n  datasets:\n    - name: shapes\n    - name: refcoco\n")
     assert training_domain(run / "model") is None  # real images in the mix: no shapes-world check
+    (run / "run.yaml").write_text("data:\n  datasets:\n    - name: distilled\n      args: {dataset: {name: refcoco}}\n")
+    assert training_domain(run / "model") is None  # a distilled wrapper counts as the dataset it holds
     assert training_domain(tmp_path) is None
     assert check(None, np.zeros((8, 8, 3), np.uint8)) is None
