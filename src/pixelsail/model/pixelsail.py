@@ -166,7 +166,7 @@ class PixelSail(PretrainedIO, nn.Module):
         if not items:
             return embeds
         num_vp = self.config.num_vp_tokens
-        k_of = vp_token_index(ids, self._vp_token_ids(ids.device))                                                   # (B, L), -1: no tag
+        k_of = vp_token_index(ids, self._vp_token_ids(ids.device))                          # (B, L), -1: no tag
         where = k_of >= 0
         if self.vp_text_proj is not None and self.config.vp_text_pool == "answer":
             ends = (ids == self.processor.ids["turn_end"]).long()
