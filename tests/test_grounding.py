@@ -46,7 +46,8 @@ def test_question_pool_starts_as_the_mean_of_the_question_and_ignores_other_toke
     assert torch.equal(pool(torch.randn(1, 8), context, torch.zeros(1, 5, dtype=torch.bool)), torch.zeros(1, 8))
 
 
-@pytest.mark.parametrize("source,reads_answer", [("hidden", False), ("embedding", False), ("embedding", True)])
+@pytest.mark.parametrize("source,reads_answer", [("hidden", False), ("embedding", False), ("embedding", True),
+                                                 ("embedding+hidden", True)])
 def test_cached_masks_equal_uncached_with_a_pooled_query(source, reads_answer):
     model = tiny_model(seg_query_pool=source, seg_query_norm=True, seg_query_reads_answer=reads_answer).eval()
     prefix = model.prefill_image(random_image(64, 64))
@@ -93,6 +94,24 @@ def test_stop_grad_keeps_the_mask_loss_off_the_seg_state_but_trains_the_query_la
     assert (reached == 0) == stop
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.seg_query.mlp.parameters())
     assert model.question_pool.v.weight.grad.abs().sum() > 0
+
+
+def test_the_hidden_pool_lets_the_mask_loss_train_the_question_states_but_not_the_seg_state():
+    proc = tiny_model().processor
+    ids = torch.tensor([proc.conversation_ids([("Please segment the red circle.", "Sure, [SEG].")])[0]])
+    seg_t = (ids[0] == proc.ids["seg"]).nonzero().flatten()
+    model = tiny_model(seg_query_pool="embedding+hidden", seg_query_norm=True, seg_query_stop_grad=True).train()
+    assert model.seg_query.mlp[0].in_features == 3 * 64                       # [SEG] state + two read-outs
+    hidden = torch.randn(2, ids.shape[1], 64, requires_grad=True)
+    q = model.seg_queries(hidden, ids.expand(2, -1), torch.zeros(2, dtype=torch.long), torch.tensor([0, 1]),
+                          seg_t.repeat(2))
+    q.pow(2).sum().backward()
+    question = question_key_mask(ids, proc.ids["turn_end"], torch.zeros(1, dtype=torch.long), torch.tensor([0]),
+                                 seg_t)[0]
+    per_token = hidden.grad.abs().sum(dim=(0, 2))                                 # (L,)
+    assert float(per_token[seg_t[0]]) == 0.0
+    assert bool((per_token[question] > 0).all()) and float(per_token[~question].sum()) == 0.0
+    assert model.hidden_pool.v.weight.grad.abs().sum() > 0 and model.question_pool.v.weight.grad.abs().sum() > 0
 
 
 def test_bow_loss_is_logged_weighted_and_reaches_the_question_embeddings():

@@ -59,7 +59,8 @@ class PixelSailConfig:
     # [SEG] hidden states standardised before the query MLP (False: the paper's plain MLP; see SegQuery)
     seg_query_norm: bool = False
     # the [SEG] query also attends over the question (not in the paper; see model/question_pool.py): over its tokens'
-    # final states ("hidden") or their input embeddings ("embedding"); "" = the paper's [SEG]-state-only query
+    # final states ("hidden"), their input embeddings ("embedding") or both ("embedding+hidden", two pools); "" = the
+    # paper's [SEG]-state-only query
     seg_query_pool: str = ""
     # with seg_query_pool: the pool also reads the answer's own words since the previous [SEG] (grounded conversation:
     # each mask belongs to the phrase before it); False = the user turn only (not in the paper either way)
@@ -208,21 +209,27 @@ def save_yaml(obj: Any, path: str | Path) -> None:
 
 
 def apply_overrides(obj: Any, overrides: list[str]) -> Any:
-    """Apply ``section.field=value`` overrides (value parsed as YAML), e.g. ``train.lr=1e-4``."""
+    """Apply ``section.field=value`` overrides (value parsed as YAML), e.g. ``train.lr=1e-4``; a number indexes a
+    list (``data.datasets.0.weight=2``), and a dataset's ``args`` take new keys (``...args.answer_style=x``)."""
     data = to_dict(obj)
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"override {item!r} is not of the form key.path=value")
         key, raw = item.split("=", 1)
-        node = data
+        node, parent = data, ""
         parts = key.split(".")
-        for p in parts[:-1]:
-            if not isinstance(node, dict) or p not in node:
-                raise ValueError(f"override {item!r}: no such section {p!r}")
-            node = node[p]
-        if parts[-1] not in node:
-            raise ValueError(f"override {item!r}: no such field {parts[-1]!r}")
-        node[parts[-1]] = yaml.safe_load(raw)
+        for depth, p in enumerate(parts):
+            last = depth == len(parts) - 1
+            if isinstance(node, list):
+                if not p.isdigit() or int(p) >= len(node):
+                    raise ValueError(f"override {item!r}: {parent or 'the list'} has no item {p!r} "
+                                     f"(it has {len(node)})")
+            elif not isinstance(node, dict) or (p not in node and not (last and parent == "args")):
+                raise ValueError(f"override {item!r}: no such {'field' if last else 'section'} {p!r}")
+            if last:
+                node[int(p) if isinstance(node, list) else p] = yaml.safe_load(raw)
+            else:
+                node, parent = node[int(p) if isinstance(node, list) else p], p
     return from_dict(type(obj), data)
 
 

@@ -18,7 +18,7 @@ from pixelsail.model.mask_head import MASK_THRESHOLD, SegQuery, mask_logits, mas
 from pixelsail.model.patch_embed import (PATCH_STEMS, ConvPatchEmbed, PatchEmbed, PromptInjector, pooled_prompts,
                                          prompt_owner)
 from pixelsail.model.pretrained import CONFIG_FILE, WEIGHTS_FILE, PretrainedIO
-from pixelsail.model.question_pool import POOL_SOURCES, QuestionPool, question_key_mask
+from pixelsail.model.question_pool import QuestionPool, pool_sources, question_key_mask
 from pixelsail.model.upsampler import MaskFeatures
 from pixelsail.processing import IGNORE_INDEX, ImageInputs, Processor
 from pixelsail.tokenizer import add_pixelsail_tokens
@@ -98,10 +98,12 @@ class PixelSail(PretrainedIO, nn.Module):
         self.mask_features = MaskFeatures(hidden_size=hidden, patch_size=config.patch_size, mask_dim=config.mask_dim,
                                           upsample=config.upsample, stride=config.upsample_stride,
                                           max_width=config.upsample_max_width)
-        if config.seg_query_pool not in POOL_SOURCES:
-            raise ValueError(f"seg_query_pool must be one of {POOL_SOURCES}, got {config.seg_query_pool!r}")
-        self.question_pool = QuestionPool(hidden_size=hidden) if config.seg_query_pool else None
-        self.seg_query = SegQuery(hidden_size=hidden * (2 if config.seg_query_pool else 1), mask_dim=config.mask_dim,
+        self.pool_sources = pool_sources(config.seg_query_pool)
+        self.question_pool = QuestionPool(hidden_size=hidden) if self.pool_sources else None
+        # "embedding+hidden": a second pool over the question's final states, which the mask loss may train (an
+        # image-aware route for relations) while the first keeps the words themselves
+        self.hidden_pool = QuestionPool(hidden_size=hidden) if len(self.pool_sources) == 2 else None
+        self.seg_query = SegQuery(hidden_size=hidden * (1 + len(self.pool_sources)), mask_dim=config.mask_dim,
                                   standardize=config.seg_query_norm)
         self.seg_bow = nn.Linear(hidden, hidden, bias=False) if config.seg_bow_weight > 0 else None
         self.distill = (DistillAdapters(teachers=config.distill.teachers, mask_dim=config.mask_dim, hidden_size=hidden)
@@ -286,8 +288,10 @@ class PixelSail(PretrainedIO, nn.Module):
         if self.question_pool is not None:
             seg_id = self.processor.ids["seg"] if self.config.seg_query_reads_answer else None
             keys = question_key_mask(input_ids, self.processor.ids["turn_end"], text_start, seg_b, seg_t, seg_id)
-            context = hidden[seg_b] if self.config.seg_query_pool == "hidden" else self.backbone.embed(input_ids[seg_b])
-            states = torch.cat([states, self.question_pool(states, context, keys)], dim=-1)
+            pools = (self.question_pool, self.hidden_pool)
+            reads = [pool(states, hidden[seg_b] if source == "hidden" else self.backbone.embed(input_ids[seg_b]), keys)
+                     for pool, source in zip(pools, self.pool_sources)]
+            states = torch.cat([states, *reads], dim=-1)
         return self.seg_query(states)
 
     def seg_bow_loss(self, hidden: torch.Tensor, input_ids: torch.Tensor, text_start: torch.Tensor,

@@ -12,7 +12,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-POOL_SOURCES = ("", "hidden", "embedding")   # config.seg_query_pool: off, final states, input embeddings
+# config.seg_query_pool: off, final states, input embeddings, or one pool over each
+POOL_SOURCES = ("", "hidden", "embedding", "embedding+hidden")
+
+
+def pool_sources(value: str) -> tuple[str, ...]:
+    """The contexts the query pools over, in the order their read-outs are concatenated: "embedding+hidden" ->
+    ("embedding", "hidden"); "" -> ()."""
+    if value not in POOL_SOURCES:
+        raise ValueError(f"seg_query_pool must be one of {POOL_SOURCES}, got {value!r}")
+    return tuple(value.split("+")) if value else ()
 
 
 def question_key_mask(input_ids: torch.Tensor, turn_end_id: int, text_start: torch.Tensor, seg_b: torch.Tensor,
