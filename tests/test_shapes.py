@@ -338,6 +338,28 @@ def test_dataset_tasks_weights_registry_and_errors():
         ds[20]
 
 
+def test_spelled_out_answers_change_only_the_answer_text():
+    from pixelsail.metrics import mcq_correct
+
+    for task in ("vp_mcq", "vt_res", "res"):
+        for i in range(30):
+            short, spelled = (make_sample("train", i, task, answer_style=style) for style in ("short", "spelled_out"))
+            assert np.array_equal(short.image, spelled.image) and short.turns[0][0] == spelled.turns[0][0]
+            assert len(short.masks) == len(spelled.masks) and all(map(np.array_equal, short.masks, spelled.masks))
+            answer, meta = spelled.turns[0][1], spelled.meta
+            if task == "vp_mcq":   # "It is red (B).": the option before its letter, scored as before
+                assert answer == f"It is {meta['correct']} {meta['answer']}." and mcq_correct(meta["answer"], answer)
+            elif task == "vt_res":  # names the value it copied: the target's colour or shape
+                m = re.fullmatch(r"Sure, the other (\w+)( object)? \[SEG\]\.", answer)
+                assert m and m.group(1) in (COLORS if meta["vt_kind"] == "colour" else SHAPES)
+                assert (m.group(2) is not None) == (meta["vt_kind"] == "colour")
+            else:
+                assert answer == short.turns[0][1]
+    assert ShapesDataset("val", tasks=["vp_mcq"], size=2, answer_style="spelled_out")[0].turns[0][1].startswith("It is")
+    with pytest.raises(ValueError, match="unknown answer_style 'long'"):
+        ShapesDataset(answer_style="long")
+
+
 def test_vp_ids_vary_and_absent_prompts_occur():
     ids, absent = set(), 0
     for i in range(400):

@@ -82,6 +82,23 @@ def run_toy(config: Path, *args: str, nproc: int = 1, timeout: float = 120, **en
 # schedule
 
 
+def test_overrides_index_lists_add_dataset_args_and_name_what_is_wrong():
+    from pixelsail.config import load_yaml
+
+    run = load_yaml(Path(__file__).parents[1] / "configs" / "shapes-tiny.yaml", RunConfig)
+    new = apply_overrides(run, ["data.datasets.0.weight=2", "data.datasets.0.args.dataset.args.answer_style=x",
+                                "model.seg_query_pool=hidden"])
+    assert new.data.datasets[0].weight == 2.0 and new.model.seg_query_pool == "hidden"
+    assert new.data.datasets[0].args["dataset"]["args"]["answer_style"] == "x"
+    assert "answer_style" not in run.data.datasets[0].args["dataset"]["args"]       # the original is untouched
+    for bad, why in (("data.datasets.1.weight=1", "datasets has no item '1' \\(it has 1\\)"),
+                     ("data.datasets.first.weight=1", "has no item 'first'"),
+                     ("train.nope=1", "no such field 'nope'"), ("model.distill.x.y=1", "no such section 'x'"),
+                     ("train.lr", "not of the form")):
+        with pytest.raises(ValueError, match=why):
+            apply_overrides(run, [bad])
+
+
 def test_lr_factor_warms_up_linearly_then_follows_cosine_to_zero():
     # 200 steps, 5% warm-up = 10 steps: 0.1, 0.2, ... 1.0, then cosine over the remaining 190 steps
     assert lr_factor(0, 200, 0.05) == pytest.approx(0.1)

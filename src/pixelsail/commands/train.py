@@ -9,7 +9,9 @@ import typer
 
 def train_command(
     config: Path = typer.Argument(..., help="run config YAML (model / data / train sections)"),
-    overrides: Optional[List[str]] = typer.Argument(None, help="overrides such as train.lr=1e-4 train.max_steps=50"),
+    overrides: Optional[List[str]] = typer.Argument(
+        None, help="overrides such as train.lr=1e-4 train.max_steps=50 (a number indexes a list: "
+                   "data.datasets.0.weight=2)"),
     resume: bool = typer.Option(False, "--resume", help="continue from the newest checkpoint in train.output_dir"),
     keep_last: int = typer.Option(2, "--keep-last", min=1, help="checkpoints to keep"),
 ) -> None:

@@ -32,8 +32,8 @@ from pixelsail.data.shapes_scene import (  # noqa: F401
     SMALL_AREA, ObjectSpec, Scene, ShapeObject, compose_scene, generate_scene, make_rng, random_specs, scene_and_rng,
     shape_mask, shape_window, split_code, textured_background, unit_area_and_extent)
 from pixelsail.data.shapes_tasks import (  # noqa: F401
-    CAPTION_QUESTIONS, GCG_QUESTIONS, MCQ_LETTERS, PROMPT_KINDS, RES_TEMPLATES, SHAPES_TASKS, TASK_BUILDERS,
-    VP_QA_KINDS, VT_RES_KINDS, Referral, attribute_referrals, describe, gcg_answer, make_gcg, make_gres,
+    ANSWER_STYLES, CAPTION_QUESTIONS, GCG_QUESTIONS, MCQ_LETTERS, PROMPT_KINDS, RES_TEMPLATES, SHAPES_TASKS,
+    TASK_BUILDERS, VP_QA_KINDS, VT_RES_KINDS, Referral, attribute_referrals, describe, gcg_answer, make_gcg, make_gres,
     make_region_caption, make_res, make_sample, make_vp_mcq, make_vp_qa, make_vt_res, matches, mcq_question,
     multi_referrals, no_target_referral, prompt_mask_for, prompt_objects, reading_order, region_caption,
     relation_holds, relation_referrals, seg_answer, unique_descriptions)
@@ -65,10 +65,13 @@ class ShapesDataset:
     """Map-style dataset of shapes-world Samples; ``ds[i]`` depends only on (split, seed, image_size, tasks, i)."""
 
     def __init__(self, split: str = "train", tasks: Mapping[str, float] | Sequence[str] | None = None,
-                 image_size: int = 128, size: int = 10000, seed: int = 0):
+                 image_size: int = 128, size: int = 10000, seed: int = 0, answer_style: str = "short"):
         if size < 0:
             raise ValueError(f"size must be >= 0, got {size}")
+        if answer_style not in ANSWER_STYLES:
+            raise ValueError(f"unknown answer_style {answer_style!r}; expected one of {ANSWER_STYLES}")
         self.split, self.image_size, self.size, self.seed = split, int(image_size), int(size), int(seed)
+        self.answer_style = answer_style
         self.task_names, self.task_probs = _task_weights(tasks)
 
     def __len__(self) -> int:
@@ -81,7 +84,8 @@ class ShapesDataset:
     def __getitem__(self, index: int) -> Sample:
         if not 0 <= index < self.size:
             raise IndexError(f"index {index} out of range for ShapesDataset of size {self.size}")
-        return make_sample(self.split, int(index), self.task_of(index), self.seed, self.image_size)
+        return make_sample(self.split, int(index), self.task_of(index), self.seed, self.image_size,
+                           answer_style=self.answer_style)
 
 
 def _trainable_split(kwargs: Mapping) -> None:

@@ -11,7 +11,7 @@ scene cannot support the task (:func:`make_sample` then draws the scene again).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -410,15 +410,40 @@ TASK_BUILDERS: dict[str, Callable[[Scene, np.random.Generator], Sample | None]] 
 }
 
 
+# how answers are worded: "short" is the paper's ("Sure, [SEG]." / "(B) red."); "spelled_out" writes first what the
+# answer had to work out, so that the language-model loss asks for it: a visual-text referral names the value it
+# copied from the marked object ("Sure, the other red object [SEG]."; the [SEG] query's pool reads those words with
+# seg_query_reads_answer), and a multiple-choice answer gives the option before its letter ("It is red (B).").
+# Questions, scenes and masks are the same in both, and both score the same (the letter; the mask).
+ANSWER_STYLES = ("short", "spelled_out")
+
+
+def spell_out(scene: Scene, sample: Sample) -> Sample:
+    """``sample`` with its answer in the "spelled_out" style (see :data:`ANSWER_STYLES`)."""
+    meta = sample.meta
+    if sample.task == "vp_mcq":
+        answer = f"It is {meta['correct']} {meta['answer']}."   # "It is": the option gets the question's token
+    elif sample.task == "vt_res":
+        target = scene.objects[meta["target_ids"][0]]
+        value = f"{target.color} object" if meta["vt_kind"] == "colour" else str(target.shape)
+        answer = f"Sure, the other {value} {SEG}."
+    else:
+        return sample
+    (question, _), = sample.turns
+    return replace(sample, turns=[(question, answer)])
+
+
 def make_sample(split: str, index: int, task: str, seed: int = 0, image_size: int = 128,
-                max_attempts: int = 50, plain: bool = False) -> Sample:
+                max_attempts: int = 50, plain: bool = False, answer_style: str = "short") -> Sample:
     """A ``task`` sample for scene ``index`` of ``split``; scenes that cannot support the task are re-drawn."""
     if task not in TASK_BUILDERS:
         raise ValueError(f"unknown shapes task {task!r}; expected one of {SHAPES_TASKS}")
+    if answer_style not in ANSWER_STYLES:
+        raise ValueError(f"unknown answer_style {answer_style!r}; expected one of {ANSWER_STYLES}")
     for attempt in range(max_attempts):
         # the sample draws from where the scene's stream stopped: the scene never depends on the task
         scene, rng = scene_and_rng(split, index, seed, image_size, attempt, plain)
         sample = TASK_BUILDERS[task](scene, rng)
         if sample is not None:
-            return sample
+            return spell_out(scene, sample) if answer_style == "spelled_out" else sample
     raise RuntimeError(f"no scene for task {task!r} at {split}[{index}] after {max_attempts} attempts")
