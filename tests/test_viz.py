@@ -59,8 +59,19 @@ def test_draw_prompts_outlines_and_tags_each_region():
     region[20:30, 5:35] = True
     out = draw_prompts(image, {3: region}, colors=[(255, 0, 0)], alpha=0.0)
     assert out[25, 34].tolist() == [255, 0, 0] and out[29, 30].tolist() == [255, 0, 0]   # outline
-    assert (out[20:32, 5:25] == 0).all(axis=2).any()    # black label box at the region's corner
-    assert (out[:15] == 200).all()                      # nothing drawn far away
+    assert (out[5:20, 5:25] == 0).all(axis=2).any()     # black label box just above the region's corner
+    assert (out[21:29, 6:34] == 200).all()              # the region's inside stays visible
+    assert (out[:4] == 200).all() and (out[31:] == 200).all()   # nothing drawn far away
+
+
+def test_prompt_tags_never_hide_a_small_region_when_there_is_room_outside():
+    image = np.full((64, 64, 3), 200, dtype=np.uint8)
+    for rows, cols in ((slice(0, 4), slice(60, 64)), (slice(58, 64), slice(0, 5)), (slice(30, 34), slice(62, 64))):
+        region = np.zeros((64, 64), dtype=bool)
+        region[rows, cols] = True
+        out = draw_prompts(image, {0: region}, colors=[(255, 0, 0)], alpha=0.0)
+        assert not (out[region] == 0).all(axis=1).any(), (rows, cols)   # no label pixel on the region
+        assert (out == 0).all(axis=2).sum() > 20                         # but a label is drawn
 
 
 def test_image_grid_layout_and_captions():

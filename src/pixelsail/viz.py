@@ -75,7 +75,9 @@ def overlay_masks(image: np.ndarray, masks: Sequence[np.ndarray], colors: Sequen
 
 def draw_prompts(image: np.ndarray, prompts: Mapping[int, np.ndarray], colors: Sequence[tuple[int, int, int]] | None = None,
                  alpha: float = 0.25, labels: bool = True) -> np.ndarray:
-    """Show visual prompts {k: mask}: a light fill, an outline and the tag ``vp_k`` at the region's top-left corner."""
+    """Show visual prompts {k: mask}: a light fill, an outline and the tag ``vp_k`` just above the region (below it
+    when the region touches the top; over its top-left corner only when neither fits), so the tag does not hide a
+    small marked object."""
     image = _check_image(image)
     keys = sorted(prompts)
     out = overlay_masks(image, [prompts[k] for k in keys], colors=colors, alpha=alpha, outline=True)
@@ -90,7 +92,16 @@ def draw_prompts(image: np.ndarray, prompts: Mapping[int, np.ndarray], colors: S
         if rows.size == 0:
             continue
         text = f"vp_{k}"
-        x, y = int(cols.min()), int(rows.min())
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        width, height = right - left + 3, bottom - top + 3                 # with the 1 px dark frame
+        x = min(int(cols.min()), max(pil.width - width, 0)) - left + 1
+        if rows.min() >= height:
+            y = int(rows.min()) - height                                   # above
+        elif rows.max() + 1 + height <= pil.height:
+            y = int(rows.max()) + 1                                        # below
+        else:
+            y = int(rows.min())                                            # over the region: no room outside
+        y += 1 - top
         left, top, right, bottom = draw.textbbox((x, y), text, font=font)
         draw.rectangle((left - 1, top - 1, right + 1, bottom + 1), fill=(0, 0, 0))
         draw.text((x, y), text, fill=tuple(color), font=font)
