@@ -86,11 +86,11 @@ def test_overrides_index_lists_add_dataset_args_and_name_what_is_wrong():
     from pixelsail.config import load_yaml
 
     run = load_yaml(Path(__file__).parents[1] / "configs" / "shapes-tiny.yaml", RunConfig)
-    new = apply_overrides(run, ["data.datasets.0.weight=2", "data.datasets.0.args.dataset.args.answer_style=x",
+    new = apply_overrides(run, ["data.datasets.0.weight=2", "data.datasets.0.args.dataset.args.seed=7",
                                 "model.seg_query_pool=hidden"])
     assert new.data.datasets[0].weight == 2.0 and new.model.seg_query_pool == "hidden"
-    assert new.data.datasets[0].args["dataset"]["args"]["answer_style"] == "x"
-    assert "answer_style" not in run.data.datasets[0].args["dataset"]["args"]       # the original is untouched
+    assert new.data.datasets[0].args["dataset"]["args"]["seed"] == 7                # a new key of a dataset's args
+    assert "seed" not in run.data.datasets[0].args["dataset"]["args"]               # the original is untouched
     for bad, why in (("data.datasets.1.weight=1", "datasets has no item '1' \\(it has 1\\)"),
                      ("data.datasets.first.weight=1", "has no item 'first'"),
                      ("train.nope=1", "no such field 'nope'"), ("model.distill.x.y=1", "no such section 'x'"),
