@@ -365,3 +365,17 @@ def test_seg_state_report_measures_spread_and_a_collapsed_state_reads_zero(monke
     monkeypatch.setattr(seg_state, "_hidden", constant_at_seg)
     collapsed = seg_state.seg_state_report(model, "gcg", count=4, batch_size=2)
     assert collapsed["spread"] == pytest.approx(0.0, abs=1e-6) and len(dict(collapsed["next_top"])) == 1
+
+
+def test_the_multiple_choice_rungs_differ_only_in_where_the_letter_stands():
+    from benchmarks.ladder import RUNGS, rung_samples
+
+    plain, word_first, induction = (rung_samples(RUNGS[n], "val", 12, 64)
+                                    for n in ("vp_mcq", "vp_mcq_word_first", "vp_mcq_induction"))
+    for a, b, c in zip(plain, word_first, induction):
+        meta = a.meta
+        assert a.turns[0][1] == f"{meta['answer']} {meta['correct']}." and b.turns[0][0] == a.turns[0][0]
+        assert b.turns[0][1] == c.turns[0][1] == f"It is {meta['correct']} {meta['answer']}."
+        # the induction pattern: what follows "<option> (" in the answer follows it in the question too
+        assert f"{meta['correct']} {meta['answer']}" in c.turns[0][0]
+        assert c.turns[0][0].startswith(a.turns[0][0].split(" (A) ")[0]) and np.array_equal(a.image, c.image)

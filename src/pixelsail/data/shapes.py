@@ -36,7 +36,7 @@ from pixelsail.data.shapes_tasks import (  # noqa: F401
     TASK_BUILDERS, VP_QA_KINDS, VT_RES_KINDS, Referral, attribute_referrals, describe, gcg_answer, make_gcg, make_gres,
     make_region_caption, make_res, make_sample, make_vp_mcq, make_vp_qa, make_vt_res, matches, mcq_question,
     multi_referrals, no_target_referral, prompt_mask_for, prompt_objects, reading_order, region_caption,
-    relation_holds, relation_referrals, seg_answer, unique_descriptions)
+    relation_holds, relation_referrals, seg_answer, spell_out, unique_descriptions)
 from pixelsail.tokens import DEFAULT_NUM_VP_TOKENS, NO_TARGET_ANSWER, PHRASE_END, PHRASE_START, SEG, vp_token
 
 
