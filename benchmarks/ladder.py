@@ -136,23 +136,22 @@ def _as_rung(name: str, make: Callable[[Scene, np.random.Generator], Sample | No
     return build
 
 
-def _mcq_rewritten(name: str, options_word_first: bool) -> Callable:
+def _mcq_rewritten(options_word_first: bool) -> Callable[[Scene, np.random.Generator], Sample | None]:
     """The product's multiple choice with the answer "It is red (B)." (``answer_style: spelled_out``) and, with
     ``options_word_first``, the options listed "red (A), blue (B)": the answer's "red (" then recurs in the question
     followed by the letter, the pattern an induction head copies."""
-    def build(scene: Scene, rng: np.random.Generator) -> Sample | None:
+    def make(scene: Scene, rng: np.random.Generator) -> Sample | None:
         sample = make_vp_mcq(scene, rng)
         if sample is None:
             return None
         sample = spell_out(scene, sample)
-        (question, answer), = sample.turns
         if options_word_first:
+            (question, answer), = sample.turns
             stem = question[:question.index(" (A) ")]
             listed = ", ".join(f"{o} ({letter})" for letter, o in zip(MCQ_LETTERS, sample.meta["choices"]))
             sample.turns = [(f"{stem} {listed}. Answer with the option's letter.", answer)]
-        sample.meta.update(rung=name, oracle=[])
         return sample
-    return build
+    return make
 
 
 @dataclass(frozen=True)
@@ -182,8 +181,8 @@ RUNGS: dict[str, Rung] = {r.name: r for r in (
     Rung("vp_qa", _as_rung("vp_qa", make_vp_qa), "accuracy", None, chance=1 / len(COLOR_NAMES)),
     Rung("vp_mcq", _as_rung("vp_mcq", make_vp_mcq), "accuracy", None, chance=1 / 3),
     # the same, answered word first ("It is red (B)."), and with the options listed word first too ("red (A), ...")
-    Rung("vp_mcq_word_first", _mcq_rewritten("vp_mcq_word_first", False), "accuracy", None, chance=1 / 3),
-    Rung("vp_mcq_induction", _mcq_rewritten("vp_mcq_induction", True), "accuracy", None, chance=1 / 3),
+    Rung("vp_mcq_word_first", _as_rung("vp_mcq_word_first", _mcq_rewritten(False)), "accuracy", None, chance=1 / 3),
+    Rung("vp_mcq_induction", _as_rung("vp_mcq_induction", _mcq_rewritten(True)), "accuracy", None, chance=1 / 3),
 )}
 
 

@@ -36,7 +36,7 @@ from pixelsail.data.shapes_tasks import (  # noqa: F401
     TASK_BUILDERS, VP_QA_KINDS, VT_RES_KINDS, Referral, attribute_referrals, describe, gcg_answer, make_gcg, make_gres,
     make_region_caption, make_res, make_sample, make_vp_mcq, make_vp_qa, make_vt_res, matches, mcq_question,
     multi_referrals, no_target_referral, prompt_mask_for, prompt_objects, reading_order, region_caption,
-    relation_holds, relation_referrals, seg_answer, spell_out, unique_descriptions)
+    check_answer_style, relation_holds, relation_referrals, seg_answer, spell_out, unique_descriptions)
 from pixelsail.tokens import DEFAULT_NUM_VP_TOKENS, NO_TARGET_ANSWER, PHRASE_END, PHRASE_START, SEG, vp_token
 
 
@@ -68,8 +68,7 @@ class ShapesDataset:
                  image_size: int = 128, size: int = 10000, seed: int = 0, answer_style: str = "short"):
         if size < 0:
             raise ValueError(f"size must be >= 0, got {size}")
-        if answer_style not in ANSWER_STYLES:
-            raise ValueError(f"unknown answer_style {answer_style!r}; expected one of {ANSWER_STYLES}")
+        check_answer_style(answer_style)   # at construction, not at the first sample
         self.split, self.image_size, self.size, self.seed = split, int(image_size), int(size), int(seed)
         self.answer_style = answer_style
         self.task_names, self.task_probs = _task_weights(tasks)

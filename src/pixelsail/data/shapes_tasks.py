@@ -418,6 +418,11 @@ TASK_BUILDERS: dict[str, Callable[[Scene, np.random.Generator], Sample | None]] 
 ANSWER_STYLES = ("short", "spelled_out")
 
 
+def check_answer_style(answer_style: str) -> None:
+    if answer_style not in ANSWER_STYLES:
+        raise ValueError(f"unknown answer_style {answer_style!r}; expected one of {ANSWER_STYLES}")
+
+
 def spell_out(scene: Scene, sample: Sample) -> Sample:
     """``sample`` with its answer in the "spelled_out" style (see :data:`ANSWER_STYLES`)."""
     meta = sample.meta
@@ -438,8 +443,7 @@ def make_sample(split: str, index: int, task: str, seed: int = 0, image_size: in
     """A ``task`` sample for scene ``index`` of ``split``; scenes that cannot support the task are re-drawn."""
     if task not in TASK_BUILDERS:
         raise ValueError(f"unknown shapes task {task!r}; expected one of {SHAPES_TASKS}")
-    if answer_style not in ANSWER_STYLES:
-        raise ValueError(f"unknown answer_style {answer_style!r}; expected one of {ANSWER_STYLES}")
+    check_answer_style(answer_style)
     for attempt in range(max_attempts):
         # the sample draws from where the scene's stream stopped: the scene never depends on the task
         scene, rng = scene_and_rng(split, index, seed, image_size, attempt, plain)
