@@ -360,6 +360,36 @@ def test_spelled_out_answers_change_only_the_answer_text():
         ShapesDataset(answer_style="long")
 
 
+def test_named_target_answers_name_the_resolved_object_uniquely():
+    from pixelsail.data.shapes_scene import scene_and_rng
+
+    seen = {"relation": 0, "vt_res": 0, "plain": 0, "cell": 0}
+    for task in ("res", "vt_res", "vp_mcq"):
+        for i in range(40):
+            spelled, named = (make_sample("train", i, task, answer_style=s) for s in ("spelled_out", "named_target"))
+            assert named.turns[0][0] == spelled.turns[0][0] and all(map(np.array_equal, named.masks, spelled.masks))
+            answer, meta = named.turns[0][1], named.meta
+            resolved = task == "vt_res" or meta.get("expression_kind") == "relation"
+            if not resolved:   # plain referrals and multiple choice: as spelled out
+                assert answer == spelled.turns[0][1]
+                seen["plain"] += 1
+                continue
+            scene, _ = scene_and_rng("train", i, 0, 128, meta["attempt"], False)
+            target = scene.objects[meta["target_ids"][0]]
+            if task == "vt_res":   # the value first, then the object: "Sure, the other red object, the large red star"
+                assert answer.startswith(spelled.turns[0][1][:-len(" [SEG].")] + ", the ")
+            m = re.search(r"the (small|large) (\w+) (\w+)( in the ([a-z ]+))? \[SEG\]\.$", answer)
+            assert m and m.group(1, 2, 3) == (target.size, target.color, target.shape), answer
+            # the name picks out the target among the visible objects; the grid cell only when it has to
+            same = [o for o in scene.visible_objects if o.phrase() == target.phrase()]
+            assert (m.group(5) is not None) == (len(same) > 1)
+            if m.group(5):
+                assert m.group(5) == target.position
+                seen["cell"] += 1
+            seen["relation" if task == "res" else "vt_res"] += 1
+    assert min(seen["relation"], seen["vt_res"], seen["plain"]) >= 5, seen
+
+
 def test_vp_ids_vary_and_absent_prompts_occur():
     ids, absent = set(), 0
     for i in range(400):

@@ -12,7 +12,6 @@ expressions drawn deterministically from the index.
 from __future__ import annotations
 
 import io
-import json
 import pickle
 import random
 from dataclasses import dataclass

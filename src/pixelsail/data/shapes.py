@@ -1,7 +1,8 @@
 """The shapes world: seeded scenes of coloured shapes with exact masks, and samples for every task.
 
-Scenes are :mod:`pixelsail.data.shapes_scene`, the questions and answers :mod:`pixelsail.data.shapes_tasks`; this
-module gathers their public names and holds the datasets (``shapes``, ``shapes_echo``) and the tokenizer corpus.
+Scenes are :mod:`pixelsail.data.shapes_scene`, the expressions :mod:`pixelsail.data.shapes_language`, the questions
+and answers :mod:`pixelsail.data.shapes_tasks`; this module gathers their public names and holds the datasets
+(``shapes``, ``shapes_echo``) and the tokenizer corpus.
 
 A scene is a textured grey background with 2-6 flat-coloured shapes painted in order, so later shapes occlude
 earlier ones. Each object keeps its full (unoccluded) mask and its *visible* mask. An object is either visible
@@ -31,12 +32,14 @@ from pixelsail.data.shapes_scene import (  # noqa: F401
     BACKGROUND_MAX_SPREAD, COLOR_NAMES, COLORS, LARGE_AREA, LARGE_MIN_AREA, POSITIONS, RELATIONS, SHAPES, SIZES,
     SMALL_AREA, ObjectSpec, Scene, ShapeObject, compose_scene, generate_scene, make_rng, random_specs, scene_and_rng,
     shape_mask, shape_window, split_code, textured_background, unit_area_and_extent)
+from pixelsail.data.shapes_language import (  # noqa: F401
+    Referral, attribute_referrals, describe, matches, multi_referrals, no_target_referral, reading_order,
+    relation_holds, relation_referrals, seg_answer, unique_descriptions)
 from pixelsail.data.shapes_tasks import (  # noqa: F401
     ANSWER_STYLES, CAPTION_QUESTIONS, GCG_QUESTIONS, MCQ_LETTERS, PROMPT_KINDS, RES_TEMPLATES, SHAPES_TASKS,
-    TASK_BUILDERS, VP_QA_KINDS, VT_RES_KINDS, Referral, attribute_referrals, describe, gcg_answer, make_gcg, make_gres,
-    make_region_caption, make_res, make_sample, make_vp_mcq, make_vp_qa, make_vt_res, matches, mcq_question,
-    multi_referrals, no_target_referral, prompt_mask_for, prompt_objects, reading_order, region_caption,
-    check_answer_style, relation_holds, relation_referrals, seg_answer, spell_out, unique_descriptions)
+    TASK_BUILDERS, VP_QA_KINDS, VT_RES_KINDS, check_answer_style, gcg_answer, make_gcg, make_gres,
+    make_region_caption, make_res, make_sample, make_vp_mcq, make_vp_qa, make_vt_res, mcq_question, prompt_mask_for,
+    prompt_objects, region_caption, spell_out, target_name)
 from pixelsail.tokens import DEFAULT_NUM_VP_TOKENS, NO_TARGET_ANSWER, PHRASE_END, PHRASE_START, SEG, vp_token
 
 

@@ -1,10 +1,5 @@
-"""The shapes world's language and tasks: one sample builder per task over a :mod:`~pixelsail.data.shapes_scene`.
-
-The language is deliberately small and regular so a tiny model can learn it in minutes on a CPU:
-
-* attributes: size (small/large, by full area), colour (``COLORS``), shape (``SHAPES``);
-* relations between visible centroids: "left of", "right of", "above", "below";
-* positions: a 3x3 grid of the visible centroid (``POSITIONS``).
+"""The shapes world's tasks: one sample builder per task over a :mod:`~pixelsail.data.shapes_scene`, in the
+language of :mod:`~pixelsail.data.shapes_language`, and the answer styles.
 
 Each builder takes a scene and the random stream that drew it and returns a :class:`Sample`, or None when the
 scene cannot support the task (:func:`make_sample` then draws the scene again).
@@ -17,10 +12,11 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from pixelsail.data.sample import Sample
-from pixelsail.data.shapes_scene import (COLORS, RELATIONS, SHAPES, SIZES, Scene, ShapeObject, _scaled_pixels,
-                                         scene_and_rng)
+from pixelsail.data.shapes_language import (RELATION_MARGIN, Referral, _pick, attribute_referrals, multi_referrals,
+                                            no_target_referral, reading_order, relation_referrals, seg_answer)
+from pixelsail.data.shapes_scene import COLORS, SHAPES, Scene, ShapeObject, _scaled_pixels, scene_and_rng
 from pixelsail.prompts import box_to_mask, point_to_mask
-from pixelsail.tokens import DEFAULT_NUM_VP_TOKENS, NO_TARGET_ANSWER, PHRASE_END, PHRASE_START, SEG, vp_token
+from pixelsail.tokens import DEFAULT_NUM_VP_TOKENS, PHRASE_END, PHRASE_START, SEG, vp_token
 
 SHAPES_TASKS: tuple[str, ...] = ("res", "gres", "vp_qa", "vp_mcq", "region_caption", "vt_res", "gcg")
 MCQ_LETTERS = "ABCD"
@@ -30,158 +26,8 @@ GCG_QUESTIONS = ("Describe the image and segment each object.", "What is in the 
 VT_RES_KINDS = ("colour", "shape")
 # a region caption says "partly covered by X" when X hides at least this many of its pixels (at 128x128)
 OCCLUSION_MIN_PIXELS_128 = 12
-# a relation or left/right question is only asked when every compared centroid differs by this share of the image
-RELATION_MARGIN = 0.06
 ABSENT_PROMPT_RATE = 0.05
 LARGER_MIN_RATIO = 1.5
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# language
-
-
-ATTRIBUTES = ("size", "color", "shape")
-# attribute subsets an expression may use, most natural first
-DESCRIPTOR_KEYS: tuple[tuple[str, ...], ...] = (
-    ("shape",), ("color", "shape"), ("size", "shape"), ("size", "color", "shape"), ("color",), ("size", "color"),
-    ("size",),
-)
-
-
-def describe(attrs: Mapping[str, str], plural: bool = False) -> str:
-    """"small red circle", "red object", "large triangles", ..."""
-    noun = attrs.get("shape", "object")
-    words = [attrs[k] for k in ("size", "color") if k in attrs] + [noun + ("s" if plural else "")]
-    return " ".join(words)
-
-
-def matches(obj: ShapeObject, attrs: Mapping[str, str]) -> bool:
-    return all(getattr(obj, k) == v for k, v in attrs.items())
-
-
-def attributes_of(obj: ShapeObject, keys: Sequence[str]) -> dict[str, str]:
-    return {k: getattr(obj, k) for k in keys}
-
-
-def relation_holds(a: ShapeObject, b: ShapeObject, relation: str) -> bool:
-    (ax, ay), (bx, by) = a.centroid, b.centroid
-    return {"left of": ax < bx, "right of": ax > bx, "above": ay < by, "below": ay > by}[relation]
-
-
-def _relation_gap(a: ShapeObject, b: ShapeObject, relation: str) -> float:
-    (ax, ay), (bx, by) = a.centroid, b.centroid
-    return abs(ax - bx) if relation in ("left of", "right of") else abs(ay - by)
-
-
-def reading_order(objects: Sequence[ShapeObject]) -> list[ShapeObject]:
-    """Top-to-bottom, then left-to-right, by visible centroid."""
-    return sorted(objects, key=lambda o: (o.centroid[1], o.centroid[0]))
-
-
-def seg_answer(n: int) -> str:
-    """"Sure, [SEG]." / "Sure, [SEG] and [SEG]." / "Sure, [SEG], [SEG] and [SEG]."; "No target." for n = 0."""
-    if n == 0:
-        return NO_TARGET_ANSWER
-    segs = [SEG] * n
-    listed = segs[0] if n == 1 else ", ".join(segs[:-1]) + " and " + segs[-1]
-    return f"Sure, {listed}."
-
-
-def unique_descriptions(target: ShapeObject, visible: Sequence[ShapeObject]) -> list[dict[str, str]]:
-    out = []
-    for keys in DESCRIPTOR_KEYS:
-        attrs = attributes_of(target, keys)
-        if [o for o in visible if matches(o, attrs)] == [target]:
-            out.append(attrs)
-    return out
-
-
-def _pick(rng: np.random.Generator, items: Sequence):
-    return items[int(rng.integers(len(items)))]
-
-
-@dataclass
-class Referral:
-    """An expression and the visible objects it denotes."""
-
-    expression: str
-    targets: list[ShapeObject]
-    kind: str               # "attribute" | "relation" | "multi" | "no_target"
-
-
-def attribute_referrals(scene: Scene) -> list[Referral]:
-    """Every (target, minimal-ish unique description) pair of the scene."""
-    vis = scene.visible_objects
-    return [Referral("the " + describe(a), [t], "attribute") for t in vis for a in unique_descriptions(t, vis)]
-
-
-def relation_referrals(scene: Scene) -> list[Referral]:
-    """"the triangle left of the blue square": the anchor is named uniquely, the relation singles out the target
-    among at least two candidates, and every candidate is clearly on one side of the anchor."""
-    vis = scene.visible_objects
-    margin = RELATION_MARGIN * scene.image_size
-    out = []
-    for anchor in vis:
-        anchor_descs = unique_descriptions(anchor, vis)
-        if not anchor_descs:
-            continue
-        anchor_desc = anchor_descs[0]
-        for keys in DESCRIPTOR_KEYS[:4]:
-            groups: dict[tuple, list[ShapeObject]] = {}
-            for o in vis:
-                if o is not anchor:
-                    groups.setdefault(tuple(attributes_of(o, keys).items()), []).append(o)
-            for attrs, cands in groups.items():
-                if len(cands) < 2:
-                    continue
-                for rel in RELATIONS:
-                    if any(_relation_gap(c, anchor, rel) < margin for c in cands):
-                        continue
-                    hits = [c for c in cands if relation_holds(c, anchor, rel)]
-                    if len(hits) == 1:
-                        expr = f"the {describe(dict(attrs))} {rel} the {describe(anchor_desc)}"
-                        out.append(Referral(expr, hits, "relation"))
-    return out
-
-
-def multi_referrals(scene: Scene) -> list[Referral]:
-    """"all green objects" for every attribute combination shared by at least two visible objects."""
-    vis = scene.visible_objects
-    seen: dict[str, Referral] = {}
-    for keys in DESCRIPTOR_KEYS:
-        for o in vis:
-            attrs = attributes_of(o, keys)
-            expr = "all " + describe(attrs, plural=True)
-            if expr not in seen:
-                hits = [v for v in vis if matches(v, attrs)]
-                if len(hits) >= 2:
-                    seen[expr] = Referral(expr, reading_order(hits), "multi")
-    return list(seen.values())
-
-
-def no_target_referral(scene: Scene, rng: np.random.Generator) -> Referral:
-    """An expression that matches no visible object, often one that matches a hidden one or a near miss."""
-    vis = scene.visible_objects
-    hidden = [o for o in scene.objects if not o.visible]
-    for _ in range(50):
-        keys = _pick(rng, DESCRIPTOR_KEYS[:5])
-        if hidden and rng.random() < 0.5:
-            attrs = attributes_of(_pick(rng, hidden), keys)
-        else:
-            attrs = {"size": str(_pick(rng, SIZES)), "color": str(_pick(rng, list(COLORS))),
-                     "shape": str(_pick(rng, SHAPES))}
-            attrs = {k: attrs[k] for k in keys}
-        if not any(matches(o, attrs) for o in vis):
-            plural = rng.random() < 0.3
-            return Referral(("all " if plural else "the ") + describe(attrs, plural=plural), [], "no_target")
-    # every colour/shape combination is present: fall back to a full description, which cannot all be present
-    for size in SIZES:
-        for color in COLORS:
-            for shape in SHAPES:
-                attrs = {"size": size, "color": color, "shape": shape}
-                if not any(matches(o, attrs) for o in vis):
-                    return Referral("the " + describe(attrs), [], "no_target")
-    raise AssertionError("unreachable: more visible objects than attribute combinations")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -414,8 +260,12 @@ TASK_BUILDERS: dict[str, Callable[[Scene, np.random.Generator], Sample | None]] 
 # answer had to work out, so that the language-model loss asks for it: a visual-text referral names the value it
 # copied from the marked object ("Sure, the other red object [SEG]."; the [SEG] query's pool reads those words with
 # seg_query_reads_answer), and a multiple-choice answer gives the option before its letter ("It is red (B).").
-# Questions, scenes and masks are the same in both, and both score the same (the letter; the mask).
-ANSWER_STYLES = ("short", "spelled_out")
+# "named_target" is "spelled_out" whose referrals that had to be resolved also name what they resolved to, the way a
+# plain expression would: a relation "the triangle left of the blue square" is answered "Sure, the large red triangle
+# [SEG].", a visual-text referral "Sure, the other red object, the large red star [SEG]." (the grid cell is added,
+# "... in the top left", where size, colour and shape do not single the target out).
+# Questions, scenes and masks are the same in all styles, and all score the same (the letter; the mask).
+ANSWER_STYLES = ("short", "spelled_out", "named_target")
 
 
 def check_answer_style(answer_style: str) -> None:
@@ -423,15 +273,27 @@ def check_answer_style(answer_style: str) -> None:
         raise ValueError(f"unknown answer_style {answer_style!r}; expected one of {ANSWER_STYLES}")
 
 
-def spell_out(scene: Scene, sample: Sample) -> Sample:
-    """``sample`` with its answer in the "spelled_out" style (see :data:`ANSWER_STYLES`)."""
+def target_name(scene: Scene, target: ShapeObject) -> str:
+    """"the large red star", or "the large red star in the top left" when another visible object has the same
+    size, colour and shape."""
+    name = f"the {target.phrase()}"
+    twins = [o for o in scene.visible_objects if o is not target and o.phrase() == target.phrase()]
+    return f"{name} in the {target.position}" if twins else name
+
+
+def spell_out(scene: Scene, sample: Sample, answer_style: str = "spelled_out") -> Sample:
+    """``sample`` with its answer in the "spelled_out" or "named_target" style (see :data:`ANSWER_STYLES`)."""
     meta = sample.meta
+    named = answer_style == "named_target"
     if sample.task == "vp_mcq":
         answer = f"It is {meta['correct']} {meta['answer']}."   # "It is": the option gets the question's token
     elif sample.task == "vt_res":
         target = scene.objects[meta["target_ids"][0]]
         value = f"{target.color} object" if meta["vt_kind"] == "colour" else str(target.shape)
-        answer = f"Sure, the other {value} {SEG}."
+        name = f", {target_name(scene, target)}" if named else ""
+        answer = f"Sure, the other {value}{name} {SEG}."
+    elif named and sample.task == "res" and meta.get("expression_kind") == "relation":
+        answer = f"Sure, {target_name(scene, scene.objects[meta['target_ids'][0]])} {SEG}."
     else:
         return sample
     (question, _), = sample.turns
@@ -449,5 +311,5 @@ def make_sample(split: str, index: int, task: str, seed: int = 0, image_size: in
         scene, rng = scene_and_rng(split, index, seed, image_size, attempt, plain)
         sample = TASK_BUILDERS[task](scene, rng)
         if sample is not None:
-            return spell_out(scene, sample) if answer_style == "spelled_out" else sample
+            return sample if answer_style == "short" else spell_out(scene, sample, answer_style)
     raise RuntimeError(f"no scene for task {task!r} at {split}[{index}] after {max_attempts} attempts")
