@@ -48,6 +48,10 @@ class PixelSailConfig:
     # "linear": the paper's one linear layer per raw patch; "conv": a small stride-2 conv stem to the same grid (not
     # in the paper; see model/patch_embed.py)
     patch_stem: str = "linear"
+    # each patch also gets an absolute position embedding (Fourier features of its centre through a zero-initialised
+    # projection; not in the paper, whose vision tokens know place only through relative rotary offsets; see
+    # model/patch_position.py)
+    patch_position: bool = False
     max_image_size: int = 1024
     image_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     image_std: tuple[float, float, float] = (0.229, 0.224, 0.225)

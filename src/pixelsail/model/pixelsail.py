@@ -17,6 +17,7 @@ from pixelsail.model.distill import DistillAdapters
 from pixelsail.model.mask_head import MASK_THRESHOLD, SegQuery, mask_logits, mask_losses, mask_probabilities
 from pixelsail.model.patch_embed import (PATCH_STEMS, ConvPatchEmbed, PatchEmbed, PromptInjector, pooled_prompts,
                                          prompt_owner)
+from pixelsail.model.patch_position import PatchPosition
 from pixelsail.model.pretrained import CONFIG_FILE, WEIGHTS_FILE, PretrainedIO
 from pixelsail.model.question_pool import QuestionPool, pool_sources, question_key_mask
 from pixelsail.model.upsampler import MaskFeatures
@@ -87,6 +88,7 @@ class PixelSail(PretrainedIO, nn.Module):
             raise ValueError(f"patch_stem must be one of {PATCH_STEMS}, got {config.patch_stem!r}")
         stem = ConvPatchEmbed if config.patch_stem == "conv" else PatchEmbed
         self.patch_embed = stem(patch_size=config.patch_size, hidden_size=hidden, output_std=embed_std)
+        self.patch_position = PatchPosition(hidden_size=hidden) if config.patch_position else None
         self.prompt_injector = PromptInjector(hidden_size=hidden) if config.vp_injection else None
         # beside injection, the tag's pooled region enters through a zero-initialised projection: the <vp_k> token
         # starts as its plain embedding (copying the tag into the answer must not get harder) and learns to use it
@@ -129,8 +131,15 @@ class PixelSail(PretrainedIO, nn.Module):
 
     def _patch_embeds(self, image: ImageInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (embeddings to add to the <vpatch> tokens (N, C), raw patch embeddings (N, C))."""
-        raw = self.patch_embed(image.patches.to(self.device, self.patch_embed.proj.weight.dtype), image.grid)
+        raw = self._raw_patch_embeds(image.patches, image.grid)
         return self._inject_prompts(raw[None], [image])[0], raw
+
+    def _raw_patch_embeds(self, patches: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """patches ([G,] N, 3*P*P) -> ([G,] N, C): the patch embedding (+ its absolute position, with the switch)."""
+        raw = self.patch_embed(patches.to(self.device, self.patch_embed.proj.weight.dtype), grid)
+        if self.patch_position is not None:
+            raw = raw + self.patch_position(grid).to(raw.dtype)
+        return raw
 
     def _inject_prompts(self, raw: torch.Tensor, images: list[ImageInputs]) -> torch.Tensor:
         """raw (G, N, C) patch embeddings of G images sharing a grid -> the same with their prompts injected."""
@@ -211,8 +220,7 @@ class PixelSail(PretrainedIO, nn.Module):
         pooled = [{} for _ in images]
         for group in grid_groups(images):
             n, members = group.num_patches, [images[i] for i in group.rows]
-            patches = torch.stack([im.patches for im in members]).to(dev, self.patch_embed.proj.weight.dtype)
-            raw = self.patch_embed(patches, group.grid)                                       # (G, N, C)
+            raw = self._raw_patch_embeds(torch.stack([im.patches for im in members]), group.grid)   # (G, N, C)
             inject = self._inject_prompts(raw, members)
             rows.append(torch.tensor(group.rows, device=dev).repeat_interleave(n))
             cols.append(torch.arange(1, n + 1, device=dev).repeat(len(group.rows)))
