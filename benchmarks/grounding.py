@@ -114,6 +114,23 @@ def position_accuracy(model, samples: list, batch_size: int = 32, positions: int
     return [round(float(100.0 * h / c), 1) for h, c in zip(hits, counts) if c]
 
 
+@torch.no_grad()
+def letter_accuracy(model, samples: list, batch_size: int = 32) -> float:
+    """Teacher-forced accuracy (percent) of the answer tokens right after a "(": a multiple choice's letter, given
+    the right words before it (the look-up of the option's word among the question's options)."""
+    model.eval()
+    paren = model.processor.encode(" (")[-1]   # "red (B)": the bracket (space-led where the tokenizer has one)
+    hits = count = 0
+    for start in range(0, len(samples), batch_size):
+        batch = _encode(model, samples[start:start + batch_size])
+        pred, labels = _next_tokens(model, batch, _hidden(model, batch)[0])
+        at = (batch["input_ids"][:, :-1] == paren) & (labels != IGNORE_INDEX)
+        hits += int((pred == labels)[at].sum())
+        count += int(at.sum())
+    model.train()
+    return 100.0 * hits / max(count, 1)
+
+
 def teacher_maps(teacher, samples: list) -> list[dict[str, torch.Tensor]] | None:
     """Per sample the teacher's feature maps {name: (C, h, w)}, or None without a teacher."""
     if teacher is None:
@@ -190,6 +207,9 @@ def run_one(rung: Rung, args, seed: int, use_oracle: bool) -> dict:
     if rung.metric == "accuracy":
         extra["position_accuracy"] = position_accuracy(model, val)
         print(f"  answer tokens, teacher-forced accuracy by position: {extra['position_accuracy']}", flush=True)
+    if rung.name.startswith("vp_mcq"):
+        extra["letter_accuracy"] = round(letter_accuracy(model, val), 1)
+        print(f"  the option's letter after its word, teacher-forced: {extra['letter_accuracy']} %", flush=True)
     return {"rung": rung.name, "variant": variant, "seed": seed, **extra,
             "metric": rung.metric, "chance": round(chance_level(rung, val), 1),
             "overrides": list(args.set) + (["distill"] if args.distill else []), "batch": args.batch,

@@ -20,7 +20,7 @@ from pixelsail.data.shapes import (
     multi_referrals, no_target_referral, prompt_objects, reading_order, relation_referrals, scene_and_rng, seg_answer,
     spell_out,
 )
-from pixelsail.tokens import vp_token
+from pixelsail.tokens import DEFAULT_NUM_VP_TOKENS, vp_token
 
 ATTR_KEYS = ("color", "shape", "size")
 
@@ -115,15 +115,23 @@ def build_gcg(scene: Scene, rng: np.random.Generator) -> Sample | None:
     return _seg_sample(scene, "gcg", _pick(rng, list(GCG_QUESTIONS)), vis, answer=gcg_answer(vis), task="gcg")
 
 
-def build_vp_colour(scene: Scene, rng: np.random.Generator) -> Sample | None:
-    """"What colour is <vp_k>?" -> "<vp_k>: red." with a box, point, scribble or mask prompt on one object."""
-    obj = _pick(rng, scene.visible_objects)
-    if obj is None:
-        return None
-    p = prompt_objects([obj], rng, scene.image_size)
-    tag = vp_token(p.ids[0])
-    return Sample(image=scene.image, turns=[(f"What colour is {tag}?", f"{tag}: {obj.color}.")], prompts=p.prompts,
-                  task="vp_qa", image_id=scene.image_id, meta={"rung": "vp_colour", "oracle": []})
+def _vp_question(rung: str, question: str, value: Callable[[ShapeObject], str]) -> Callable:
+    """A question about one marked object (a box, point, scribble or mask prompt): ``question`` with its tag, answered
+    "<vp_k>: <value(object)>."."""
+    def build(scene: Scene, rng: np.random.Generator) -> Sample | None:
+        obj = _pick(rng, scene.visible_objects)
+        if obj is None:
+            return None
+        p = prompt_objects([obj], rng, scene.image_size)
+        tag = vp_token(p.ids[0])
+        return Sample(image=scene.image, turns=[(question.format(tag), f"{tag}: {value(obj)}.")], prompts=p.prompts,
+                      task="vp_qa", image_id=scene.image_id, meta={"rung": rung, "oracle": []})
+    return build
+
+
+# "What colour is <vp_k>?" -> "<vp_k>: red."; "Where is <vp_k>?" -> "<vp_k>: in the top left." (its 3x3 cell)
+build_vp_colour = _vp_question("vp_colour", "What colour is {}?", lambda o: o.color)
+build_vp_where = _vp_question("vp_where", "Where is {}?", lambda o: f"in the {o.position}")
 
 
 def _as_rung(name: str, make: Callable[[Scene, np.random.Generator], Sample | None]) -> Callable:
@@ -154,6 +162,32 @@ def _mcq_rewritten(options_word_first: bool) -> Callable[[Scene, np.random.Gener
     return make
 
 
+def build_option_lookup(scene: Scene, rng: np.random.Generator) -> Sample | None:
+    """A dense text look-up in the multiple choice's own layout: "Which letters are red and blue? (A) blue (B) green
+    (C) yellow (D) red. Answer with the options' letters." -> "red (D), blue (A)." Every letter of the answer is a
+    look-up of the word before it among the options (the circuit an MCQ answer "It is red (D)." needs once per
+    sample); the options are drawn from the multiple choice's vocabularies (colours, shapes, sides, prompt tags)."""
+    tags = [vp_token(k) for k in range(DEFAULT_NUM_VP_TOKENS)]
+    vocab = _pick(rng, [list(COLOR_NAMES), list(SHAPES), ["left", "right"], tags])
+    options = [str(o) for o in rng.choice(vocab, size=min(4, len(vocab)), replace=False)]
+    asked = [options[i] for i in rng.permutation(len(options))[:int(rng.integers(1, len(options) + 1))]]
+    listed = " ".join(f"({MCQ_LETTERS[i]}) {o}" for i, o in enumerate(options))
+    words = asked[0] if len(asked) == 1 else ", ".join(asked[:-1]) + " and " + asked[-1]
+    answer = ", ".join(f"{o} ({MCQ_LETTERS[options.index(o)]})" for o in asked)
+    question = f"Which letters are {words}? {listed}. Answer with the options' letters."
+    return Sample(image=scene.image, turns=[(question, f"{answer}.")], task="vp_qa", image_id=scene.image_id,
+                  meta={"rung": "option_lookup", "oracle": []})
+
+
+def _mixed_with_lookup(make: Callable, share: float) -> Callable:
+    """``make``'s samples; in training (scenes of the train split) a ``share`` of them replaced by look-ups."""
+    def build(scene: Scene, rng: np.random.Generator) -> Sample | None:
+        if scene.meta.get("split") == "train" and rng.random() < share:
+            return build_option_lookup(scene, rng)
+        return make(scene, rng)
+    return build
+
+
 @dataclass(frozen=True)
 class Rung:
     name: str
@@ -176,6 +210,7 @@ RUNGS: dict[str, Rung] = {r.name: r for r in (
     Rung("no_target", build_no_target, "accuracy", None, chance=0.5),
     Rung("gcg", build_gcg, "cIoU", ("size", "color", "shape"), per_mask=True),
     Rung("vp_colour", build_vp_colour, "accuracy", None, chance=1 / len(COLOR_NAMES)),
+    Rung("vp_where", build_vp_where, "accuracy", None, chance=1 / 9),
     # the product's visual-prompt tasks as they are: five question kinds (and 5 % absent prompts); multiple choice
     # (colour / shape of one prompt out of 4 options, larger / side of two out of 2; "(B) red.")
     Rung("vp_qa", _as_rung("vp_qa", make_vp_qa), "accuracy", None, chance=1 / len(COLOR_NAMES)),
@@ -183,6 +218,10 @@ RUNGS: dict[str, Rung] = {r.name: r for r in (
     # the same, answered word first ("It is red (B)."), and with the options listed word first too ("red (A), ...")
     Rung("vp_mcq_word_first", _as_rung("vp_mcq_word_first", _mcq_rewritten(False)), "accuracy", None, chance=1 / 3),
     Rung("vp_mcq_induction", _as_rung("vp_mcq_induction", _mcq_rewritten(True)), "accuracy", None, chance=1 / 3),
+    # the word-first multiple choice, half of its training samples replaced by dense option look-ups (scored on the
+    # multiple choice alone)
+    Rung("vp_mcq_lookup", _mixed_with_lookup(_as_rung("vp_mcq_lookup", _mcq_rewritten(False)), 0.5), "accuracy",
+         None, chance=1 / 3),
 )}
 
 

@@ -379,3 +379,47 @@ def test_the_multiple_choice_rungs_differ_only_in_where_the_letter_stands():
         # the induction pattern: what follows "<option> (" in the answer follows it in the question too
         assert f"{meta['correct']} {meta['answer']}" in c.turns[0][0]
         assert c.turns[0][0].startswith(a.turns[0][0].split(" (A) ")[0]) and np.array_equal(a.image, c.image)
+
+
+def test_option_lookup_rung_trains_on_lookups_and_is_scored_on_the_multiple_choice_alone():
+    import re
+
+    from benchmarks.ladder import MCQ_LETTERS, RUNGS, rung_samples
+
+    rung = RUNGS["vp_mcq_lookup"]
+    train = rung_samples(rung, "train", 40, 64)
+    lookups = [s for s in train if s.meta["rung"] == "option_lookup"]
+    assert 8 <= len(lookups) <= 32 and all(
+        s.turns[0][1].startswith("It is") for s in train if s.meta["rung"] != "option_lookup")
+    for s in lookups:   # each "word (X)" of the answer names the option that letter stands before
+        question, answer = s.turns[0]
+        options = dict(re.findall(r"\(([A-D])\) (\S+?)(?= \(|\. Answer)", question))
+        pairs = re.findall(r"(\S+) \(([A-D])\)", answer)
+        assert pairs and all(options[letter] == word for word, letter in pairs)
+        assert len({w for w, _ in pairs}) == len(pairs) and set(options) == set(MCQ_LETTERS[:len(options)])
+    assert all(s.meta["rung"] == "vp_mcq_lookup" for s in rung_samples(rung, "val", 12, 64))
+
+
+def test_letter_accuracy_scores_only_the_letters_after_their_bracket(monkeypatch):
+    from benchmarks import grounding
+    from benchmarks.ladder import RUNGS, rung_samples
+
+    model = tiny_model().eval()
+    samples = rung_samples(RUNGS["vp_mcq_word_first"], "val", 4, 64)   # "It is red (B)."
+    batch = grounding._encode(model, samples)
+    labels, inputs = batch["labels"][:, 1:], batch["input_ids"][:, :-1]
+    paren = model.processor.encode(" (")[-1]
+    vocab = model.backbone.logits(torch.zeros(1, model.config.hidden_size)).shape[-1]
+
+    def wrong_everywhere_but(keep):
+        def logits(h):
+            target = labels.clamp(min=0).clone()
+            flip = ~keep & (labels != -100)
+            target[flip] = (target[flip] + 1) % vocab
+            return torch.nn.functional.one_hot(target, vocab).float()
+        return logits
+
+    monkeypatch.setattr(model.backbone, "logits", wrong_everywhere_but(inputs == paren))
+    assert grounding.letter_accuracy(model, samples) == 100.0
+    monkeypatch.setattr(model.backbone, "logits", wrong_everywhere_but(inputs != paren))
+    assert grounding.letter_accuracy(model, samples) == 0.0
