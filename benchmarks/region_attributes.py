@@ -4,7 +4,8 @@
 
 The shapes world describes a region as "<vp_k>: a large red circle in the top left, ...". METEOR rewards the shared
 words of a wrong description ("a ... in the ... left"); this counts how often the first noun phrase names the
-target's size, colour and shape (each, and all three together), over the ``region_caption`` records of a
+target's size, colour and shape (each, and all three together) and where it is (the 3x3 cell after "in the",
+its row word and its column word; chance 11 / 33 / 33 %), over the ``region_caption`` records of a
 ``pixelsail eval --task shapes`` predictions file.
 """
 from __future__ import annotations
@@ -15,8 +16,12 @@ import re
 from pathlib import Path
 
 from pixelsail.data.shapes import COLOR_NAMES, SHAPES, SIZES
+from pixelsail.data.shapes_scene import POSITIONS
 
 _PHRASE = re.compile(r"\ba (\w+) (\w+) (\w+)")
+# cell name -> (row, column) of the 3x3 grid; longest names first so "top left" is not read as "top"
+_CELLS = {name: (r, c) for r, row in enumerate(POSITIONS) for c, name in enumerate(row)}
+_PLACE = re.compile(r"\ba \w+ \w+ \w+ in the (" + "|".join(sorted(_CELLS, key=len, reverse=True)) + r")\b")
 
 
 def first_phrase(text: str) -> tuple[str, str, str] | None:
@@ -27,9 +32,18 @@ def first_phrase(text: str) -> tuple[str, str, str] | None:
     return m.group(1), m.group(2), m.group(3)
 
 
+def first_place(text: str) -> tuple[int, int] | None:
+    """(row, column) of the cell named after the first "a <size> <colour> <shape> in the ...", or None."""
+    m = _PLACE.search(text)
+    return None if m is None else _CELLS[m.group(1)]
+
+
 def score(records: list[dict]) -> dict[str, float]:
-    """Percent of region_caption records whose prediction names the reference's size / colour / shape / all three."""
+    """Percent of region_caption records whose prediction names the reference's size / colour / shape / all three,
+    and its cell / row / column (over the records whose reference names a cell)."""
     hits = {"size": 0, "colour": 0, "shape": 0, "all three": 0}
+    where = {"cell": 0, "row": 0, "column": 0}
+    placed = 0
     n = 0
     for r in records:
         if r.get("task") != "region_caption":
@@ -43,9 +57,19 @@ def score(records: list[dict]) -> dict[str, float]:
         for key, ok in zip(("size", "colour", "shape"), same):
             hits[key] += ok
         hits["all three"] += all(same)
+        want_at = first_place(r["answer"])
+        if want_at is not None:
+            placed += 1
+            got_at = first_place(r["text"]) or (-1, -1)
+            where["cell"] += got_at == want_at
+            where["row"] += got_at[0] == want_at[0]
+            where["column"] += got_at[1] == want_at[1]
     if n == 0:
         raise ValueError("no region_caption records that describe a present object")
-    return {"records": n, **{k: 100.0 * v / n for k, v in hits.items()}}
+    out = {"records": n, **{k: 100.0 * v / n for k, v in hits.items()}}
+    if placed:
+        out.update({k: 100.0 * v / placed for k, v in where.items()})
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -196,7 +196,7 @@ def test_ladder_quick_colour_rung_learns_far_above_the_expression_blind_level(tm
 
 
 def test_region_attributes_counts_the_first_phrase_and_skips_absent_prompts():
-    from benchmarks.region_attributes import first_phrase, score
+    from benchmarks.region_attributes import first_phrase, first_place, score
 
     assert first_phrase("<vp_3>: a large red circle in the top left, partly covered by a small blue star.") == (
         "large", "red", "circle")
@@ -211,6 +211,13 @@ def test_region_attributes_counts_the_first_phrase_and_skips_absent_prompts():
     got = score(records)
     assert got["records"] == 2 and got["all three"] == 50.0 and got["colour"] == 100.0
     assert got["size"] == 50.0 and got["shape"] == 50.0
+    # where: (middle, left) read as (bottom, middle) - wrong row and column; (center) right
+    assert first_place("<vp_0>: a small red star in the top right, partly covered") == (0, 2)
+    assert first_place("<vp_0>: a small red star.") is None
+    assert got["cell"] == got["row"] == got["column"] == 50.0
+    records[1]["text"] = "<vp_2>: a large blue star in the middle right."        # row right, column wrong
+    got = score(records)
+    assert got["cell"] == 0.0 and got["row"] == 50.0 and got["column"] == 0.0
     with pytest.raises(ValueError, match="no region_caption records"):
         score(records[2:])
 
