@@ -430,3 +430,44 @@ def test_letter_accuracy_scores_only_the_letters_after_their_bracket(monkeypatch
     assert grounding.letter_accuracy(model, samples) == 100.0
     monkeypatch.setattr(model.backbone, "logits", wrong_everywhere_but(inputs != paren))
     assert grounding.letter_accuracy(model, samples) == 0.0
+
+
+def _record(sample, pred_masks, text):
+    from pixelsail.data.export import mask_to_rle
+
+    h, w = sample.masks[0].shape if sample.masks else (128, 128)
+    return {"index": 0, "task": sample.task, "image_hw": [h, w], "text": text, "meta": dict(sample.meta),
+            "pred_masks": [mask_to_rle(m) for m in pred_masks], "gt_masks": [mask_to_rle(m) for m in sample.masks]}
+
+
+def test_shapes_breakdown_splits_mcq_letters_res_kinds_and_visual_text_pixels():
+    from benchmarks.shapes_breakdown import mcq_by_kind, res_by_kind, vt_pixel_split
+    from pixelsail.data.shapes import generate_scene, make_sample
+
+    mcq = make_sample("test", 0, "vp_mcq")
+    meta, kind = mcq.meta, mcq.meta["question_kind"]
+    wrong = next(f"({x})" for x in "ABCD" if f"({x})" != meta["answer"])
+    records = [_record(mcq, [], f"It is {meta['correct']} {meta['answer']}."),     # both right
+               _record(mcq, [], f"It is {meta['correct']} {wrong}."),              # word right, letter wrong
+               _record(mcq, [], "It is nothing.")]                                 # neither
+    got = mcq_by_kind(records)
+    assert got["all"]["samples"] == got[kind]["samples"] == 3
+    assert got["all"]["letter"] == pytest.approx(1 / 3) and got["all"]["word"] == pytest.approx(2 / 3)
+    assert got["all"]["letter given word"] == pytest.approx(0.5)
+
+    res = make_sample("test", 1, "res")
+    half = res.masks[0].copy()
+    half[: half.shape[0] // 2] = False                     # the target's lower part only
+    exp = res_by_kind([_record(res, [half], "Sure, [SEG].")])
+    kind = res.meta["expression_kind"]
+    assert exp[kind]["cIoU"] == pytest.approx(100.0 * half.sum() / res.masks[0].sum())
+
+    vt = make_sample("test", 2, "vt_res")
+    scene = generate_scene("test", vt.meta["index"], 0, 128, vt.meta["attempt"])
+    marked = next(o.mask for o in scene.objects if o.index in vt.meta["prompt_objects"].values())
+    target = vt.masks[0]
+    split = vt_pixel_split([_record(vt, [target | marked], "Sure, [SEG].")])
+    total = int((target | marked).sum())
+    assert split["records"] == 1 and split["elsewhere"] == 0.0
+    assert split["target"] == pytest.approx(100.0 * target.sum() / total)
+    assert split["marked"] == pytest.approx(100.0 * (marked & ~target).sum() / total)
