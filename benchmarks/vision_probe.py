@@ -5,8 +5,8 @@
     python -m benchmarks.vision_probe train --set model.patch_stem=conv --label conv-stem
     python -m benchmarks.vision_probe train --architecture expert --label expert     # the control: a small CNN
 
-``probe``: a linear read-out (logistic regression) of each visible object's colour, shape and size class from a
-trained model's mask features averaged over the object's pixels, fitted on train scenes and scored on test scenes
+``probe``: a linear read-out (logistic regression) of each visible object's colour, shape and size class and the
+row and column of its 3x3 cell from a trained model's mask features averaged over the object's pixels, fitted on train scenes and scored on test scenes
 (beside the majority class). A mask is a dot product of the ``[SEG]`` query with these features, so an attribute
 that no linear read-out finds here cannot be what a query selects.
 
@@ -37,10 +37,14 @@ from benchmarks.grounding import teacher_maps, with_distillation
 from benchmarks.oracle_query import dense_features, optimizer_step
 from pixelsail.config import apply_overrides, load_yaml
 from pixelsail.data.shapes import COLOR_NAMES, SHAPES, SIZES, generate_scene, make_sample
+from pixelsail.data.shapes_scene import POSITIONS
 from pixelsail.train import build_optimizer, lr_factor
 
 REPO = Path(__file__).resolve().parent.parent
 GROUPS = (("colour", COLOR_NAMES), ("shape", SHAPES), ("size", SIZES))
+# where an object is: the row and column of the 3x3 cell holding its visible centroid (probe only; the words a
+# description uses, "in the top left")
+PLACE_GROUPS = (("row", ("top", "middle", "bottom")), ("column", ("left", "middle", "right")))
 
 
 def scenes_and_samples(split: str, count: int, start: int = 0, image_size: int = 128) -> list[tuple]:
@@ -55,6 +59,12 @@ def scenes_and_samples(split: str, count: int, start: int = 0, image_size: int =
 def object_labels(scene) -> list[tuple[np.ndarray, tuple[int, int, int]]]:
     """(visible mask, (colour, shape, size) class) of each visible object."""
     return [(o.mask, (COLOR_NAMES.index(o.color), SHAPES.index(o.shape), SIZES.index(o.size)))
+            for o in scene.visible_objects]
+
+
+def object_places(scene) -> list[tuple[int, int]]:
+    """(row, column) of the 3x3 cell of each visible object, in :func:`object_labels`' order."""
+    return [next((r, row.index(o.position)) for r, row in enumerate(POSITIONS) if o.position in row)
             for o in scene.visible_objects]
 
 
@@ -76,9 +86,13 @@ def forward_pairs(model, pairs: list[tuple]) -> tuple[dict, torch.Tensor, torch.
     return batch, torch.stack([feats[i] for i in range(len(pairs))]), hidden
 
 
-def features_of(model, pairs: list[tuple]) -> torch.Tensor:
-    """Mask features (B, C, h, w) of the pairs' images."""
-    return forward_pairs(model, pairs)[1]
+def features_of(model, pairs: list[tuple], read: str = "mask") -> torch.Tensor:
+    """Mask features (B, C, h, w) of the pairs' images, or with ``read="tokens"`` the decoder's final states of
+    the vision tokens on their patch grid (B, hidden, H/P, W/P)."""
+    batch, feats, hidden = forward_pairs(model, pairs)
+    if read == "mask":
+        return feats
+    return torch.stack([model._vision_grid(hidden[i], im.grid) for i, im in enumerate(batch["images"])])
 
 
 def object_means(feature: torch.Tensor, scene) -> list[tuple[torch.Tensor, tuple[int, int, int]]]:
@@ -118,7 +132,7 @@ def linear_probe(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Ten
 
 @torch.no_grad()
 def probe(model, train_scenes: int = 320, test_scenes: int = 160, image_size: int = 128,
-          batch_size: int = 32) -> dict[str, dict]:
+          batch_size: int = 32, read: str = "mask") -> dict[str, dict]:
     model.eval()
     data = {}
     for split, count in (("train", train_scenes), ("test", test_scenes)):
@@ -126,14 +140,14 @@ def probe(model, train_scenes: int = 320, test_scenes: int = 160, image_size: in
         pairs = scenes_and_samples(split, count, image_size=image_size)
         for lo in range(0, len(pairs), batch_size):
             chunk = pairs[lo:lo + batch_size]
-            for feature, (_, scene) in zip(features_of(model, chunk), chunk):
-                for mean, classes in object_means(feature.float(), scene):
+            for feature, (_, scene) in zip(features_of(model, chunk, read), chunk):
+                for (mean, classes), place in zip(object_means(feature.float(), scene), object_places(scene)):
                     xs.append(mean)
-                    ys.append(classes)
+                    ys.append(classes + place)
         data[split] = (torch.stack(xs), torch.tensor(ys))
     (xa, ya), (xb, yb) = data["train"], data["test"]
     out = {}
-    for g, (name, vocabulary) in enumerate(GROUPS):
+    for g, (name, vocabulary) in enumerate(GROUPS + PLACE_GROUPS):
         pred = linear_probe(xa, ya[:, g], xb, len(vocabulary))
         out[name] = {"accuracy": 100.0 * float((pred == yb[:, g]).float().mean()),
                      "majority": 100.0 * float(np.bincount(yb[:, g].numpy()).max() / len(yb)),
@@ -279,6 +293,8 @@ def main(argv: list[str] | None = None) -> None:
     pr.add_argument("--train-scenes", type=int, default=320)
     pr.add_argument("--test-scenes", type=int, default=160)
     pr.add_argument("--image-size", type=int, default=128, help="the scene size the model was trained on")
+    pr.add_argument("--read", choices=("mask", "tokens"), default="mask",
+                    help="mask: the mask features (stride 4); tokens: the vision tokens' final decoder states")
     tr = sub.add_parser("train", help="the architecture trained through its visual path on per-pixel labels")
     tr.add_argument("--config", default=str(REPO / "configs" / "shapes-tiny.yaml"))
     tr.add_argument("--set", action="append", default=[], help="a config override, e.g. model.patch_stem=conv")
@@ -303,7 +319,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "probe":
         from pixelsail.model.pixelsail import PixelSail
 
-        result = probe(PixelSail.from_pretrained(args.model), args.train_scenes, args.test_scenes, args.image_size)
+        result = probe(PixelSail.from_pretrained(args.model), args.train_scenes, args.test_scenes, args.image_size,
+                       read=args.read)
         for name, r in result.items():
             print(f"{name}: linear read-out {r['accuracy']:.1f} % of {r['objects_test']} test objects "
                   f"(majority class {r['majority']:.1f} %; fitted on {r['objects_train']})")

@@ -338,6 +338,31 @@ def test_vision_probe_labels_pixels_and_reads_out_a_separable_attribute():
     assert float((pred == y[150:]).float().mean()) > 0.95
 
 
+def test_vision_probe_places_each_object_in_its_cell_and_reads_tokens_on_the_patch_grid():
+    from benchmarks.vision_probe import PLACE_GROUPS, features_of, object_places, scenes_and_samples
+    from pixelsail.config import RunConfig, load_yaml
+    from pixelsail.model import build_model
+
+    pairs = scenes_and_samples("test", 2, start=3)
+    for _, scene in pairs:
+        places = object_places(scene)
+        assert len(places) == len(scene.visible_objects)
+        for obj, (row, col) in zip(scene.visible_objects, places):
+            words = obj.position.split()   # "top left", "middle right", "center", "bottom middle"
+            if obj.position == "center":
+                assert (row, col) == (1, 1)
+            else:
+                assert PLACE_GROUPS[0][1][row] == words[0] and PLACE_GROUPS[1][1][col] == words[1]
+    run = load_yaml(Path(__file__).resolve().parent.parent / "configs" / "shapes-tiny.yaml", RunConfig)
+    run.model.distill.enabled = False
+    model = build_model(run.model).eval()
+    with torch.no_grad():
+        tokens = features_of(model, pairs, read="tokens")
+        mask = features_of(model, pairs)
+    assert tokens.shape == (2, run.model.hidden_size, 8, 8)       # 128 px / patch 16
+    assert mask.shape == (2, run.model.mask_dim, 32, 32)            # stride 4
+
+
 @pytest.mark.parametrize("objective", ["labels", "distill"])
 def test_vision_probe_trains_the_visual_path_and_reports_object_accuracy(tmp_path, objective):
     from benchmarks.vision_probe import main
