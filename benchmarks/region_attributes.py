@@ -19,9 +19,9 @@ from pixelsail.data.shapes import COLOR_NAMES, SHAPES, SIZES
 from pixelsail.data.shapes_scene import POSITIONS
 
 _PHRASE = re.compile(r"\ba (\w+) (\w+) (\w+)")
-# cell name -> (row, column) of the 3x3 grid; longest names first so "top left" is not read as "top"
-_CELLS = {name: (r, c) for r, row in enumerate(POSITIONS) for c, name in enumerate(row)}
-_PLACE = re.compile(r"\ba \w+ \w+ \w+ in the (" + "|".join(sorted(_CELLS, key=len, reverse=True)) + r")\b")
+# cell name -> (row, column) of the 3x3 grid
+CELLS = {name: (r, c) for r, row in enumerate(POSITIONS) for c, name in enumerate(row)}
+_PLACE = re.compile(r"\ba \w+ \w+ \w+ in the (" + "|".join(CELLS) + r")\b")
 
 
 def first_phrase(text: str) -> tuple[str, str, str] | None:
@@ -35,7 +35,7 @@ def first_phrase(text: str) -> tuple[str, str, str] | None:
 def first_place(text: str) -> tuple[int, int] | None:
     """(row, column) of the cell named after the first "a <size> <colour> <shape> in the ...", or None."""
     m = _PLACE.search(text)
-    return None if m is None else _CELLS[m.group(1)]
+    return None if m is None else CELLS[m.group(1)]
 
 
 def score(records: list[dict]) -> dict[str, float]:

@@ -73,11 +73,15 @@ def teacher_forced(model, split: str, count: int, batch_size: int = 32) -> dict[
 
 def generated(predictions: Path) -> dict[str, dict[str, float]]:
     """Per expression group, cIoU (percent) and empty masks of the generated ``res`` masks in a predictions file."""
+    return generated_records([json.loads(line) for line in predictions.read_text().splitlines() if line.strip()])
+
+
+def generated_records(records: list[dict]) -> dict[str, dict[str, float]]:
+    """:func:`generated` over prediction records already read."""
     from pycocotools import mask as mask_utils
 
     acc: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0.0, 0, 0])
-    for line in predictions.read_text().splitlines():
-        r = json.loads(line)
+    for r in records:
         if r.get("task") != "res" or not r["gt_masks"]:
             continue
         gt = mask_utils.decode(r["gt_masks"][0]).astype(bool)

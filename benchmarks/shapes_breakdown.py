@@ -4,7 +4,8 @@
 
 * multiple choice per question kind (colour, shape, larger, side): the letter right (PerBench's score), the option's
   word right, and the letter right among the answers whose word is right (the look-up from word to letter);
-* referring cIoU per expression kind (attributes against relations such as "the circle left of the blue star");
+* referring cIoU per expression group (``benchmarks.res_breakdown``'s: the attributes named, or "relation" for
+  "the circle left of the blue star");
 * visual-text referral ("the object with the same colour as <vp_3>"): the share of the predicted pixels that lie on
   the target, on the marked object itself, and elsewhere (the scene is regenerated from the record's metadata).
 """
@@ -15,14 +16,10 @@ import collections
 import json
 from pathlib import Path
 
-import numpy as np
-
+from benchmarks.res_breakdown import generated_records
 from pixelsail.data.shapes_scene import generate_scene
+from pixelsail.metrics import union_mask
 from pixelsail.scoring import record_masks
-
-
-def _union(masks: list[np.ndarray], hw: tuple[int, int]) -> np.ndarray:
-    return np.any(np.stack(masks), 0) if masks else np.zeros(hw, bool)
 
 
 def mcq_by_kind(records: list[dict]) -> dict[str, dict[str, float]]:
@@ -43,24 +40,6 @@ def mcq_by_kind(records: list[dict]) -> dict[str, dict[str, float]]:
             for k, (n, lt, w, lw) in counts.items()}
 
 
-def res_by_kind(records: list[dict]) -> dict[str, dict[str, float]]:
-    """Referring cIoU (percent, union of the predicted masks) per expression kind."""
-    inter: collections.Counter = collections.Counter()
-    union: collections.Counter = collections.Counter()
-    count: collections.Counter = collections.Counter()
-    for r in records:
-        if r.get("task") != "res":
-            continue
-        hw = (int(r["image_hw"][0]), int(r["image_hw"][1]))
-        pred, gt = _union(record_masks(r, "pred_masks"), hw), _union(record_masks(r, "gt_masks"), hw)
-        kind = r["meta"].get("expression_kind", "?")
-        inter[kind] += int((pred & gt).sum())
-        union[kind] += int((pred | gt).sum())
-        count[kind] += 1
-    return {k: {"samples": count[k], "cIoU": 100.0 * inter[k] / union[k] if union[k] else float("nan")}
-            for k in count}
-
-
 def vt_pixel_split(records: list[dict]) -> dict[str, float]:
     """Percent of the visual-text referrals' predicted pixels on the target / the marked object / elsewhere."""
     on: collections.Counter = collections.Counter()
@@ -69,11 +48,11 @@ def vt_pixel_split(records: list[dict]) -> dict[str, float]:
             continue
         meta = r["meta"]
         hw = (int(r["image_hw"][0]), int(r["image_hw"][1]))
-        pred = _union(record_masks(r, "pred_masks"), hw)
+        pred = union_mask(record_masks(r, "pred_masks"), hw)
         scene = generate_scene(meta["split"], meta["index"], meta["seed"], hw[0], meta.get("attempt", 0))
         by_index = {o.index: o for o in scene.objects}
-        target = _union([by_index[i].mask for i in meta["target_ids"]], hw)
-        marked = _union([by_index[i].mask for i in meta["prompt_objects"].values()], hw) & ~target
+        target = union_mask([by_index[i].mask for i in meta["target_ids"]], hw)
+        marked = union_mask([by_index[i].mask for i in meta["prompt_objects"].values()], hw) & ~target
         on["target"] += int((pred & target).sum())
         on["marked"] += int((pred & marked).sum())
         on["elsewhere"] += int((pred & ~target & ~marked).sum())
@@ -92,14 +71,14 @@ def main(argv: list[str] | None = None) -> None:
     if not args.predictions.is_file():
         raise SystemExit(f"error: {args.predictions} is not a file")
     records = [json.loads(line) for line in args.predictions.read_text().splitlines() if line.strip()]
-    mcq, res, vt = mcq_by_kind(records), res_by_kind(records), vt_pixel_split(records)
+    mcq, res, vt = mcq_by_kind(records), generated_records(records), vt_pixel_split(records)
     if not (mcq or res or vt):
         raise SystemExit(f"error: {args.predictions} has no vp_mcq, res or vt_res records")
     for kind, m in sorted(mcq.items()):
         print(f"multiple choice {kind:7s} {m['samples']:4d}: letter {m['letter']:.3f}, word {m['word']:.3f}, "
               f"letter given word {m['letter given word']:.3f}")
-    for kind, m in sorted(res.items()):
-        print(f"referring {kind:10s} {m['samples']:4d}: cIoU {m['cIoU']:.1f}")
+    for group, m in sorted(res.items()):
+        print(f"referring {group:18s} {m['n']:4d}: cIoU {m['cIoU']:.1f}, {m['empty']} empty")
     if vt:
         print(f"visual-text referral, {vt['records']} records, predicted pixels: on the target {vt['target']:.1f} %, "
               f"on the marked object {vt['marked']:.1f} %, elsewhere {vt['elsewhere']:.1f} %")

@@ -6,8 +6,9 @@
     python -m benchmarks.vision_probe train --architecture expert --label expert     # the control: a small CNN
 
 ``probe``: a linear read-out (logistic regression) of each visible object's colour, shape and size class and the
-row and column of its 3x3 cell from a trained model's mask features averaged over the object's pixels, fitted on train scenes and scored on test scenes
-(beside the majority class). A mask is a dot product of the ``[SEG]`` query with these features, so an attribute
+row and column of its 3x3 cell from a trained model's mask features (``--read tokens``: its vision tokens' final
+states) averaged over the object's pixels, fitted on train scenes and scored on test scenes (beside the majority
+class). A mask is a dot product of the ``[SEG]`` query with these features, so an attribute
 that no linear read-out finds here cannot be what a query selects.
 
 ``train``: a fresh model of the recipe's architecture (``--set`` overrides applied) trained only through its visual
@@ -35,9 +36,9 @@ from torch import nn
 
 from benchmarks.grounding import teacher_maps, with_distillation
 from benchmarks.oracle_query import dense_features, optimizer_step
+from benchmarks.region_attributes import CELLS
 from pixelsail.config import apply_overrides, load_yaml
 from pixelsail.data.shapes import COLOR_NAMES, SHAPES, SIZES, generate_scene, make_sample
-from pixelsail.data.shapes_scene import POSITIONS
 from pixelsail.train import build_optimizer, lr_factor
 
 REPO = Path(__file__).resolve().parent.parent
@@ -64,8 +65,7 @@ def object_labels(scene) -> list[tuple[np.ndarray, tuple[int, int, int]]]:
 
 def object_places(scene) -> list[tuple[int, int]]:
     """(row, column) of the 3x3 cell of each visible object, in :func:`object_labels`' order."""
-    return [next((r, row.index(o.position)) for r, row in enumerate(POSITIONS) if o.position in row)
-            for o in scene.visible_objects]
+    return [CELLS[o.position] for o in scene.visible_objects]
 
 
 def pixel_labels(scene) -> torch.Tensor:
@@ -191,10 +191,7 @@ class ModelFeatures(nn.Module):
         self.dim = run.model.mask_dim if read == "mask" else run.model.hidden_size
 
     def forward(self, pairs: list[tuple]) -> torch.Tensor:          # -> (B, C, H/stride, W/stride)
-        batch, feats, hidden = forward_pairs(self.model, pairs)
-        if self.read == "mask":
-            return feats
-        return torch.stack([self.model._vision_grid(hidden[i], im.grid) for i, im in enumerate(batch["images"])])
+        return features_of(self.model, pairs, self.read)
 
 
 class ExpertFeatures(nn.Module):

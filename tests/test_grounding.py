@@ -466,7 +466,8 @@ def _record(sample, pred_masks, text):
 
 
 def test_shapes_breakdown_splits_mcq_letters_res_kinds_and_visual_text_pixels():
-    from benchmarks.shapes_breakdown import mcq_by_kind, res_by_kind, vt_pixel_split
+    from benchmarks.res_breakdown import expression_group, generated_records
+    from benchmarks.shapes_breakdown import mcq_by_kind, vt_pixel_split
     from pixelsail.data.shapes import generate_scene, make_sample
 
     mcq = make_sample("test", 0, "vp_mcq")
@@ -483,9 +484,9 @@ def test_shapes_breakdown_splits_mcq_letters_res_kinds_and_visual_text_pixels():
     res = make_sample("test", 1, "res")
     half = res.masks[0].copy()
     half[: half.shape[0] // 2] = False                     # the target's lower part only
-    exp = res_by_kind([_record(res, [half], "Sure, [SEG].")])
-    kind = res.meta["expression_kind"]
-    assert exp[kind]["cIoU"] == pytest.approx(100.0 * half.sum() / res.masks[0].sum())
+    exp = generated_records([_record(res, [half], "Sure, [SEG].")])
+    group = expression_group(res.meta["expression"], res.meta["expression_kind"])
+    assert exp[group]["cIoU"] == pytest.approx(100.0 * half.sum() / res.masks[0].sum())
 
     vt = make_sample("test", 2, "vt_res")
     scene = generate_scene("test", vt.meta["index"], 0, 128, vt.meta["attempt"])
