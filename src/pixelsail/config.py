@@ -60,6 +60,10 @@ class PixelSailConfig:
     upsample_stride: int = 4
     upsample_max_width: int = 1024
     mask_dim: int = 512
+    # every pixel's mask feature also gets a learned function of its place (Gaussian bumps on an 8x8 lattice through
+    # a zero-initialised projection; not in the paper, whose mask features carry no place once trained from scratch:
+    # see model/mask_position.py)
+    mask_position: bool = False
     # [SEG] hidden states standardised before the query MLP (False: the paper's plain MLP; see SegQuery)
     seg_query_norm: bool = False
     # the [SEG] query also attends over the question (not in the paper; see model/question_pool.py): over its tokens'

@@ -99,7 +99,7 @@ class PixelSail(PretrainedIO, nn.Module):
             nn.init.zeros_(self.vp_text_proj.weight)
         self.mask_features = MaskFeatures(hidden_size=hidden, patch_size=config.patch_size, mask_dim=config.mask_dim,
                                           upsample=config.upsample, stride=config.upsample_stride,
-                                          max_width=config.upsample_max_width)
+                                          max_width=config.upsample_max_width, position=config.mask_position)
         self.pool_sources = pool_sources(config.seg_query_pool)
         self.question_pool = QuestionPool(hidden_size=hidden) if self.pool_sources else None
         # "embedding+hidden": a second pool over the question's final states, which the mask loss may train (an

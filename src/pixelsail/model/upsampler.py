@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pixelsail.hardware import fast_bf16
+from pixelsail.model.mask_position import MaskPosition
 
 
 class DepthwiseConv3x3(nn.Module):
@@ -59,11 +60,12 @@ class UpsampleStep(nn.Module):
 class MaskFeatures(nn.Module):
     """(B, hidden, H/P, W/P) vision-token map -> (B, mask_dim, H/stride, W/stride) per-pixel mask embeddings.
 
-    With ``upsample=False`` this is the plain baseline: the same per-pixel MLP on the stride-P map.
+    With ``upsample=False`` this is the plain baseline: the same per-pixel MLP on the stride-P map. With
+    ``position=True`` every pixel's embedding also gets a learned function of its place (see model/mask_position.py).
     """
 
     def __init__(self, *, hidden_size: int, patch_size: int, mask_dim: int, upsample: bool, stride: int,
-                 max_width: int = 1024):
+                 max_width: int = 1024, position: bool = False):
         super().__init__()
         if upsample:
             if stride > patch_size or patch_size % stride or not math.log2(patch_size // stride).is_integer():
@@ -76,7 +78,11 @@ class MaskFeatures(nn.Module):
         self.steps = nn.Sequential(*[UpsampleStep(width) for _ in range(steps)])
         self.mlp = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, mask_dim))
         self.stride = patch_size // (2 ** steps)
+        self.position = MaskPosition(mask_dim=mask_dim) if position else None
 
     def forward(self, grid: torch.Tensor) -> torch.Tensor:
         x = self.steps(self.pre(grid.permute(0, 2, 3, 1)))  # channels-last (B, h, w, C)
-        return self.mlp(x).permute(0, 3, 1, 2)
+        out = self.mlp(x)                                   # (B, h, w, mask_dim)
+        if self.position is not None:
+            out = out + self.position(tuple(out.shape[1:3])).to(out.dtype)
+        return out.permute(0, 3, 1, 2)
