@@ -95,3 +95,31 @@ def test_web_answer_carries_the_notes_and_the_page_shows_them():
     assert 'id="notes"' in (static / "index.html").read_text()
     page = (static / "app.js").read_text()
     assert 'r.notes' in page and "nothing matched" in page
+
+
+class NoSegModel(FakePixelSail):
+    """Answers a segment request in words only (no [SEG]), or says the target is absent."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def respond(self, prefix, question, history=(), max_new_tokens=64, answer_prefix=""):
+        return FakeResponse(self.text, [], [])
+
+
+def test_a_segment_request_answered_without_a_mask_says_so(runner_with):
+    p = Predictor(model=NoSegModel("There: a small orange diamond."), domain="shapes")
+    r = p.segment(SHAPES_SCENE, "the pink hexagon")
+    assert r.masks == [] and not r.empty
+    assert r.notes == ["no mask was produced \u2014 the answer has no [SEG], so nothing was segmented"]
+    assert r.to_dict()["notes"] == r.notes
+    absent = Predictor(model=NoSegModel("No target."), domain="shapes").segment(SHAPES_SCENE, "the red star")
+    assert absent.no_target
+    assert absent.notes == ["no mask \u2014 the model answers that nothing in the image matches "
+                            "'Please segment the red star.'"]
+    # a question that asks for no mask carries no such note
+    assert p.ask(SHAPES_SCENE, "What colour is the circle?").notes == []
+    res = runner_with(NoSegModel("There: a small orange diamond."), SHAPES_SCENE, "the pink hexagon")
+    assert res.exit_code == 0, res.output
+    assert "no mask was produced \u2014 the answer has no [SEG]" in res.stdout

@@ -81,9 +81,21 @@ class Result:
         return f"empty — nothing in the image matched {self.question!r}"
 
     @property
+    def missing_mask_text(self) -> str | None:
+        """For a question that asks to segment and got no mask at all, why in words; otherwise None."""
+        if self.masks or "segment" not in self.question.lower():
+            return None
+        if self.no_target:
+            return f"no mask — the model answers that nothing in the image matches {self.question!r}"
+        return "no mask was produced — the answer has no [SEG], so nothing was segmented"
+
+    @property
     def notes(self) -> list[str]:
-        """What a person should know beyond the answer, in words: empty masks, an image unlike the training data."""
+        """What a person should know beyond the answer, in words: empty or missing masks, an image unlike the
+        training data."""
         out = [f"mask {i}: {self.empty_mask_text}" for i in self.empty_masks]
+        if self.missing_mask_text is not None:
+            out.append(self.missing_mask_text)
         if self.domain is not None and not self.domain.in_domain:
             out.append(self.domain.note())
         return out
