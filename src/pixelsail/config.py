@@ -64,6 +64,9 @@ class PixelSailConfig:
     # a zero-initialised projection; not in the paper, whose mask features carry no place once trained from scratch:
     # see model/mask_position.py)
     mask_position: bool = False
+    # every pixel's mask feature also gets a learned vector per visual prompt covering its patch (zero-initialised;
+    # not in the paper: lets "the other red object" leave the marked one out; see model/mask_prompts.py)
+    mask_prompts: bool = False
     # [SEG] hidden states standardised before the query MLP (False: the paper's plain MLP; see SegQuery)
     seg_query_norm: bool = False
     # the [SEG] query also attends over the question (not in the paper; see model/question_pool.py): over its tokens'

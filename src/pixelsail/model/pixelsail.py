@@ -17,6 +17,7 @@ from pixelsail.model.distill import DistillAdapters
 from pixelsail.model.mask_head import MASK_THRESHOLD, SegQuery, mask_logits, mask_losses, mask_probabilities
 from pixelsail.model.patch_embed import (PATCH_STEMS, ConvPatchEmbed, PatchEmbed, PromptInjector, pooled_prompts,
                                          prompt_owner)
+from pixelsail.model.mask_prompts import PromptMaps
 from pixelsail.model.patch_position import PatchPosition
 from pixelsail.model.pretrained import CONFIG_FILE, WEIGHTS_FILE, PretrainedIO
 from pixelsail.model.question_pool import QuestionPool, pool_sources, question_key_mask
@@ -100,6 +101,8 @@ class PixelSail(PretrainedIO, nn.Module):
         self.mask_features = MaskFeatures(hidden_size=hidden, patch_size=config.patch_size, mask_dim=config.mask_dim,
                                           upsample=config.upsample, stride=config.upsample_stride,
                                           max_width=config.upsample_max_width, position=config.mask_position)
+        self.mask_prompts = (PromptMaps(num_vp_tokens=config.num_vp_tokens, mask_dim=config.mask_dim)
+                             if config.mask_prompts else None)
         self.pool_sources = pool_sources(config.seg_query_pool)
         self.question_pool = QuestionPool(hidden_size=hidden) if self.pool_sources else None
         # "embedding+hidden": a second pool over the question's final states, which the mask loss may train (an
@@ -377,8 +380,17 @@ class PixelSail(PretrainedIO, nn.Module):
         """Per patch grid: its rows and their upsampled features (G, mask_dim, h, w), one upsampler call each."""
         out = []
         for group in grid_groups(images):
-            out.append((group, self.mask_features(self._patch_maps(hidden, group.rows, group.grid))))
+            maps = self._patch_maps(hidden, group.rows, group.grid)
+            out.append((group, self._mask_maps(maps, [images[i] for i in group.rows])))
         return out
+
+    def _mask_maps(self, maps: torch.Tensor, images: list[ImageInputs]) -> torch.Tensor:
+        """(G, hidden, gh, gw) patch-state maps of G images sharing a grid -> (G, mask_dim, h, w) mask features
+        (with ``mask_prompts``, plus each pixel's prompt vectors)."""
+        features = self.mask_features(maps)
+        if self.mask_prompts is not None:
+            features = features + self.mask_prompts(images, maps.shape[-2:], features.shape[-2:]).to(features.dtype)
+        return features
 
     def _mask_features_batch(self, hidden: torch.Tensor, images: list, idx: list[int]) -> dict[int, torch.Tensor]:
         """{batch row: (mask_dim, h, w)} for the rows ``idx`` (see :meth:`_grouped_mask_features`)."""
@@ -412,7 +424,7 @@ class PixelSail(PretrainedIO, nn.Module):
             cache = KVCache()
             v = embeds.shape[0]
             hidden = self.backbone(embeds[None], pos[:, None], AttentionLayout(torch.tensor([v])), cache)
-            features = self.mask_features(self._vision_grid(hidden[0], inputs.grid)[None])
+            features = self._mask_maps(self._vision_grid(hidden[0], inputs.grid)[None], [inputs])
         if self.inference_dtype is not None:  # cast once here, not on every question's mask product
             features = features.to(self.inference_dtype)
         self.vision_prefill_count += 1
