@@ -254,7 +254,7 @@ def demo(out: Path = typer.Option(Path("outputs/demo"), "-o", "--out",
          n: int = typer.Option(3, help="number of scenes"),
          model: Optional[Path] = ModelOpt, device: str = DeviceOpt) -> None:
     """Generate a few shapes scenes, segment / ask / describe on each, print answers and timings, save a grid."""
-    from pixelsail.data.shapes import attribute_referrals, generate_scene, region_caption
+    from pixelsail.data.shapes import attribute_referrals, generate_scene, region_caption, vt_res_options
     from pixelsail.viz import image_grid
 
     t0 = time.perf_counter()
@@ -280,6 +280,13 @@ def demo(out: Path = typer.Option(Path("outputs/demo"), "-o", "--out",
             ("What shape is <vp_0>?", lambda q: predictor.ask(scene.image, q, prompts=[big.bbox]), big.shape),
             ("describe <vp_0>", lambda _: predictor.describe(scene.image, point), region_caption(scene, small)),
         ]
+        # a visual-text referral: "the other" object of the boxed one's colour (or shape), where the scene has one
+        options = sorted(vt_res_options(scene), key=lambda o: o[0] != "colour")
+        if options:
+            kind, marked, target = options[0]
+            runs.append((f"Segment the object with the same {kind} as <vp_0>.",
+                         lambda q, box=marked.bbox: predictor.ask(scene.image, q, prompts=[box]),
+                         "a mask of the " + target.phrase()))
         for request, run, expected in runs:
             result = run(request)
             (followups if result.prefix_reused else first).append(result.seconds)
@@ -289,7 +296,10 @@ def demo(out: Path = typer.Option(Path("outputs/demo"), "-o", "--out",
                        f"{' (prefix reused)' if result.prefix_reused else ''}")
             tiles.append(result.overlay())
             captions.append(f"{request}\n-> {result.text}")
-    sheet = image_grid(tiles, captions, ncols=5, tile_size=192)
+        if not options:
+            tiles.append(scene.image)
+            captions.append("(no two objects share a colour\nor shape: no visual-text referral)")
+    sheet = image_grid(tiles, captions, ncols=6, tile_size=192)
     grid_path = out if out.suffix.lower() == ".png" else out / "demo.png"
     grid_path.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(grid_path)

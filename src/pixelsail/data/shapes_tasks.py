@@ -214,8 +214,9 @@ def make_region_caption(scene: Scene, rng: np.random.Generator) -> Sample | None
                    prompts=p.prompts, target_ids=[obj.index], caption=region_caption(scene, obj), **p.meta)
 
 
-def make_vt_res(scene: Scene, rng: np.random.Generator) -> Sample | None:
-    """"Segment the object with the same colour as <vp_k>." when exactly one other visible object qualifies."""
+def vt_res_options(scene: Scene) -> list[tuple[str, ShapeObject, ShapeObject]]:
+    """Every (kind, marked object, target) of "the object with the same <kind> as <vp_k>": the kinds of
+    :data:`VT_RES_KINDS`, where exactly one other visible object shares the marked one's colour / shape."""
     vis = scene.visible_objects
     options = []
     for kind in VT_RES_KINDS:
@@ -224,6 +225,12 @@ def make_vt_res(scene: Scene, rng: np.random.Generator) -> Sample | None:
             same = [v for v in vis if v is not o and getattr(v, attr) == getattr(o, attr)]
             if len(same) == 1:
                 options.append((kind, o, same[0]))
+    return options
+
+
+def make_vt_res(scene: Scene, rng: np.random.Generator) -> Sample | None:
+    """"Segment the object with the same colour as <vp_k>." when exactly one other visible object qualifies."""
+    options = vt_res_options(scene)
     if not options:
         return None
     kind, anchor, target = _pick(rng, options)
