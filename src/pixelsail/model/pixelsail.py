@@ -15,9 +15,9 @@ from pixelsail.model.batch_inputs import (ImageGroup, batch_positions, grid_grou
                                           vision_positions, vp_token_index)
 from pixelsail.model.distill import DistillAdapters
 from pixelsail.model.mask_head import MASK_THRESHOLD, SegQuery, mask_logits, mask_losses, mask_probabilities
+from pixelsail.model.mask_prompts import PromptMaps
 from pixelsail.model.patch_embed import (PATCH_STEMS, ConvPatchEmbed, PatchEmbed, PromptInjector, pooled_prompts,
                                          prompt_owner)
-from pixelsail.model.mask_prompts import PromptMaps
 from pixelsail.model.patch_position import PatchPosition
 from pixelsail.model.pretrained import CONFIG_FILE, WEIGHTS_FILE, PretrainedIO
 from pixelsail.model.question_pool import QuestionPool, pool_sources, question_key_mask
