@@ -162,6 +162,20 @@ def _mcq_rewritten(options_word_first: bool) -> Callable[[Scene, np.random.Gener
     return make
 
 
+def build_letter_lookup(scene: Scene, rng: np.random.Generator) -> Sample | None:
+    """The look-up alone, as text: "Which letter is red? (A) blue (B) green (C) yellow (D) red." -> "red (D)."
+    (options from the multiple choice's vocabularies). The image is there but never needed: the rung asks whether
+    the decoder learns to find a word among the options and copy the letter before it, and after how many samples."""
+    tags = [vp_token(k) for k in range(DEFAULT_NUM_VP_TOKENS)]
+    vocab = _pick(rng, [list(COLOR_NAMES), list(SHAPES), tags])
+    options = [str(o) for o in rng.choice(vocab, size=4, replace=False)]
+    word = str(_pick(rng, options))
+    listed = " ".join(f"({MCQ_LETTERS[i]}) {o}" for i, o in enumerate(options))
+    return Sample(image=scene.image, turns=[(f"Which letter is {word}? {listed}.",
+                                             f"{word} ({MCQ_LETTERS[options.index(word)]}).")],
+                  task="vp_qa", image_id=scene.image_id, meta={"rung": "letter_lookup", "oracle": []})
+
+
 def build_option_lookup(scene: Scene, rng: np.random.Generator) -> Sample | None:
     """A dense text look-up in the multiple choice's own layout: "Which letters are red and blue? (A) blue (B) green
     (C) yellow (D) red. Answer with the options' letters." -> "red (D), blue (A)." Every letter of the answer is a
@@ -218,6 +232,8 @@ RUNGS: dict[str, Rung] = {r.name: r for r in (
     # the same, answered word first ("It is red (B)."), and with the options listed word first too ("red (A), ...")
     Rung("vp_mcq_word_first", _as_rung("vp_mcq_word_first", _mcq_rewritten(False)), "accuracy", None, chance=1 / 3),
     Rung("vp_mcq_induction", _as_rung("vp_mcq_induction", _mcq_rewritten(True)), "accuracy", None, chance=1 / 3),
+    # the look-up alone, in text (chance: a quarter of the letters)
+    Rung("letter_lookup", build_letter_lookup, "accuracy", None, chance=1 / 4),
     # the word-first multiple choice, half of its training samples replaced by dense option look-ups (scored on the
     # multiple choice alone)
     Rung("vp_mcq_lookup", _mixed_with_lookup(_as_rung("vp_mcq_lookup", _mcq_rewritten(False)), 0.5), "accuracy",

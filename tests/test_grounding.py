@@ -432,6 +432,24 @@ def test_option_lookup_rung_trains_on_lookups_and_is_scored_on_the_multiple_choi
     assert all(s.meta["rung"] == "vp_mcq_lookup" for s in rung_samples(rung, "val", 12, 64))
 
 
+def test_letter_lookup_rung_asks_one_word_and_answers_the_letter_before_it_in_the_options():
+    import re
+
+    from benchmarks.ladder import RUNGS, rung_samples
+
+    samples = rung_samples(RUNGS["letter_lookup"], "train", 30, 64)
+    letters = set()
+    for s in samples:
+        question, answer = s.turns[0]
+        word = re.match(r"Which letter is (\S+)\? ", question).group(1)
+        options = dict(re.findall(r"\(([A-D])\) (\S+?)(?= \(|\.$)", question))
+        assert sorted(options) == list("ABCD") and len(set(options.values())) == 4
+        letter = next(k for k, v in options.items() if v == word)
+        assert answer == f"{word} ({letter})."
+        letters.add(letter)
+    assert len(letters) >= 3   # the right letter moves: a constant guess scores a quarter
+
+
 def test_letter_accuracy_scores_only_the_letters_after_their_bracket(monkeypatch):
     from benchmarks import grounding
     from benchmarks.ladder import RUNGS, rung_samples
