@@ -7,7 +7,7 @@
 A query is image in -> mask out with the answer forced to "Sure, [SEG]." on both sides (decoding would cost the
 same: same LLM shape, same text). The follow-up is a second question on the same image: Pixel-SAIL reuses its image
 prefix's KV cache; the peer reuses both encoders' outputs and its LLM's KV cache of the image tokens. In every repeat
-Pixel-SAIL and the peer run back to back, and the ratios are taken inside the repeat (benchmarks.run.interleaved).
+Pixel-SAIL and the peer run back to back, and the ratios are taken inside the repeat (benchmarks.measure.interleaved).
 """
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from benchmarks import flops
+from benchmarks.measure import Bench, interleaved, ratio_stats
 from benchmarks.peers import PEERS, PeerSizes
-from benchmarks.run import (FOLLOW_UP, QUESTION, Bench, interleaved, machine_description, make_model, model_config,
-                            pixelsail_query, ratio_stats)
+from benchmarks.run import FOLLOW_UP, QUESTION, machine_description, make_model, model_config, pixelsail_query
 from pixelsail.hardware import fast_bf16
 from pixelsail.tokens import SEG
 

@@ -14,14 +14,10 @@ similar shape runs right before and after the measured case, so machine load hit
 from __future__ import annotations
 
 import argparse
-import ctypes
 import datetime
 import os
-import platform
-import statistics
-import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -29,7 +25,10 @@ import numpy as np
 import torch
 
 from benchmarks import flops
+from benchmarks.measure import (Bench, MatmulReference, Stats, interleaved, measure, peak_memory,
+                                ratio_stats)
 from benchmarks.peer_pipeline import PeerPipeline
+from benchmarks.perf_report import kept_findings, plot, render
 from pixelsail.config import PixelSailConfig, RunConfig, load_yaml, replace
 from pixelsail.data.sample import Sample
 from pixelsail.hardware import cpu_name, fast_bf16
@@ -43,173 +42,6 @@ REPO = Path(__file__).resolve().parent.parent
 
 # dense bf16 peak FLOP/s by device-name fragment (for MFU on GPUs)
 BF16_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12, "4090": 165e12}
-
-
-# ------------------------------------------------------------------------------------------------- measurement
-@dataclass
-class Stats:
-    values: list[float]
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.values)
-
-    def fmt(self, scale: float = 1.0, digits: int = 2, unit: str = "") -> str:
-        lo, med, hi = (scale * v for v in (min(self.values), self.median, max(self.values)))
-        return f"{med:.{digits}f}{unit} ({lo:.{digits}f}–{hi:.{digits}f})"
-
-
-@dataclass
-class Bench:
-    """Where and how to measure: device, dtype for autocast, repeats, minimum seconds per matmul reference."""
-
-    device: torch.device
-    repeats: int
-    ref_seconds: float
-    autocast_dtype: torch.dtype | None = None
-    clock: str = "wall"            # "cpu": process CPU time, which other processes' load does not inflate
-    log: Callable[[str], None] = print
-    last_wall: float = 0.0
-
-    def sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-
-    def seconds(self, fn: Callable[[], object]) -> float:
-        """Seconds of one call by the chosen clock; the wall-clock seconds are kept in ``last_wall``."""
-        self.sync()
-        wall, cpu = time.perf_counter(), time.process_time()
-        fn()
-        self.sync()
-        self.last_wall = time.perf_counter() - wall
-        return time.process_time() - cpu if self.clock == "cpu" else self.last_wall
-
-    def autocast(self):
-        if self.autocast_dtype is None:
-            return torch.autocast(self.device.type, enabled=False)
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
-
-
-class MatmulReference:
-    """A plain (m, k) @ (k, n) matmul: the machine's rate for a shape like the model's main GEMMs."""
-
-    def __init__(self, m: int, k: int, n: int, bench: Bench):
-        dtype = bench.autocast_dtype or torch.float32
-        self.a = torch.randn(m, k, device=bench.device, dtype=dtype)
-        self.b = torch.randn(k, n, device=bench.device, dtype=dtype)
-        self.flops = 2.0 * m * k * n
-        self.bench = bench
-        self.shape = (m, k, n)
-
-    def seconds_per_call(self) -> float:
-        calls, spent = 0, 0.0
-        while spent < self.bench.ref_seconds or calls < 3:
-            spent += self.bench.seconds(lambda: torch.mm(self.a, self.b))
-            calls += 1
-        return spent / calls
-
-    def rate(self) -> float:
-        return self.flops / self.seconds_per_call()
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _trim_heap() -> None:
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-def peak_memory(fn: Callable[[], object], device: torch.device) -> int:
-    """Peak extra memory of one call: CUDA allocator peak, or on CPU the resident-set peak above the start.
-
-    On CPU a thread samples the RSS every millisecond; the heap is trimmed first so freed memory of earlier cases
-    does not hide this one's growth.
-    """
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        start = torch.cuda.memory_allocated()
-        fn()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - start
-    _trim_heap()
-    start = _rss_bytes()
-    peak = [start]
-    done = threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], _rss_bytes())
-            time.sleep(0.001)
-
-    watcher = threading.Thread(target=sample, daemon=True)
-    watcher.start()
-    try:
-        fn()
-    finally:
-        done.set()
-        watcher.join()
-    return max(peak[0], _rss_bytes()) - start
-
-
-@dataclass
-class CaseResult:
-    """One measured case: seconds per repeat, the model's FLOPs, and per-repeat ratios to the matmul reference."""
-
-    name: str
-    seconds: Stats
-    flops: float = 0.0
-    ref_ratio: Stats | None = None       # achieved FLOP/s / matmul FLOP/s, per repeat
-    ref_rate: Stats | None = None        # matmul FLOP/s, per repeat
-    peak_bytes: int = 0
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def rate(self) -> Stats:
-        return Stats([self.flops / s for s in self.seconds.values])
-
-
-def measure(name: str, fn: Callable[[], object], bench: Bench, *, flop_count: float = 0.0,
-            ref: MatmulReference | None = None, memory: bool = True) -> CaseResult:
-    """Warm up, then ``repeats`` x (matmul reference, the case, matmul reference); then one call for peak memory."""
-    fn()
-    times, walls, ratios, rates = [], [], [], []
-    for _ in range(bench.repeats):
-        before = ref.rate() if ref else 0.0
-        t = bench.seconds(fn)
-        times.append(t)
-        walls.append(bench.last_wall)
-        if ref:
-            ref_rate = (before + ref.rate()) / 2  # the reference on both sides of the case
-            rates.append(ref_rate)
-            ratios.append(flop_count / t / ref_rate)
-    peak = peak_memory(fn, bench.device) if memory else 0
-    result = CaseResult(name, Stats(times), flop_count, Stats(ratios) if ref else None,
-                        Stats(rates) if ref else None, peak, {"wall": Stats(walls)})
-    bench.log(f"  {name}: {result.seconds.fmt(1e3, 1, ' ms')}"
-              + (f", {result.ref_ratio.fmt(100, 0, '%')} of matmul" if ref else "")
-              + (f", peak +{peak / 2**20:.0f} MiB" if memory else ""))
-    return result
-
-
-def interleaved(cases: dict[str, Callable[[], object]], bench: Bench) -> dict[str, Stats]:
-    """Seconds of several callables run back to back in every repeat (so ratios between them share the load)."""
-    for fn in cases.values():
-        fn()
-    out: dict[str, list[float]] = {k: [] for k in cases}
-    for _ in range(bench.repeats):
-        for name, fn in cases.items():
-            out[name].append(bench.seconds(fn))
-    return {k: Stats(v) for k, v in out.items()}
-
-
-def ratio_stats(num: Stats, den: Stats) -> Stats:
-    return Stats([a / b for a, b in zip(num.values, den.values)])
 
 
 # ------------------------------------------------------------------------------------------------- models and inputs
@@ -497,155 +329,6 @@ def bf16_peak(device: torch.device, override_tflops: float | None) -> float | No
         return None
     name = torch.cuda.get_device_name(device)
     return next((v for k, v in BF16_PEAK.items() if k in name), None)
-
-
-def mib(n: int) -> str:
-    return f"{n / 2**20:.1f}"
-
-
-def render(results: dict, meta: dict) -> str:
-    peak = meta.get("peak")
-    lines = [
-        "# Pixel-SAIL performance",
-        "",
-        f"Reproduce: `{meta['command']}`",
-        "",
-        f"- machine: {meta['machine']}",
-        f"- date: {meta['date']}; torch {torch.__version__}; python {platform.python_version()}",
-        f"- every time is median (min–max) over {meta['repeats']} repeats after a warm-up; ratios are taken inside "
-        "each repeat (the matmul reference runs right before and right after the case), then summarised the same way",
-        ("- times are CPU seconds of the benchmark process (`time.process_time`, fixed thread count): time slices "
-         "taken by other processes on this shared machine do not count; wall-clock medians are shown in section 1"
-         if meta["clock"] == "cpu" else "- times are wall-clock seconds (device synchronised)"),
-        "- FLOPs are counted analytically (`benchmarks/flops.py`: decoder matmuls, allowed attention pairs, patch "
-        "embedding, upsampler, mask head; backward = 2x forward); memory is the peak extra "
-        + ("CUDA allocation" if meta["device"] == "cuda" else "resident set (RSS) of one call, heap trimmed before it"),
-        "",
-        "## 1. How close to the machine's matmul rate",
-        "",
-        "| config | params | case | shape | time | wall time | achieved GFLOP/s | matmul reference GFLOP/s "
-        "| ratio to matmul |" + (" MFU (bf16 peak) |" if peak else "") + " peak memory MiB |",
-        "|---|---|---|---|---|---|---|---|---|" + ("---|" if peak else "") + "---|",
-    ]
-    for row in results["limit"]:
-        s = row["train_shape"]
-        for case, shape, ref_shape in (("train step (fwd+bwd)", f"B={s.batch}, {s.patches} patches + "
-                                        f"{s.text_tokens} text, {s.masks_per_sample} mask", row["train_ref"]),
-                                       ("prefill", f"{row['prefill_grid'][0] * row['prefill_grid'][1]} patches",
-                                        row["prefill_ref"])):
-            r = row["train" if case.startswith("train") else "prefill"]
-            mfu = f" {Stats([x / peak for x in r.rate.values]).fmt(100, 1, '%')} |" if peak else ""
-            lines.append(f"| {row['config']} | {row['params'] / 1e6:.1f}M | {case} | {shape} | "
-                         f"{r.seconds.fmt(1e3, 1, ' ms')} | {r.extra['wall'].median * 1e3:.1f} ms | "
-                         f"{r.rate.fmt(1e-9, 1)} | "
-                         f"{r.ref_rate.fmt(1e-9, 1)} ({'x'.join(map(str, ref_shape))}) | "
-                         f"**{r.ref_ratio.fmt(100, 0, '%')}** |{mfu} {mib(r.peak_bytes)} |")
-    lines += ["", "Where the time goes (torch.profiler self time, one call):", ""]
-    lines += ["| config | case | matmul kernels | fused attention | largest other ops (share of time, calls) |",
-              "|---|---|---|---|---|"]
-    for row in results["limit"]:
-        for case in ("train", "prefill"):
-            p = row[f"{case}_profile"]
-            other = "; ".join(f"{k} {100 * s:.1f}% ({c})" for k, s, c in p["other"])
-            lines.append(f"| {row['config']} | {case} | {100 * p['matmul_share']:.1f}% | "
-                         f"{100 * p['attention_share']:.1f}% | {other} |")
-    lines += ["", "## 2. Against a matched three-model pipeline (ViT + the same LLM + SAM-style decoder)", "",
-              "One referring-segmentation query, image in -> mask out, answer forced to `Sure, [SEG].` in both "
-              "(decoding costs the same in both: same LLM, same text). All callables (both pipelines, the "
-              "follow-up, the parts) run back to back in every repeat.", "",
-              "| config | image | params pixelsail | params peer (ViT / LLM / mask decoder) | pixelsail query | "
-              "peer query | **peer / pixelsail** | follow-up (cached prefix) | **follow-up / first** | "
-              "peak MiB pixelsail / peer | of which: pixelsail upsampler + mask MLP / peer ViT / peer mask decoder |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for row in results["peer"]:
-        p, t = row["params"], row["times"]
-        peer_total = p["vit"] + p["llm"] + p["mask_decoder"]
-        lines.append(f"| {row['config']} | {row['side']}px | {p['pixelsail'] / 1e6:.1f}M | {peer_total / 1e6:.1f}M "
-                     f"({p['vit'] / 1e6:.1f} / {p['llm'] / 1e6:.1f} / {p['mask_decoder'] / 1e6:.1f}) | "
-                     f"{t['pixelsail'].fmt(1e3, 1, ' ms')} | {t['peer'].fmt(1e3, 1, ' ms')} | "
-                     f"**{row['speedup'].fmt(digits=2, unit='x')}** | {t['follow_up'].fmt(1e3, 1, ' ms')} | "
-                     f"**{row['follow_up_ratio'].fmt(digits=3)}** | "
-                     f"{mib(row['memory']['pixelsail'])} / {mib(row['memory']['peer'])} | "
-                     + " / ".join(t[k].fmt(1e3, 1, " ms") for k in ("pixelsail_mask_features", "peer_vit",
-                                                                      "peer_mask_decoder")) + " |")
-    sc = results["scaling"]
-    attns = list(ATTENTION_IMPLEMENTATIONS)
-    header = ["| patches | GFLOP | " + " | ".join(f"{a} ms" for a in attns) + " | sdpa / prefix | eager / prefix | "
-              + " | ".join(f"{a} MiB" for a in attns) + " |",
-              "|---|---|" + "---|" * (2 * len(attns) + 2)]
-    lines += ["", f"## 3. Scaling ({sc['config']} config)", "",
-              "Image resolution, prefill (`prefill_image`), by attention implementation: `prefix_sdpa` (fused, "
-              "no L x L mask), `sdpa` (explicit (B,1,L,L) bool mask), `eager` (additive float mask). "
-              "Ratios are to prefix_sdpa in the same repeat.", "",
-              *header]
-    for key, title in (("prefill", None), ("train", "Image resolution, training step (B=1, fwd+bwd):")):
-        if title:
-            lines += ["", title, "", *header]
-        for r in sc[key]:
-            t = r["times"]
-            lines.append(f"| {r['patches']} | {r['flops'] / 1e9:.1f} | "
-                         + " | ".join(t[a].fmt(1e3, 1) for a in attns)
-                         + f" | {ratio_stats(t['sdpa'], t[PREFIX_SDPA]).fmt(digits=2, unit='x')}"
-                         + f" | {ratio_stats(t['eager'], t[PREFIX_SDPA]).fmt(digits=2, unit='x')} | "
-                         + " | ".join(mib(r["memory"][a]) for a in attns) + " |")
-    base_t, base_q = sc["seg_train"][0]["seconds"], sc["seg_query"][0]["seconds"]
-    lines += ["", "Number of `[SEG]` masks per answer (prefix_sdpa): training step and one query (prefill + "
-              "cached text pass + masks).", "",
-              "| masks | train step ms | train / 1 mask | train MiB | query ms | query / 1 mask | query MiB |",
-              "|---|---|---|---|---|---|---|"]
-    for tr, q in zip(sc["seg_train"], sc["seg_query"]):
-        lines.append(f"| {tr['masks']} | {tr['seconds'].fmt(1e3, 1)} | {ratio_stats(tr['seconds'], base_t).fmt()}x | "
-                     f"{mib(tr['memory'])} | {q['seconds'].fmt(1e3, 1)} | {ratio_stats(q['seconds'], base_q).fmt()}x | "
-                     f"{mib(q['memory'])} |")
-    lines += ["", "![scaling](performance_scaling.png)", ""]
-    if meta.get("notes"):
-        lines += ["## Notes", "", *meta["notes"], ""]
-    return "\n".join(lines)
-
-
-FINDINGS = "## Findings"
-
-
-def kept_findings(path: Path) -> str:
-    """The hand-written findings section (profile analysis, proposed fixes) of an earlier report, kept on rerun."""
-    if not path.is_file():
-        return ""
-    text = path.read_text()
-    at = text.find(FINDINGS)
-    return "\n" + text[at:] if at >= 0 else ""
-
-
-def plot(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    sc = results["scaling"]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for ax, key, title in ((axes[0], "prefill", "prefill vs image patches"),
-                           (axes[1], "train", "train step (B=1) vs image patches")):
-        x = [r["patches"] for r in sc[key]]
-        for attn in ATTENTION_IMPLEMENTATIONS:
-            ax.plot(x, [r["times"][attn].median * 1e3 for r in sc[key]], marker="o", label=attn)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("image patches")
-        ax.set_ylabel("ms (median)")
-        ax.set_title(title)
-        ax.legend()
-    ks = [r["masks"] for r in sc["seg_train"]]
-    axes[2].plot(ks, [r["seconds"].median * 1e3 for r in sc["seg_train"]], marker="o", label="train step")
-    axes[2].plot(ks, [r["seconds"].median * 1e3 for r in sc["seg_query"]], marker="o", label="query")
-    axes[2].set_xscale("log", base=2)
-    axes[2].set_xlabel("[SEG] masks per answer")
-    axes[2].set_ylabel("ms (median)")
-    axes[2].set_title("cost vs number of masks")
-    axes[2].legend()
-    fig.suptitle(f"Pixel-SAIL scaling ({sc['config']} config)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> dict:

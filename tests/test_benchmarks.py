@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks import flops, run
+from benchmarks import flops, perf_report, run
 from benchmarks.peer_pipeline import PeerPipeline
 from model_utils import random_image, tiny_config, tiny_model
 from pixelsail.model.backbone import AttentionLayout
@@ -101,9 +101,9 @@ def test_quick_benchmark_writes_the_table_and_plot(tmp_path):
 
 def test_a_rerun_keeps_the_hand_written_findings(tmp_path):
     out = tmp_path / "PERFORMANCE.md"
-    assert run.kept_findings(out) == ""
+    assert perf_report.kept_findings(out) == ""
     out.write_text("# table\n\n## Findings\n\nthe upsampler dominates\n")
-    assert run.kept_findings(out) == "\n## Findings\n\nthe upsampler dominates\n"
+    assert perf_report.kept_findings(out) == "\n## Findings\n\nthe upsampler dominates\n"
 
 
 def oracle_config(tmp_path, *, batch_size: int):
