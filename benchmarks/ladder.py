@@ -234,6 +234,8 @@ RUNGS: dict[str, Rung] = {r.name: r for r in (
     Rung("vp_mcq_induction", _as_rung("vp_mcq_induction", _mcq_rewritten(True)), "accuracy", None, chance=1 / 3),
     # the look-up alone, in text (chance: a quarter of the letters)
     Rung("letter_lookup", build_letter_lookup, "accuracy", None, chance=1 / 4),
+    # the dense look-up alone: one to four words asked per question, every letter of the answer a look-up
+    Rung("option_lookup", build_option_lookup, "accuracy", None, chance=1 / 4),
     # the word-first multiple choice, half of its training samples replaced by dense option look-ups (scored on the
     # multiple choice alone)
     Rung("vp_mcq_lookup", _mixed_with_lookup(_as_rung("vp_mcq_lookup", _mcq_rewritten(False)), 0.5), "accuracy",
