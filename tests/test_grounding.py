@@ -450,6 +450,17 @@ def test_letter_lookup_rung_asks_one_word_and_answers_the_letter_before_it_in_th
     assert len(letters) >= 3   # the right letter moves: a constant guess scores a quarter
 
 
+def test_option_lookup_rung_is_the_dense_lookup_on_both_splits_and_scores_its_letters():
+    from benchmarks.ladder import RUNGS, rung_samples
+
+    rung = RUNGS["option_lookup"]
+    assert rung.metric == "accuracy" and rung.chance == 0.25
+    for split in ("train", "val"):
+        samples = rung_samples(rung, split, 12, 64)
+        assert all(s.meta["rung"] == "option_lookup" and s.turns[0][0].startswith("Which letters are")
+                   for s in samples)
+
+
 def test_letter_accuracy_scores_only_the_letters_after_their_bracket(monkeypatch):
     from benchmarks import grounding
     from benchmarks.ladder import RUNGS, rung_samples
