@@ -17,14 +17,16 @@ from pathlib import Path
 import yaml
 from safetensors.torch import load_file, save_file
 
+from pixelsail.run_log import read_metrics
+
 ASSET = Path(__file__).resolve().parent.parent / "src" / "pixelsail" / "assets" / "shapes-tiny"
-LOSS_KEYS = ("loss", "loss/mask_bce", "loss/mask_dice", "loss/lm", "loss/distill_image", "loss/distill_pixel")
 
 
 def final_losses(records: list[dict], last: int) -> dict[str, float]:
-    """Mean of each loss part over the last ``last`` logged steps."""
+    """Mean of the total loss and each of its parts ("loss/...") over the last ``last`` logged steps."""
     tail = [r for r in records if "loss" in r][-last:]
-    return {k: sum(r[k] for r in tail) / len(tail) for k in LOSS_KEYS if all(k in r for r in tail)}
+    keys = [k for k in tail[-1] if k == "loss" or k.startswith("loss/")]
+    return {k: sum(r[k] for r in tail) / len(tail) for k in keys if all(k in r for r in tail)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -38,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     model_dir = args.run / "model"
     if not (model_dir / "model.safetensors").is_file():
         raise SystemExit(f"error: {model_dir} has no model.safetensors; is the run finished?")
-    records = [json.loads(line) for line in (args.run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    records = read_metrics(args.run / "metrics.jsonl")
     run = yaml.safe_load((args.run / "run.yaml").read_text())
     last = records[-1]
     ASSET.mkdir(parents=True, exist_ok=True)
