@@ -207,7 +207,7 @@ def run_one(rung: Rung, args, seed: int, use_oracle: bool) -> dict:
     if rung.metric == "accuracy":
         extra["position_accuracy"] = position_accuracy(model, val)
         print(f"  answer tokens, teacher-forced accuracy by position: {extra['position_accuracy']}", flush=True)
-    if rung.name.startswith("vp_mcq") or rung.name in ("letter_lookup", "option_lookup"):
+    if rung.scores_letters:
         extra["letter_accuracy"] = round(letter_accuracy(model, val), 1)
         print(f"  the option's letter after its word, teacher-forced: {extra['letter_accuracy']} %", flush=True)
     return {"rung": rung.name, "variant": variant, "seed": seed, **extra,

@@ -16,9 +16,9 @@ from torch import nn
 
 from pixelsail.data.sample import Sample
 from pixelsail.data.shapes import (
-    COLOR_NAMES, GCG_QUESTIONS, MCQ_LETTERS, SHAPES, SIZES, Scene, ShapeObject, gcg_answer, make_vp_mcq, make_vp_qa,
-    multi_referrals, no_target_referral, prompt_objects, reading_order, relation_referrals, scene_and_rng, seg_answer,
-    spell_out,
+    COLOR_NAMES, GCG_QUESTIONS, MCQ_LETTERS, SHAPES, SIZES, Scene, ShapeObject, gcg_answer, listed_options,
+    make_vp_mcq, make_vp_qa, multi_referrals, no_target_referral, prompt_objects, reading_order, relation_referrals,
+    scene_and_rng, seg_answer, spell_out,
 )
 from pixelsail.tokens import DEFAULT_NUM_VP_TOKENS, vp_token
 
@@ -170,7 +170,7 @@ def build_letter_lookup(scene: Scene, rng: np.random.Generator) -> Sample | None
     vocab = _pick(rng, [list(COLOR_NAMES), list(SHAPES), tags])
     options = [str(o) for o in rng.choice(vocab, size=4, replace=False)]
     word = str(_pick(rng, options))
-    listed = " ".join(f"({MCQ_LETTERS[i]}) {o}" for i, o in enumerate(options))
+    listed = listed_options(options)
     return Sample(image=scene.image, turns=[(f"Which letter is {word}? {listed}.",
                                              f"{word} ({MCQ_LETTERS[options.index(word)]}).")],
                   task="vp_qa", image_id=scene.image_id, meta={"rung": "letter_lookup", "oracle": []})
@@ -185,7 +185,7 @@ def build_option_lookup(scene: Scene, rng: np.random.Generator) -> Sample | None
     vocab = _pick(rng, [list(COLOR_NAMES), list(SHAPES), ["left", "right"], tags])
     options = [str(o) for o in rng.choice(vocab, size=min(4, len(vocab)), replace=False)]
     asked = [options[i] for i in rng.permutation(len(options))[:int(rng.integers(1, len(options) + 1))]]
-    listed = " ".join(f"({MCQ_LETTERS[i]}) {o}" for i, o in enumerate(options))
+    listed = listed_options(options)
     words = asked[0] if len(asked) == 1 else ", ".join(asked[:-1]) + " and " + asked[-1]
     answer = ", ".join(f"{o} ({MCQ_LETTERS[options.index(o)]})" for o in asked)
     question = f"Which letters are {words}? {listed}. Answer with the options' letters."
@@ -210,6 +210,7 @@ class Rung:
     oracle_keys: tuple[str, ...] | None         # attributes the oracle query embeds; None: no oracle
     chance: float = 0.0                         # the metric of a model that ignores the expression / prompt
     per_mask: bool = False                      # cIoU of each [SEG]'s mask against its own target, not of the union
+    scores_letters: bool = False                # also report the letter accuracy after "word (" (the option look-up)
 
 
 RUNGS: dict[str, Rung] = {r.name: r for r in (
@@ -228,18 +229,20 @@ RUNGS: dict[str, Rung] = {r.name: r for r in (
     # the product's visual-prompt tasks as they are: five question kinds (and 5 % absent prompts); multiple choice
     # (colour / shape of one prompt out of 4 options, larger / side of two out of 2; "(B) red.")
     Rung("vp_qa", _as_rung("vp_qa", make_vp_qa), "accuracy", None, chance=1 / len(COLOR_NAMES)),
-    Rung("vp_mcq", _as_rung("vp_mcq", make_vp_mcq), "accuracy", None, chance=1 / 3),
+    Rung("vp_mcq", _as_rung("vp_mcq", make_vp_mcq), "accuracy", None, chance=1 / 3, scores_letters=True),
     # the same, answered word first ("It is red (B)."), and with the options listed word first too ("red (A), ...")
-    Rung("vp_mcq_word_first", _as_rung("vp_mcq_word_first", _mcq_rewritten(False)), "accuracy", None, chance=1 / 3),
-    Rung("vp_mcq_induction", _as_rung("vp_mcq_induction", _mcq_rewritten(True)), "accuracy", None, chance=1 / 3),
+    Rung("vp_mcq_word_first", _as_rung("vp_mcq_word_first", _mcq_rewritten(False)), "accuracy", None, chance=1 / 3,
+         scores_letters=True),
+    Rung("vp_mcq_induction", _as_rung("vp_mcq_induction", _mcq_rewritten(True)), "accuracy", None, chance=1 / 3,
+         scores_letters=True),
     # the look-up alone, in text (chance: a quarter of the letters)
-    Rung("letter_lookup", build_letter_lookup, "accuracy", None, chance=1 / 4),
+    Rung("letter_lookup", build_letter_lookup, "accuracy", None, chance=1 / 4, scores_letters=True),
     # the dense look-up alone: one to four words asked per question, every letter of the answer a look-up
-    Rung("option_lookup", build_option_lookup, "accuracy", None, chance=1 / 4),
+    Rung("option_lookup", build_option_lookup, "accuracy", None, chance=1 / 4, scores_letters=True),
     # the word-first multiple choice, half of its training samples replaced by dense option look-ups (scored on the
     # multiple choice alone)
     Rung("vp_mcq_lookup", _mixed_with_lookup(_as_rung("vp_mcq_lookup", _mcq_rewritten(False)), 0.5), "accuracy",
-         None, chance=1 / 3),
+         None, chance=1 / 3, scores_letters=True),
 )}
 
 

@@ -37,7 +37,7 @@ from pixelsail.data.shapes_language import (  # noqa: F401
     relation_holds, relation_referrals, seg_answer, unique_descriptions)
 from pixelsail.data.shapes_tasks import (  # noqa: F401
     ANSWER_STYLES, CAPTION_QUESTIONS, GCG_QUESTIONS, MCQ_LETTERS, PROMPT_KINDS, RES_TEMPLATES, SHAPES_TASKS,
-    TASK_BUILDERS, VP_QA_KINDS, VT_RES_KINDS, check_answer_style, gcg_answer, make_gcg, make_gres,
+    TASK_BUILDERS, VP_QA_KINDS, VT_RES_KINDS, check_answer_style, gcg_answer, listed_options, make_gcg, make_gres,
     make_region_caption, make_res, make_sample, make_vp_mcq, make_vp_qa, make_vt_res, mcq_question, prompt_mask_for,
     prompt_objects, region_caption, spell_out, target_name, vt_res_options)
 from pixelsail.tokens import DEFAULT_NUM_VP_TOKENS, NO_TARGET_ANSWER, PHRASE_END, PHRASE_START, SEG, vp_token

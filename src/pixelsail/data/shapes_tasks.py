@@ -136,9 +136,13 @@ def make_vp_qa(scene: Scene, rng: np.random.Generator) -> Sample | None:
                    question_kind=kind, target_ids=[obj.index], **p.meta)
 
 
+def listed_options(options: Sequence[str]) -> str:
+    """"(A) red (B) blue ...": the multiple choice's option layout."""
+    return " ".join(f"({MCQ_LETTERS[i]}) {o}" for i, o in enumerate(options))
+
+
 def mcq_question(stem: str, options: Sequence[str]) -> str:
-    listed = " ".join(f"({MCQ_LETTERS[i]}) {o}" for i, o in enumerate(options))
-    return f"{stem} {listed}. Answer with the option's letter."
+    return f"{stem} {listed_options(options)}. Answer with the option's letter."
 
 
 def make_vp_mcq(scene: Scene, rng: np.random.Generator) -> Sample | None:
