@@ -20,15 +20,14 @@ from pixelsail.model import PixelSail
 
 def with_switches(model: PixelSail, switches: list[str], seed: int = 0) -> PixelSail:
     """``model`` rebuilt with the boolean ``switches`` on; its weights copied, new parts as initialised."""
-    fields = {f.name: f for f in dataclasses.fields(model.config)}
     for name in switches:
-        if name not in fields or not isinstance(getattr(model.config, name), bool):
+        if not isinstance(getattr(model.config, name, None), bool):
             raise ValueError(f"{name!r} is not a boolean switch of PixelSailConfig")
         if getattr(model.config, name):
             raise ValueError(f"{name!r} is already on in this model")
     torch.manual_seed(seed)
     copy = PixelSail(dataclasses.replace(model.config, **{s: True for s in switches}), model.processor.tokenizer)
-    missing, unexpected = copy.load_state_dict(model.state_dict(), strict=False)
+    unexpected = copy.load_state_dict(model.state_dict(), strict=False).unexpected_keys
     if unexpected:
         raise ValueError(f"the switched model lacks parameters of the original: {unexpected}")
     return copy
