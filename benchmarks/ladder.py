@@ -163,22 +163,24 @@ def _mcq_rewritten(options_word_first: bool) -> Callable[[Scene, np.random.Gener
 
 
 def build_letter_lookup(scene: Scene, rng: np.random.Generator) -> Sample | None:
-    """The look-up alone, as text: "Which letter is red? (A) blue (B) green (C) yellow (D) red." -> "red (D)."
+    """The look-up alone, as text: "Which letter is red? (A) blue (B) green (C) yellow (D) red." -> "It is red (D)."
     (options from the multiple choice's vocabularies). The image is there but never needed: the rung asks whether
-    the decoder learns to find a word among the options and copy the letter before it, and after how many samples."""
+    the decoder learns to find a word among the options and copy the letter before it, and after how many samples.
+    The answer opens as the product's multiple choice does, "It is ...": a word at the very start of an answer is
+    other tokens ("re", "d") than the same word after a space (" red") in the options."""
     tags = [vp_token(k) for k in range(DEFAULT_NUM_VP_TOKENS)]
     vocab = _pick(rng, [list(COLOR_NAMES), list(SHAPES), tags])
     options = [str(o) for o in rng.choice(vocab, size=4, replace=False)]
     word = str(_pick(rng, options))
     listed = listed_options(options)
     return Sample(image=scene.image, turns=[(f"Which letter is {word}? {listed}.",
-                                             f"{word} ({MCQ_LETTERS[options.index(word)]}).")],
+                                             f"It is {word} ({MCQ_LETTERS[options.index(word)]}).")],
                   task="vp_qa", image_id=scene.image_id, meta={"rung": "letter_lookup", "oracle": []})
 
 
 def build_option_lookup(scene: Scene, rng: np.random.Generator) -> Sample | None:
     """A dense text look-up in the multiple choice's own layout: "Which letters are red and blue? (A) blue (B) green
-    (C) yellow (D) red. Answer with the options' letters." -> "red (D), blue (A)." Every letter of the answer is a
+    (C) yellow (D) red. Answer with the options' letters." -> "They are red (D), blue (A)." Every letter of the answer is a
     look-up of the word before it among the options (the circuit an MCQ answer "It is red (D)." needs once per
     sample); the options are drawn from the multiple choice's vocabularies (colours, shapes, sides, prompt tags)."""
     tags = [vp_token(k) for k in range(DEFAULT_NUM_VP_TOKENS)]
@@ -189,7 +191,8 @@ def build_option_lookup(scene: Scene, rng: np.random.Generator) -> Sample | None
     words = asked[0] if len(asked) == 1 else ", ".join(asked[:-1]) + " and " + asked[-1]
     answer = ", ".join(f"{o} ({MCQ_LETTERS[options.index(o)]})" for o in asked)
     question = f"Which letters are {words}? {listed}. Answer with the options' letters."
-    return Sample(image=scene.image, turns=[(question, f"{answer}.")], task="vp_qa", image_id=scene.image_id,
+    opening = "It is" if len(asked) == 1 else "They are"   # every word space-led, as in the options
+    return Sample(image=scene.image, turns=[(question, f"{opening} {answer}.")], task="vp_qa", image_id=scene.image_id,
                   meta={"rung": "option_lookup", "oracle": []})
 
 

@@ -445,7 +445,7 @@ def test_letter_lookup_rung_asks_one_word_and_answers_the_letter_before_it_in_th
         options = dict(re.findall(r"\(([A-D])\) (\S+?)(?= \(|\.$)", question))
         assert sorted(options) == list("ABCD") and len(set(options.values())) == 4
         letter = next(k for k, v in options.items() if v == word)
-        assert answer == f"{word} ({letter})."
+        assert answer == f"It is {word} ({letter})."
         letters.add(letter)
     assert len(letters) >= 3   # the right letter moves: a constant guess scores a quarter
 
