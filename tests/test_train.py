@@ -549,3 +549,28 @@ def test_a_non_finite_loss_stops_training_with_the_step_named(tmp_path):
     with pytest.raises(FloatingPointError, match="step 1, micro-batch 0: the loss is nan"):
         train(toy_run(tmp_path / "run"), resume=False, build=lambda run: Exploding(width=16))
     assert latest_checkpoint(tmp_path / "run") is None
+
+
+def test_backbone_lr_trains_the_decoder_transformer_at_its_own_rate_and_keeps_the_schedule():
+    from model_utils import tiny_model
+
+    from pixelsail.train import build_optimizer
+
+    model = tiny_model()
+    backbone = {id(p) for p in model.backbone.parameters()}
+    plain = build_optimizer(model, 2e-3, (0.9, 0.999), 0.05)
+    assert [g["lr"] for g in plain.param_groups] == [2e-3, 2e-3]          # as before: decay, no decay
+    opt = build_optimizer(model, 2e-3, (0.9, 0.999), 0.05, backbone_lr=5e-4)
+    seen = [id(p) for g in opt.param_groups for p in g["params"]]
+    assert sorted(seen) == sorted(id(p) for p in model.parameters() if p.requires_grad)   # each once
+    for g in opt.param_groups:
+        inside = {id(p) in backbone for p in g["params"]}
+        assert len(inside) == 1 and g["lr"] == (5e-4 if inside.pop() else 2e-3)
+        assert g["weight_decay"] == (0.05 if all(p.ndim >= 2 for p in g["params"]) else 0.0)
+    assert {g["lr"] for g in opt.param_groups} == {5e-4, 2e-3}
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5)   # the warm-up/cosine factor scales both
+    assert sorted({g["lr"] for g in opt.param_groups}) == [2.5e-4, 1e-3]
+    del scheduler
+    assert apply_overrides(RunConfig(), ["train.backbone_lr=5e-4"]).train.backbone_lr == 5e-4   # YAML's "5e-4"
+    with pytest.raises(ValueError, match="has no .backbone"):
+        build_optimizer(torch.nn.Linear(2, 2), 1e-3, (0.9, 0.999), 0.0, backbone_lr=1e-4)

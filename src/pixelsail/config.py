@@ -5,7 +5,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, get_args, get_type_hints
 
 import yaml
 
@@ -137,6 +137,10 @@ class TrainConfig:
     batch_size: int = 8               # per process, per micro-step
     grad_accum: int = 1
     lr: float = 4e-5
+    # the decoder transformer's own parameters (token embeddings, layers) at this rate instead of ``lr`` (None: one
+    # rate for all). Trained from scratch, its attention learns a look-up ("which letter stands before red?") at 5e-4
+    # and not at the 2e-3 the new heads want (docs/TRAINING.md, session 16)
+    backbone_lr: float | None = None
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.05
     warmup_ratio: float = 0.05
@@ -193,6 +197,9 @@ def from_dict(cls: type, data: dict[str, Any]) -> Any:
 
 
 def _coerce(tp: Any, value: Any) -> Any:
+    args = get_args(tp)
+    if value is not None and type(None) in args and len(args) == 2:   # "float | None": coerce as the float
+        tp = next(a for a in args if a is not type(None))
     origin = getattr(tp, "__origin__", None)
     if is_dataclass(tp) and isinstance(value, dict):
         return from_dict(tp, value)

@@ -128,19 +128,29 @@ def _grad_sync(wrapped: nn.Module, sync: bool):
 # optimisation
 
 
-def build_optimizer(model: nn.Module, lr: float, betas: tuple[float, float], weight_decay: float
-                    ) -> torch.optim.AdamW:
-    """AdamW; no weight decay on norms, biases (every tensor with < 2 dims) and embedding tables."""
+def build_optimizer(model: nn.Module, lr: float, betas: tuple[float, float], weight_decay: float, *,
+                    backbone_lr: float | None = None) -> torch.optim.AdamW:
+    """AdamW; no weight decay on norms, biases (every tensor with < 2 dims) and embedding tables. With
+    ``backbone_lr`` the decoder transformer's own parameters (``model.backbone``: token embeddings, layers, final
+    norm) learn at that rate and the modules around it (patch embedding, mask features, [SEG] query, ...) at ``lr``."""
     embedding_params = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    decay, no_decay = [], []
+    slow = set()
+    if backbone_lr is not None:
+        if not hasattr(model, "backbone"):
+            raise ValueError(f"backbone_lr is set but {type(model).__name__} has no .backbone")
+        slow = {id(p) for p in model.backbone.parameters()}
+    groups: dict[tuple[bool, bool], list] = {}
     for p in model.parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim < 2 or id(p) in embedding_params else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups.setdefault((p.ndim >= 2 and id(p) not in embedding_params, id(p) in slow), []).append(p)
+    params = [p for ps in groups.values() for p in ps]
     # the fused kernel: one pass over all parameters (on a 2-core CPU 3.7x faster than the per-tensor loop)
-    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in decay + no_decay)
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=tuple(betas), fused=fused or None)
+    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.AdamW([{"params": ps, "weight_decay": weight_decay if decays else 0.0,
+                               "lr": backbone_lr if is_slow else lr}
+                              for (decays, is_slow), ps in sorted(groups.items(), key=lambda kv: (not kv[0][0], kv[0][1]))],
+                             lr=lr, betas=tuple(betas), fused=fused or None)
 
 
 @torch.no_grad()
@@ -288,7 +298,7 @@ def train(run: RunConfig, *, resume: bool, build: Callable[[RunConfig], nn.Modul
     sharded = env.distributed and tc.parallel == "fsdp"
     wrapped = wrap_model(model, env, tc.parallel)
     model.train()
-    optimizer = build_optimizer(model, tc.lr, tc.betas, tc.weight_decay)
+    optimizer = build_optimizer(model, tc.lr, tc.betas, tc.weight_decay, backbone_lr=tc.backbone_lr)
     init_optimizer_state(optimizer)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, tc.max_steps, tc.warmup_ratio))
