@@ -162,20 +162,24 @@ def _mcq_rewritten(options_word_first: bool) -> Callable[[Scene, np.random.Gener
     return make
 
 
-def build_letter_lookup(scene: Scene, rng: np.random.Generator) -> Sample | None:
-    """The look-up alone, as text: "Which letter is red? (A) blue (B) green (C) yellow (D) red." -> "It is red (D)."
-    (options from the multiple choice's vocabularies). The image is there but never needed: the rung asks whether
-    the decoder learns to find a word among the options and copy the letter before it, and after how many samples.
-    The answer opens as the product's multiple choice does, "It is ...": a word at the very start of an answer is
-    other tokens ("re", "d") than the same word after a space (" red") in the options."""
+def letter_lookup_text(rng: np.random.Generator) -> tuple[str, str]:
+    """("Which letter is red? (A) blue (B) green (C) yellow (D) red.", "It is red (D).") with the options drawn
+    from the multiple choice's vocabularies (colours, shapes, prompt tags)."""
     tags = [vp_token(k) for k in range(DEFAULT_NUM_VP_TOKENS)]
     vocab = _pick(rng, [list(COLOR_NAMES), list(SHAPES), tags])
     options = [str(o) for o in rng.choice(vocab, size=4, replace=False)]
     word = str(_pick(rng, options))
-    listed = listed_options(options)
-    return Sample(image=scene.image, turns=[(f"Which letter is {word}? {listed}.",
-                                             f"It is {word} ({MCQ_LETTERS[options.index(word)]}).")],
-                  task="vp_qa", image_id=scene.image_id, meta={"rung": "letter_lookup", "oracle": []})
+    return (f"Which letter is {word}? {listed_options(options)}.",
+            f"It is {word} ({MCQ_LETTERS[options.index(word)]}).")
+
+
+def build_letter_lookup(scene: Scene, rng: np.random.Generator) -> Sample | None:
+    """The look-up alone, as text (:func:`letter_lookup_text`). The image is there but never needed: the rung asks
+    whether the decoder learns to find a word among the options and copy the letter before it, and after how many
+    samples. The answer opens as the product's multiple choice does, "It is ...": a word at the very start of an
+    answer is other tokens ("re", "d") than the same word after a space (" red") in the options."""
+    return Sample(image=scene.image, turns=[letter_lookup_text(rng)], task="vp_qa", image_id=scene.image_id,
+                  meta={"rung": "letter_lookup", "oracle": []})
 
 
 def build_option_lookup(scene: Scene, rng: np.random.Generator) -> Sample | None:
