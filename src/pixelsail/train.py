@@ -134,22 +134,22 @@ def build_optimizer(model: nn.Module, lr: float, betas: tuple[float, float], wei
     ``backbone_lr`` the decoder transformer's own parameters (``model.backbone``: token embeddings, layers, final
     norm) learn at that rate and the modules around it (patch embedding, mask features, [SEG] query, ...) at ``lr``."""
     embedding_params = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    slow = set()
+    in_backbone: set[int] = set()
     if backbone_lr is not None:
         if not hasattr(model, "backbone"):
             raise ValueError(f"backbone_lr is set but {type(model).__name__} has no .backbone")
-        slow = {id(p) for p in model.backbone.parameters()}
-    groups: dict[tuple[bool, bool], list] = {}
+        in_backbone = {id(p) for p in model.backbone.parameters()}
+    # (weight decay, lr) -> parameters; the decayed group first, as checkpoints written before backbone_lr expect
+    groups: dict[tuple[float, float], list] = {(weight_decay, lr): [], (0.0, lr): []}
     for p in model.parameters():
-        if not p.requires_grad:
-            continue
-        groups.setdefault((p.ndim >= 2 and id(p) not in embedding_params, id(p) in slow), []).append(p)
+        if p.requires_grad:
+            decays = p.ndim >= 2 and id(p) not in embedding_params
+            rate = backbone_lr if id(p) in in_backbone else lr
+            groups.setdefault((weight_decay if decays else 0.0, rate), []).append(p)
     params = [p for ps in groups.values() for p in ps]
     # the fused kernel: one pass over all parameters (on a 2-core CPU 3.7x faster than the per-tensor loop)
     fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
-    return torch.optim.AdamW([{"params": ps, "weight_decay": weight_decay if decays else 0.0,
-                               "lr": backbone_lr if is_slow else lr}
-                              for (decays, is_slow), ps in sorted(groups.items(), key=lambda kv: (not kv[0][0], kv[0][1]))],
+    return torch.optim.AdamW([{"params": ps, "weight_decay": wd, "lr": rate} for (wd, rate), ps in groups.items() if ps],
                              lr=lr, betas=tuple(betas), fused=fused or None)
 
 
