@@ -184,9 +184,10 @@ def build_letter_lookup(scene: Scene, rng: np.random.Generator) -> Sample | None
 
 def build_option_lookup(scene: Scene, rng: np.random.Generator) -> Sample | None:
     """A dense text look-up in the multiple choice's own layout: "Which letters are red and blue? (A) blue (B) green
-    (C) yellow (D) red. Answer with the options' letters." -> "They are red (D), blue (A)." Every letter of the answer is a
-    look-up of the word before it among the options (the circuit an MCQ answer "It is red (D)." needs once per
-    sample); the options are drawn from the multiple choice's vocabularies (colours, shapes, sides, prompt tags)."""
+    (C) yellow (D) red. Answer with the options' letters." -> "They are red (D), blue (A)." Every letter of the
+    answer is a look-up of the word before it among the options (the circuit an MCQ answer "It is red (D)." needs
+    once per sample); the options are drawn from the multiple choice's vocabularies (colours, shapes, sides, prompt
+    tags)."""
     tags = [vp_token(k) for k in range(DEFAULT_NUM_VP_TOKENS)]
     vocab = _pick(rng, [list(COLOR_NAMES), list(SHAPES), ["left", "right"], tags])
     options = [str(o) for o in rng.choice(vocab, size=min(4, len(vocab)), replace=False)]

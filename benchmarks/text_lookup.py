@@ -140,7 +140,8 @@ def run(*, lr: float, seed: int, layout: str = "product", samples: int = 24000, 
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lr", type=float, nargs="+", default=[2e-3, 5e-4])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--layout", choices=LAYOUTS, default="product")

@@ -44,5 +44,6 @@ def test_token_conv_is_causal():
 
 def test_a_short_run_gives_a_curve_with_and_without_the_conv():
     for conv in (0, 3):
-        curve = text_lookup.run(lr=1e-3, seed=0, samples=64, batch=16, eval_every=32, token_conv=conv, log=lambda s: None)
+        curve = text_lookup.run(lr=1e-3, seed=0, samples=64, batch=16, eval_every=32, token_conv=conv,
+                                log=lambda s: None)
         assert [n for n, _ in curve] == [32, 64] and all(0.0 <= a <= 100.0 for _, a in curve)

@@ -149,8 +149,8 @@ def build_optimizer(model: nn.Module, lr: float, betas: tuple[float, float], wei
     params = [p for ps in groups.values() for p in ps]
     # the fused kernel: one pass over all parameters (on a 2-core CPU 3.7x faster than the per-tensor loop)
     fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
-    return torch.optim.AdamW([{"params": ps, "weight_decay": wd, "lr": rate} for (wd, rate), ps in groups.items() if ps],
-                             lr=lr, betas=tuple(betas), fused=fused or None)
+    param_groups = [{"params": ps, "weight_decay": wd, "lr": rate} for (wd, rate), ps in groups.items() if ps]
+    return torch.optim.AdamW(param_groups, lr=lr, betas=tuple(betas), fused=fused or None)
 
 
 @torch.no_grad()
