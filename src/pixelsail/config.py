@@ -139,7 +139,8 @@ class TrainConfig:
     lr: float = 4e-5
     # the decoder transformer's own parameters (token embeddings, layers, final norm) at this rate instead of ``lr``
     # (None: one rate for all). Trained from scratch, a decoder learns the multiple choice's letter look-up alone at
-    # 5e-4 and not at 2e-3; the shapes recipe with 5e-4 here did not (docs/TRAINING.md, session 16)
+    # 5e-4 and not at 2e-3, and the shapes recipe's marked-region answers survive mask_position only at 5e-4 here
+    # (docs/TRAINING.md, session 16)
     backbone_lr: float | None = None
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.05
