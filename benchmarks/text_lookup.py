@@ -28,6 +28,7 @@ from transformers import AutoTokenizer, Qwen2ForCausalLM
 
 import pixelsail
 from benchmarks.ladder import letter_lookup_text
+from benchmarks.oracle_query import optimizer_step
 from pixelsail.config import PixelSailConfig
 from pixelsail.model.pixelsail import build_llm
 from pixelsail.tokens import assistant_header, user_turn
@@ -126,11 +127,7 @@ def run(*, lr: float, seed: int, layout: str = "product", samples: int = 24000, 
     for step in range(steps):
         ids, labels, _ = data.batch(rng, batch)
         loss = llm(ids, labels=labels).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(llm.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
+        optimizer_step(loss, optimizer, scheduler, llm, grad_clip=1.0)
         seen = (step + 1) * batch
         if seen % eval_every < batch or step == steps - 1:
             curve.append((seen, round(letter_accuracy(llm, val_ids, val_at), 1)))
