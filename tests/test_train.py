@@ -568,9 +568,8 @@ def test_backbone_lr_trains_the_decoder_transformer_at_its_own_rate_and_keeps_th
         assert len(inside) == 1 and g["lr"] == (5e-4 if inside.pop() else 2e-3)
         assert g["weight_decay"] == (0.05 if all(p.ndim >= 2 for p in g["params"]) else 0.0)
     assert {g["lr"] for g in opt.param_groups} == {5e-4, 2e-3}
-    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5)   # the warm-up/cosine factor scales both
+    torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5)   # the warm-up/cosine factor scales both
     assert sorted({g["lr"] for g in opt.param_groups}) == [2.5e-4, 1e-3]
-    del scheduler
     assert apply_overrides(RunConfig(), ["train.backbone_lr=5e-4"]).train.backbone_lr == 5e-4   # YAML's "5e-4"
     with pytest.raises(ValueError, match="has no .backbone"):
         build_optimizer(torch.nn.Linear(2, 2), 1e-3, (0.9, 0.999), 0.0, backbone_lr=1e-4)
