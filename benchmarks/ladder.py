@@ -20,6 +20,7 @@ from pixelsail.data.shapes import (
     make_vp_mcq, make_vp_qa, multi_referrals, no_target_referral, prompt_objects, reading_order, relation_referrals,
     scene_and_rng, seg_answer, spell_out,
 )
+from pixelsail.data.shapes_lookup import option_lookup_text
 from pixelsail.tokens import DEFAULT_NUM_VP_TOKENS, vp_token
 
 ATTR_KEYS = ("color", "shape", "size")
@@ -183,21 +184,11 @@ def build_letter_lookup(scene: Scene, rng: np.random.Generator) -> Sample | None
 
 
 def build_option_lookup(scene: Scene, rng: np.random.Generator) -> Sample | None:
-    """A dense text look-up in the multiple choice's own layout: "Which letters are red and blue? (A) blue (B) green
-    (C) yellow (D) red. Answer with the options' letters." -> "They are red (D), blue (A)." Every letter of the
-    answer is a look-up of the word before it among the options (the circuit an MCQ answer "It is red (D)." needs
-    once per sample); the options are drawn from the multiple choice's vocabularies (colours, shapes, sides, prompt
-    tags)."""
-    tags = [vp_token(k) for k in range(DEFAULT_NUM_VP_TOKENS)]
-    vocab = _pick(rng, [list(COLOR_NAMES), list(SHAPES), ["left", "right"], tags])
-    options = [str(o) for o in rng.choice(vocab, size=min(4, len(vocab)), replace=False)]
-    asked = [options[i] for i in rng.permutation(len(options))[:int(rng.integers(1, len(options) + 1))]]
-    listed = listed_options(options)
-    words = asked[0] if len(asked) == 1 else ", ".join(asked[:-1]) + " and " + asked[-1]
-    answer = ", ".join(f"{o} ({MCQ_LETTERS[options.index(o)]})" for o in asked)
-    question = f"Which letters are {words}? {listed}. Answer with the options' letters."
-    opening = "It is" if len(asked) == 1 else "They are"   # every word space-led, as in the options
-    return Sample(image=scene.image, turns=[(question, f"{opening} {answer}.")], task="vp_qa", image_id=scene.image_id,
+    """The dense text look-up the shapes recipe can train on (:func:`option_lookup_text`): "Which letters are red
+    and blue? (A) blue (B) green (C) yellow (D) red. Answer with the options' letters." -> "They are red (D), blue
+    (A)." Every letter of the answer is a look-up of the word before it among the options, the circuit an MCQ answer
+    "It is red (D)." needs once per sample."""
+    return Sample(image=scene.image, turns=[option_lookup_text(rng)], task="vp_qa", image_id=scene.image_id,
                   meta={"rung": "option_lookup", "oracle": []})
 
 

@@ -12,7 +12,7 @@ _FACTORIES: dict[str, Callable[..., Any]] = {}
 
 # modules that register datasets when imported (kept lazy so optional formats cost nothing until used)
 DATASET_MODULES: list[str] = [
-    "shapes",
+    "shapes", "shapes_lookup",
     "refer", "perbench", "region_caption",
     "coco_panoptic", "gcg", "region", "llava", "muse", "jsonl",
 ]

@@ -1,0 +1,62 @@
+"""Text-only option look-ups in the multiple choice's layout: a training aid for the letter of an MCQ answer.
+
+"Which letters are red and blue? (A) blue (B) green (C) yellow (D) red. Answer with the options' letters."
+-> "They are red (D), blue (A)."
+
+A multiple-choice answer "It is red (D)." needs, once per sample, to find its word among the listed options and copy
+the letter written before it. A decoder trained from scratch inside the full task mix never learned that copy
+(the letter given the right word stayed at chance, docs/TRAINING.md sessions 11-16); alone, as text, it learns it at
+a backbone learning rate of 5e-4. Here every letter of the answer is such a look-up, with the options drawn from
+the multiple choice's own vocabularies (colours, shapes, sides, prompt tags), and no image: the samples are short.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from pixelsail.data.llava import text_only_image
+from pixelsail.data.registry import register_dataset
+from pixelsail.data.sample import Sample
+from pixelsail.data.shapes_language import _pick
+from pixelsail.data.shapes_scene import COLOR_NAMES, SHAPES, make_rng
+from pixelsail.data.shapes_tasks import MCQ_LETTERS, listed_options
+from pixelsail.tokens import DEFAULT_NUM_VP_TOKENS, vp_token
+
+# the option vocabularies of the shapes multiple choice: colour, shape, side and "which is larger" questions
+OPTION_VOCABULARIES: tuple[tuple[str, ...], ...] = (
+    tuple(COLOR_NAMES), tuple(SHAPES), ("left", "right"), tuple(vp_token(k) for k in range(DEFAULT_NUM_VP_TOKENS)))
+
+
+def option_lookup_text(rng: np.random.Generator) -> tuple[str, str]:
+    """One dense look-up (question, answer): up to four options, one to all of them asked, in a random order."""
+    vocab = _pick(rng, OPTION_VOCABULARIES)
+    options = [str(o) for o in rng.choice(vocab, size=min(len(MCQ_LETTERS), len(vocab)), replace=False)]
+    asked = [options[i] for i in rng.permutation(len(options))[:int(rng.integers(1, len(options) + 1))]]
+    words = asked[0] if len(asked) == 1 else ", ".join(asked[:-1]) + " and " + asked[-1]
+    letters = ", ".join(f"{o} ({MCQ_LETTERS[options.index(o)]})" for o in asked)
+    opening = "It is" if len(asked) == 1 else "They are"   # every asked word space-led, as in the options
+    return (f"Which letters are {words}? {listed_options(options)}. Answer with the options' letters.",
+            f"{opening} {letters}.")
+
+
+class ShapesLookupDataset:
+    """Map-style dataset of text-only option look-ups; ``ds[i]`` depends only on (split, seed, i)."""
+
+    def __init__(self, split: str = "train", size: int = 10000, seed: int = 0):
+        if size < 0:
+            raise ValueError(f"size must be >= 0, got {size}")
+        self.split, self.size, self.seed = split, int(size), int(seed)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> Sample:
+        if not 0 <= index < self.size:
+            raise IndexError(f"index {index} out of range for ShapesLookupDataset of size {self.size}")
+        question, answer = option_lookup_text(make_rng(self.seed, self.split, int(index), 7))
+        return Sample(image=text_only_image(), turns=[(question, answer)], task="vqa",
+                      image_id=f"text:lookup:{self.split}:{index}", meta={"text_only": True, "source": "shapes_lookup"})
+
+
+@register_dataset("shapes_lookup")
+def build_shapes_lookup(**kwargs) -> ShapesLookupDataset:
+    return ShapesLookupDataset(**kwargs)

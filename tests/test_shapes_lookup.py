@@ -1,0 +1,62 @@
+"""The text-only option look-ups (``shapes_lookup``): right letters, deterministic, trainable in a mixture."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from model_utils import tiny_model
+from pixelsail.data.registry import build_dataset
+from pixelsail.data.shapes_lookup import OPTION_VOCABULARIES, ShapesLookupDataset
+
+
+def _parsed(question: str, answer: str) -> tuple[dict[str, str], list[str], list[tuple[str, str]]]:
+    """(letter -> option, asked words, [(word, letter)] of the answer)."""
+    words, listed = re.match(r"Which letters are (.+?)\? (\(A\) .+)\. Answer with the options' letters\.$",
+                             question).groups()
+    options = dict(re.findall(r"\(([A-D])\) (\S+?)(?= \(|$)", listed))
+    asked = re.split(r", | and ", words)
+    answered = re.findall(r"(\S+) \(([A-D])\)", answer)
+    return options, asked, answered
+
+
+def test_every_letter_of_the_answer_is_the_one_written_before_its_word():
+    ds = ShapesLookupDataset(size=200)
+    counts, letters, vocabularies = set(), set(), set()
+    for i in range(len(ds)):
+        sample = ds[i]
+        (question, answer), = sample.turns
+        options, asked, answered = _parsed(question, answer)
+        assert len(set(options.values())) == len(options) >= 2
+        assert [w for w, _ in answered] == asked and set(asked) <= set(options.values())
+        assert all(options[letter] == word for word, letter in answered)
+        assert answer.startswith("It is " if len(asked) == 1 else "They are ")
+        counts.add(len(asked))
+        letters |= {letter for _, letter in answered}
+        vocabularies |= {k for k, vocab in enumerate(OPTION_VOCABULARIES) if set(options.values()) <= set(vocab)}
+        assert sample.meta["text_only"] and not sample.masks and not sample.prompts
+        sample.validate()
+    # one to four words asked, every letter used, options from every multiple-choice vocabulary
+    assert counts == {1, 2, 3, 4} and letters == set("ABCD") and vocabularies == set(range(4))
+
+
+def test_samples_depend_on_split_seed_and_index_only():
+    a, b = ShapesLookupDataset(size=20), ShapesLookupDataset(size=20)
+    assert [a[i].turns for i in range(20)] == [b[i].turns for i in range(20)]
+    other = ShapesLookupDataset(size=20, seed=1)
+    assert [a[i].turns for i in range(20)] != [other[i].turns for i in range(20)]
+    assert [a[i].turns for i in range(20)] != [ShapesLookupDataset("val", size=20)[i].turns for i in range(20)]
+    with pytest.raises(IndexError, match="out of range"):
+        a[20]
+    with pytest.raises(ValueError, match="size must be >= 0"):
+        ShapesLookupDataset(size=-1)
+
+
+def test_registered_for_mixtures_and_processed_as_text_without_an_image():
+    ds = build_dataset("shapes_lookup", split="train", size=4)
+    model = tiny_model()
+    feats = model.processor(ds[0])
+    assert feats["image"] is None and feats["masks"].numel() == 0
+    supervised = feats["labels"][feats["labels"] >= 0]
+    answer = ds[0].turns[0][1]
+    assert model.processor.tokenizer.decode(supervised.tolist()).strip().startswith(answer[:6])
