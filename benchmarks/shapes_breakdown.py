@@ -4,6 +4,8 @@
 
 * multiple choice per question kind (colour, shape, larger, side): the letter right (PerBench's score), the option's
   word right, and the letter right among the answers whose word is right (the look-up from word to letter);
+* open visual-prompt questions per kind (colour, shape, size, what, where; "absent" for a tag with no region,
+  answered "<vp_k> is not in the image."): the answer exactly right;
 * referring cIoU per expression group (``benchmarks.res_breakdown``'s: the attributes named, or "relation" for
   "the circle left of the blue star");
 * visual-text referral ("the object with the same colour as <vp_3>"): the share of the predicted pixels that lie on
@@ -40,6 +42,20 @@ def mcq_by_kind(records: list[dict]) -> dict[str, dict[str, float]]:
             for k, (n, lt, w, lw) in counts.items()}
 
 
+def vp_qa_by_kind(records: list[dict]) -> dict[str, dict[str, float]]:
+    """Per question kind (and "all"; "absent" for a prompt tag with no region): samples and exact answers (0-1)."""
+    counts: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
+    for r in records:
+        if r.get("task") != "vp_qa":
+            continue
+        absent = r["meta"].get("absent_prompt") is not None
+        right = r["text"].strip() == r["answer"].strip()
+        for key in ("absent" if absent else r["meta"].get("question_kind", "?"), "all"):
+            counts[key][0] += 1
+            counts[key][1] += right
+    return {k: {"samples": n, "exact": e / n} for k, (n, e) in counts.items()}
+
+
 def vt_pixel_split(records: list[dict]) -> dict[str, float]:
     """Percent of the visual-text referrals' predicted pixels on the target / the marked object / elsewhere."""
     on: collections.Counter = collections.Counter()
@@ -72,11 +88,14 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"error: {args.predictions} is not a file")
     records = [json.loads(line) for line in args.predictions.read_text().splitlines() if line.strip()]
     mcq, res, vt = mcq_by_kind(records), generated_records(records), vt_pixel_split(records)
-    if not (mcq or res or vt):
-        raise SystemExit(f"error: {args.predictions} has no vp_mcq, res or vt_res records")
+    vp_qa = vp_qa_by_kind(records)
+    if not (mcq or vp_qa or res or vt):
+        raise SystemExit(f"error: {args.predictions} has no vp_mcq, vp_qa, res or vt_res records")
     for kind, m in sorted(mcq.items()):
         print(f"multiple choice {kind:7s} {m['samples']:4d}: letter {m['letter']:.3f}, word {m['word']:.3f}, "
               f"letter given word {m['letter given word']:.3f}")
+    for kind, m in sorted(vp_qa.items()):
+        print(f"visual-prompt question {kind:6s} {m['samples']:4d}: exact {m['exact']:.3f}")
     for group, m in sorted(res.items()):
         print(f"referring {group:18s} {m['n']:4d}: cIoU {m['cIoU']:.1f}, {m['empty']} empty")
     if vt:

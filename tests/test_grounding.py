@@ -526,3 +526,21 @@ def test_shapes_breakdown_splits_mcq_letters_res_kinds_and_visual_text_pixels():
     assert split["records"] == 1 and split["elsewhere"] == 0.0
     assert split["target"] == pytest.approx(100.0 * target.sum() / total)
     assert split["marked"] == pytest.approx(100.0 * (marked & ~target).sum() / total)
+
+
+def test_shapes_breakdown_scores_open_prompt_questions_per_kind_and_absent_tags_apart():
+    from benchmarks.shapes_breakdown import vp_qa_by_kind
+    from pixelsail.data.shapes import make_sample
+
+    samples = [make_sample("test", i, "vp_qa") for i in range(80)]
+    absent = next(s for s in samples if s.meta.get("absent_prompt") is not None)
+    where = next(s for s in samples if s.meta.get("question_kind") == "where")
+    records = [dict(_record(s, [], text), answer=s.turns[0][1]) for s, text in (
+        (absent, absent.turns[0][1]),                              # right
+        (where, where.turns[0][1]),                                # right
+        (where, where.turns[0][1].split(":")[0] + ": in the center." if "center" not in where.turns[0][1]
+         else where.turns[0][1].split(":")[0] + ": in the top left."))]   # wrong cell
+    got = vp_qa_by_kind(records)
+    assert got["absent"] == {"samples": 1, "exact": 1.0}
+    assert got["where"] == {"samples": 2, "exact": 0.5}
+    assert got["all"]["samples"] == 3 and got["all"]["exact"] == pytest.approx(2 / 3)
