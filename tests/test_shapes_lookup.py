@@ -60,3 +60,18 @@ def test_registered_for_mixtures_and_processed_as_text_without_an_image():
     supervised = feats["labels"][feats["labels"] >= 0]
     answer = ds[0].turns[0][1]
     assert model.processor.tokenizer.decode(supervised.tolist()).strip().startswith(answer[:6])
+
+
+def test_with_image_puts_the_splits_scene_before_the_same_lookup_and_refuses_the_held_out_rendering():
+    from pixelsail.data.shapes import generate_scene
+
+    text, framed = ShapesLookupDataset(size=3), ShapesLookupDataset(size=3, with_image=True, image_size=64)
+    for i in range(3):
+        sample = framed[i]
+        sample.validate()
+        assert sample.turns == text[i].turns and not sample.meta.get("text_only")
+        assert (sample.image == generate_scene("train", i, 0, 64).image).all()
+    model = tiny_model()
+    assert model.processor(framed[0])["image"] is not None
+    with pytest.raises(ValueError, match="cannot be trained on"):
+        build_dataset("shapes_lookup", split="test_perturbed", with_image=True)

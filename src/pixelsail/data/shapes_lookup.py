@@ -7,7 +7,9 @@ A multiple-choice answer "It is red (D)." needs, once per sample, to find its wo
 the letter written before it. A decoder trained from scratch inside the full task mix never learned that copy
 (the letter given the right word stayed at chance, docs/TRAINING.md sessions 11-16); alone, as text, it learns it at
 a backbone learning rate of 5e-4. Here every letter of the answer is such a look-up, with the options drawn from
-the multiple choice's own vocabularies (colours, shapes, sides, prompt tags), and no image: the samples are short.
+the multiple choice's own vocabularies (colours, shapes, sides, prompt tags). Without an image the samples are short;
+``with_image`` puts a shapes scene (never needed for the answer) in front, so the text sits where a multiple
+choice's does, after the vision block.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from pixelsail.data.llava import text_only_image
 from pixelsail.data.registry import register_dataset
 from pixelsail.data.sample import Sample
 from pixelsail.data.shapes_language import _pick
-from pixelsail.data.shapes_scene import COLOR_NAMES, SHAPES, make_rng
+from pixelsail.data.shapes_scene import COLOR_NAMES, SHAPES, generate_scene, make_rng
 from pixelsail.data.shapes_tasks import MCQ_LETTERS, listed_options
 from pixelsail.tokens import DEFAULT_NUM_VP_TOKENS, vp_token
 
@@ -39,12 +41,15 @@ def option_lookup_text(rng: np.random.Generator) -> tuple[str, str]:
 
 
 class ShapesLookupDataset:
-    """Map-style dataset of text-only option look-ups; ``ds[i]`` depends only on (split, seed, i)."""
+    """Map-style dataset of option look-ups, text-only or after a scene (``with_image``); ``ds[i]`` depends only on
+    (split, seed, image_size, with_image, i)."""
 
-    def __init__(self, split: str = "train", size: int = 10000, seed: int = 0):
+    def __init__(self, split: str = "train", size: int = 10000, seed: int = 0, with_image: bool = False,
+                 image_size: int = 128):
         if size < 0:
             raise ValueError(f"size must be >= 0, got {size}")
         self.split, self.size, self.seed = split, int(size), int(seed)
+        self.with_image, self.image_size = bool(with_image), int(image_size)
 
     def __len__(self) -> int:
         return self.size
@@ -52,11 +57,18 @@ class ShapesLookupDataset:
     def __getitem__(self, index: int) -> Sample:
         if not 0 <= index < self.size:
             raise IndexError(f"index {index} out of range for ShapesLookupDataset of size {self.size}")
-        question, answer = option_lookup_text(make_rng(self.seed, self.split, int(index), 7))
-        return Sample(image=text_only_image(), turns=[(question, answer)], task="vqa",
-                      image_id=f"text:lookup:{self.split}:{index}", meta={"text_only": True, "source": "shapes_lookup"})
+        turn = option_lookup_text(make_rng(self.seed, self.split, int(index), 7))
+        if self.with_image:
+            scene = generate_scene(self.split, int(index), self.seed, self.image_size)
+            return Sample(image=scene.image, turns=[turn], task="vqa", image_id=scene.image_id,
+                          meta={"source": "shapes_lookup"})
+        return Sample(image=text_only_image(), turns=[turn], task="vqa", image_id=f"text:lookup:{self.split}:{index}",
+                      meta={"text_only": True, "source": "shapes_lookup"})
 
 
 @register_dataset("shapes_lookup")
 def build_shapes_lookup(**kwargs) -> ShapesLookupDataset:
+    from pixelsail.data.shapes_render import refuse_for_training
+
+    refuse_for_training(str(kwargs.get("split", "train")))   # its scenes are the split's (with_image)
     return ShapesLookupDataset(**kwargs)
