@@ -75,3 +75,14 @@ def test_with_image_puts_the_splits_scene_before_the_same_lookup_and_refuses_the
     assert model.processor(framed[0])["image"] is not None
     with pytest.raises(ValueError, match="cannot be trained on"):
         build_dataset("shapes_lookup", split="test_perturbed", with_image=True)
+
+
+def test_max_asked_one_asks_a_single_word_like_a_multiple_choice_answer():
+    ds = ShapesLookupDataset(size=60, max_asked=1)
+    for i in range(len(ds)):
+        (question, answer), = ds[i].turns
+        options, asked, answered = _parsed(question, answer)
+        assert len(asked) == 1 and answer == f"It is {asked[0]} ({answered[0][1]})."
+        assert options[answered[0][1]] == asked[0]
+    with pytest.raises(ValueError, match="max_asked must be >= 1"):
+        ShapesLookupDataset(max_asked=0)
