@@ -8,12 +8,13 @@ import pytest
 from model_utils import tiny_model
 from pixelsail.data.registry import build_dataset
 from pixelsail.data.shapes_lookup import OPTION_VOCABULARIES, ShapesLookupDataset
+from pixelsail.data.shapes_tasks import mcq_question
 
 
 def _parsed(question: str, answer: str) -> tuple[dict[str, str], list[str], list[tuple[str, str]]]:
     """(letter -> option, asked words, [(word, letter)] of the answer)."""
-    words, listed = re.match(r"Which letters are (.+?)\? (\(A\) .+)\. Answer with the options' letters\.$",
-                             question).groups()
+    words, listed = (re.match(r"Which letters are (.+?)\? (\(A\) .+)\. Answer with the options' letters\.$", question)
+                     or re.match(r"Which is (\S+)\? (\(A\) .+)\. Answer with the option's letter\.$", question)).groups()
     options = dict(re.findall(r"\(([A-D])\) (\S+?)(?= \(|$)", listed))
     asked = re.split(r", | and ", words)
     answered = re.findall(r"(\S+) \(([A-D])\)", answer)
@@ -83,6 +84,8 @@ def test_max_asked_one_asks_a_single_word_like_a_multiple_choice_answer():
         (question, answer), = ds[i].turns
         options, asked, answered = _parsed(question, answer)
         assert len(asked) == 1 and answer == f"It is {asked[0]} ({answered[0][1]})."
+        # the multiple choice's own layout
+        assert question == mcq_question(f"Which is {asked[0]}?", list(options.values()))
         assert options[answered[0][1]] == asked[0]
     with pytest.raises(ValueError, match="max_asked must be >= 1"):
         ShapesLookupDataset(max_asked=0)
