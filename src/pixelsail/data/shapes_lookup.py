@@ -20,7 +20,7 @@ from pixelsail.data.registry import register_dataset
 from pixelsail.data.sample import Sample
 from pixelsail.data.shapes_language import _pick
 from pixelsail.data.shapes_scene import COLOR_NAMES, SHAPES, generate_scene, make_rng
-from pixelsail.data.shapes_tasks import MCQ_LETTERS, listed_options, mcq_question
+from pixelsail.data.shapes_tasks import MCQ_LETTERS, listed_options
 from pixelsail.tokens import DEFAULT_NUM_VP_TOKENS, vp_token
 
 # the option vocabularies of the shapes multiple choice: colour, shape, side and "which is larger" questions
@@ -42,9 +42,11 @@ def option_lookup_text(rng: np.random.Generator, max_asked: int = len(MCQ_LETTER
     words = asked[0] if len(asked) == 1 else ", ".join(asked[:-1]) + " and " + asked[-1]
     letters = ", ".join(f"{o} ({MCQ_LETTERS[options.index(o)]})" for o in asked)
     if len(asked) == 1:
-        # one word: the multiple choice's own layout and answer, "Which is red? (A) ... Answer with the option's
-        # letter." -> "It is red (D).": a look-up learned in other words did not carry over to it (session 17)
-        return mcq_question(f"Which is {words}?", options), f"It is {letters}."
+        # one word, asked after the options: "(A) blue ... (D) red. Which is red? Answer with the option's letter."
+        # -> "It is red (D).", the multiple choice's answer. With the word before the options a model can mark the
+        # matching option while reading it, which a multiple choice (the word only in the answer) never allows:
+        # that look-up did not carry over to it (session 17)
+        return f"{listed_options(options)}. Which is {words}? Answer with the option's letter.", f"It is {letters}."
     # every asked word space-led, as in the options
     return (f"Which letters are {words}? {listed_options(options)}. Answer with the options' letters.",
             f"They are {letters}.")
