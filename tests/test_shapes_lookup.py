@@ -14,7 +14,7 @@ def _parsed(question: str, answer: str) -> tuple[dict[str, str], list[str], list
     """(letter -> option, asked words, [(word, letter)] of the answer)."""
     several = re.match(r"Which letters are (.+?)\? (\(A\) .+)\. Answer with the options' letters\.$", question)
     words, listed = several.groups() if several else \
-        re.match(r"(\(A\) .+)\. Which is (\S+)\? Answer with the option's letter\.$", question).groups()[::-1]
+        re.search(r"(\(A\) .+)\. Which is (\S+)\? Answer with the option's letter\.$", question).groups()[::-1]
     options = dict(re.findall(r"\(([A-D])\) (\S+?)(?= \(|$)", listed))
     asked = re.split(r", | and ", words)
     answered = re.findall(r"(\S+) \(([A-D])\)", answer)
@@ -78,14 +78,19 @@ def test_with_image_puts_the_splits_scene_before_the_same_lookup_and_refuses_the
         build_dataset("shapes_lookup", split="test_perturbed", with_image=True)
 
 
-def test_max_asked_one_asks_a_single_word_like_a_multiple_choice_answer():
+def test_max_asked_one_asks_a_single_word_after_options_at_varying_places():
     ds = ShapesLookupDataset(size=60, max_asked=1)
+    starts, counts = set(), set()
     for i in range(len(ds)):
         (question, answer), = ds[i].turns
         options, asked, answered = _parsed(question, answer)
         assert len(asked) == 1 and answer == f"It is {asked[0]} ({answered[0][1]})."
-        # the word only after the options, as a multiple choice's answer is
-        assert question.index(f"Which is {asked[0]}?") > question.index("(D)" if "(D)" in question else "(B)")
         assert options[answered[0][1]] == asked[0]
+        # the word only after the options, as a multiple choice's answer names it
+        assert question.index(f"Which is {asked[0]}?") > question.index(f"({max(options)})")
+        starts.add(question.index("(A)"))
+        counts.add(len(options))
+    # the options sit at different places and number two to four: no fixed place stands for a letter
+    assert len(starts) >= 4 and counts == {2, 3, 4}
     with pytest.raises(ValueError, match="max_asked must be >= 1"):
         ShapesLookupDataset(max_asked=0)

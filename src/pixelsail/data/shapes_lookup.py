@@ -39,17 +39,33 @@ def option_lookup_text(rng: np.random.Generator, max_asked: int = len(MCQ_LETTER
     options = [str(o) for o in rng.choice(vocab, size=min(len(MCQ_LETTERS), len(vocab)), replace=False)]
     order = rng.permutation(len(options))
     asked = [options[i] for i in order[:int(rng.integers(1, min(max_asked, len(options)) + 1))]]
-    words = asked[0] if len(asked) == 1 else ", ".join(asked[:-1]) + " and " + asked[-1]
-    letters = ", ".join(f"{o} ({MCQ_LETTERS[options.index(o)]})" for o in asked)
     if len(asked) == 1:
-        # one word, asked after the options: "(A) blue ... (D) red. Which is red? Answer with the option's letter."
-        # -> "It is red (D).", the multiple choice's answer. With the word before the options a model can mark the
-        # matching option while reading it, which a multiple choice (the word only in the answer) never allows:
-        # that look-up did not carry over to it (session 17)
-        return f"{listed_options(options)}. Which is {words}? Answer with the option's letter.", f"It is {letters}."
+        return _single_lookup(rng, options, asked[0])
+    words = ", ".join(asked[:-1]) + " and " + asked[-1]
+    letters = ", ".join(f"{o} ({MCQ_LETTERS[options.index(o)]})" for o in asked)
     # every asked word space-led, as in the options
     return (f"Which letters are {words}? {listed_options(options)}. Answer with the options' letters.",
             f"They are {letters}.")
+
+
+# openings of different lengths before a single look-up's options
+PREAMBLES: tuple[str, ...] = ("", "Options:", "Here are the options.", "Look at the options below.",
+                              "Read the options below and find the word.")
+
+
+def _single_lookup(rng: np.random.Generator, options: list[str], word: str) -> tuple[str, str]:
+    """"Here are the options. (A) blue (B) red (C) green. Which is red? Answer with the option's letter." -> "It is red
+    (B)." Two to four of the options are kept and a preamble of random length opens the question, so the options sit
+    at ever other places: a look-up learned at fixed places (one wording, four options) did not carry over to the
+    multiple choice, whose stems differ in length (session 17). The word is asked after the options, as a multiple
+    choice's answer names it."""
+    keep = sorted(rng.choice(len(options), size=int(rng.integers(2, len(options) + 1)), replace=False))
+    kept = [options[i] for i in keep]
+    if word not in kept:
+        kept[int(rng.integers(len(kept)))] = word
+    preamble = str(_pick(rng, PREAMBLES))
+    question = f"{listed_options(kept)}. Which is {word}? Answer with the option's letter."
+    return (f"{preamble} {question}" if preamble else question), f"It is {word} ({MCQ_LETTERS[kept.index(word)]})."
 
 
 class ShapesLookupDataset:
