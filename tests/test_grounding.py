@@ -425,7 +425,7 @@ def test_option_lookup_rung_trains_on_lookups_and_is_scored_on_the_multiple_choi
         s.turns[0][1].startswith("It is") for s in train if s.meta["rung"] != "option_lookup")
     for s in lookups:   # each "word (X)" of the answer names the option that letter stands before
         question, answer = s.turns[0]
-        options = dict(re.findall(r"\(([A-D])\) (\S+?)(?= \(|\. Answer|\. Which)", question))
+        options = dict(re.findall(r"\(([A-D])\) (\S+?)(?= \(|\. Answer)", question))
         pairs = re.findall(r"(\S+) \(([A-D])\)", answer)
         assert pairs and all(options[letter] == word for word, letter in pairs)
         assert len({w for w, _ in pairs}) == len(pairs) and set(options) == set(MCQ_LETTERS[:len(options)])
@@ -457,7 +457,7 @@ def test_option_lookup_rung_is_the_dense_lookup_on_both_splits_and_scores_its_le
     assert rung.metric == "accuracy" and rung.chance == 0.25
     for split in ("train", "val"):
         samples = rung_samples(rung, split, 12, 64)
-        assert all(s.meta["rung"] == "option_lookup" and ("Which letters are" in s.turns[0][0] or "Which is" in s.turns[0][0])
+        assert all(s.meta["rung"] == "option_lookup" and s.turns[0][0].endswith(("Answer with the options' letters.", "Answer with the option's letter."))
                    for s in samples)
 
 

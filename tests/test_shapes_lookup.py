@@ -11,13 +11,17 @@ from pixelsail.data.shapes_lookup import OPTION_VOCABULARIES, ShapesLookupDatase
 
 
 def _parsed(question: str, answer: str) -> tuple[dict[str, str], list[str], list[tuple[str, str]]]:
-    """(letter -> option, asked words, [(word, letter)] of the answer)."""
-    several = re.match(r"Which letters are (.+?)\? (\(A\) .+)\. Answer with the options' letters\.$", question)
-    words, listed = several.groups() if several else \
-        re.search(r"(\(A\) .+)\. Which is (\S+)\? Answer with the option's letter\.$", question).groups()[::-1]
-    options = dict(re.findall(r"\(([A-D])\) (\S+?)(?= \(|$)", listed))
-    asked = re.split(r", | and ", words)
+    """(letter -> option, asked words, [(word, letter)] of the answer); a single look-up names no word in its
+    question, the word its answer chose is the asked one."""
     answered = re.findall(r"(\S+) \(([A-D])\)", answer)
+    several = re.match(r"Which letters are (.+?)\? (\(A\) .+)\. Answer with the options' letters\.$", question)
+    if several:
+        words, listed = several.groups()
+        asked = re.split(r", | and ", words)
+    else:
+        listed = re.search(r"(\(A\) .+)\. Answer with the option's letter\.$", question).group(1)
+        asked = [answered[0][0]]
+    options = dict(re.findall(r"\(([A-D])\) (\S+?)(?= \(|$)", listed))
     return options, asked, answered
 
 
@@ -78,7 +82,7 @@ def test_with_image_puts_the_splits_scene_before_the_same_lookup_and_refuses_the
         build_dataset("shapes_lookup", split="test_perturbed", with_image=True)
 
 
-def test_max_asked_one_asks_a_single_word_after_options_at_varying_places():
+def test_max_asked_one_names_no_word_and_places_the_options_anywhere():
     ds = ShapesLookupDataset(size=60, max_asked=1)
     starts, counts = set(), set()
     for i in range(len(ds)):
@@ -86,8 +90,8 @@ def test_max_asked_one_asks_a_single_word_after_options_at_varying_places():
         options, asked, answered = _parsed(question, answer)
         assert len(asked) == 1 and answer == f"It is {asked[0]} ({answered[0][1]})."
         assert options[answered[0][1]] == asked[0]
-        # the word only after the options, as a multiple choice's answer names it
-        assert question.index(f"Which is {asked[0]}?") > question.index(f"({max(options)})")
+        # the question names no word: the answer's word is where the look-up starts, as in a multiple choice
+        assert f" {asked[0]}" not in question.replace(f") {asked[0]}", ")")
         starts.add(question.index("(A)"))
         counts.add(len(options))
     # the options sit at different places and number two to four: no fixed place stands for a letter

@@ -50,21 +50,23 @@ def option_lookup_text(rng: np.random.Generator, max_asked: int = len(MCQ_LETTER
 
 # openings of different lengths before a single look-up's options
 PREAMBLES: tuple[str, ...] = ("", "Options:", "Here are the options.", "Look at the options below.",
-                              "Read the options below and find the word.")
+                              "Read the options below and pick one of them.")
 
 
 def _single_lookup(rng: np.random.Generator, options: list[str], word: str) -> tuple[str, str]:
-    """"Here are the options. (A) blue (B) red (C) green. Which is red? Answer with the option's letter." -> "It is red
-    (B)." Two to four of the options are kept and a preamble of random length opens the question, so the options sit
-    at ever other places: a look-up learned at fixed places (one wording, four options) did not carry over to the
-    multiple choice, whose stems differ in length (session 17). The word is asked after the options, as a multiple
-    choice's answer names it."""
+    """"Here are the options. (A) blue (B) red (C) green. Answer with the option's letter." -> "It is red (B)."
+
+    The question names no word: any option is a right answer, and the letter must be looked up from the word the
+    answer has just written, as in a multiple choice, whose word comes from the image. Asked in the question
+    ("Which is red?"), the word let the stages learn a look-up from the question's side that did not carry over to
+    the multiple choice (session 17). Two to four of the options are kept behind a preamble of random length, so
+    the options sit at ever other places and no place stands for a letter."""
     keep = sorted(rng.choice(len(options), size=int(rng.integers(2, len(options) + 1)), replace=False))
     kept = [options[i] for i in keep]
     if word not in kept:
         kept[int(rng.integers(len(kept)))] = word
     preamble = str(_pick(rng, PREAMBLES))
-    question = f"{listed_options(kept)}. Which is {word}? Answer with the option's letter."
+    question = f"{listed_options(kept)}. Answer with the option's letter."
     return (f"{preamble} {question}" if preamble else question), f"It is {word} ({MCQ_LETTERS[kept.index(word)]})."
 
 
