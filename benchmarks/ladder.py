@@ -184,10 +184,11 @@ def build_letter_lookup(scene: Scene, rng: np.random.Generator) -> Sample | None
 
 
 def build_option_lookup(scene: Scene, rng: np.random.Generator) -> Sample | None:
-    """The dense text look-up the shapes recipe can train on (:func:`option_lookup_text`): "Which letters are red
-    and blue? (A) blue (B) green (C) yellow (D) red. Answer with the options' letters." -> "They are red (D), blue
-    (A)." Every letter of the answer is a look-up of the word before it among the options, the circuit an MCQ answer
-    "It is red (D)." needs once per sample."""
+    """The look-ups of the ``shapes_lookup`` dataset (:func:`option_lookup_text`): "Which letters are red and blue?
+    (A) blue (B) green (C) yellow (D) red. Answer with the options' letters." -> "They are red (D), blue (A).", or
+    with one word a question that names none ("Options: (A) blue (B) red. Answer with the option's letter." -> "It
+    is red (B)."). Every letter of the answer is a look-up of the word before it among the options, the circuit an
+    MCQ answer "It is red (D)." needs once per sample."""
     return Sample(image=scene.image, turns=[option_lookup_text(rng)], task="vp_qa", image_id=scene.image_id,
                   meta={"rung": "option_lookup", "oracle": []})
 

@@ -1,15 +1,17 @@
-"""Text-only option look-ups in the multiple choice's layout: a training aid for the letter of an MCQ answer.
+"""Option look-ups in the multiple choice's layout: training text for the letter of an MCQ answer.
 
 "Which letters are red and blue? (A) blue (B) green (C) yellow (D) red. Answer with the options' letters."
--> "They are red (D), blue (A)."
+-> "They are red (D), blue (A)."                                           (several words asked: dense)
+"Options: (A) blue (B) red (C) green. Answer with the option's letter." -> "It is red (B)."   (one: no word named)
 
 A multiple-choice answer "It is red (D)." needs, once per sample, to find its word among the listed options and copy
-the letter written before it. A decoder trained from scratch inside the full task mix never learned that copy
-(the letter given the right word stayed at chance, docs/TRAINING.md sessions 11-16); alone, as text, it learns it at
-a backbone learning rate of 5e-4. Here every letter of the answer is such a look-up, with the options drawn from
-the multiple choice's own vocabularies (colours, shapes, sides, prompt tags). Without an image the samples are short;
-``with_image`` puts a shapes scene (never needed for the answer) in front, so the text sits where a multiple
-choice's does, after the vision block.
+the letter written before it; the shipped model never learned that (the letter given the right word is a guess,
+docs/TRAINING.md sessions 11-17). Session 17 measured these look-ups as a share of the recipe's mix (not learned,
+and the other tasks lost) and as a first stage (a look-up from a word named in the question is learned but does not
+carry over to the multiple choice; from the answer's own word, the single form here, not learned in 32,000 samples).
+The options come from the multiple choice's own vocabularies (colours, shapes, sides, prompt tags). Without an image
+the samples are short; ``with_image`` puts the split's scene in front, so the text sits where a multiple choice's
+does, after the vision block.
 """
 from __future__ import annotations
 
@@ -42,8 +44,8 @@ def option_lookup_text(rng: np.random.Generator, max_asked: int = len(MCQ_LETTER
     if len(asked) == 1:
         return _single_lookup(rng, options, asked[0])
     words = ", ".join(asked[:-1]) + " and " + asked[-1]
+    # "They are red (D), blue (A).": every asked word space-led, as in the options
     letters = ", ".join(f"{o} ({MCQ_LETTERS[options.index(o)]})" for o in asked)
-    # every asked word space-led, as in the options
     return (f"Which letters are {words}? {listed_options(options)}. Answer with the options' letters.",
             f"They are {letters}.")
 
@@ -60,7 +62,7 @@ def _single_lookup(rng: np.random.Generator, options: list[str], word: str) -> t
     answer has just written, as in a multiple choice, whose word comes from the image. Asked in the question
     ("Which is red?"), the word let the stages learn a look-up from the question's side that did not carry over to
     the multiple choice (session 17). Two to four of the options are kept behind a preamble of random length, so
-    the options sit at ever other places and no place stands for a letter."""
+    the options move from question to question and no place stands for a letter."""
     keep = sorted(rng.choice(len(options), size=int(rng.integers(2, len(options) + 1)), replace=False))
     kept = [options[i] for i in keep]
     if word not in kept:
