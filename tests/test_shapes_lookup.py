@@ -1,4 +1,4 @@
-"""The text-only option look-ups (``shapes_lookup``): right letters, deterministic, trainable in a mixture."""
+"""The option look-ups (``shapes_lookup``): right letters, deterministic, with or without a scene, trainable in a mixture."""
 from __future__ import annotations
 
 import re
