@@ -1,4 +1,4 @@
-"""The option look-ups (``shapes_lookup``): right letters, deterministic, with or without a scene, trainable in a mixture."""
+"""The option look-ups (``shapes_lookup``): right letters, deterministic, with or without a scene, in a mixture."""
 from __future__ import annotations
 
 import re
