@@ -20,8 +20,8 @@ from pixelsail.data.shapes import (
     make_vp_mcq, make_vp_qa, multi_referrals, no_target_referral, prompt_objects, reading_order, relation_referrals,
     scene_and_rng, seg_answer, spell_out,
 )
-from pixelsail.data.shapes_lookup import option_lookup_text
-from pixelsail.tokens import DEFAULT_NUM_VP_TOKENS, vp_token
+from pixelsail.data.shapes_lookup import OPTION_VOCABULARIES, option_lookup_text
+from pixelsail.tokens import vp_token
 
 ATTR_KEYS = ("color", "shape", "size")
 
@@ -166,8 +166,7 @@ def _mcq_rewritten(options_word_first: bool) -> Callable[[Scene, np.random.Gener
 def letter_lookup_text(rng: np.random.Generator) -> tuple[str, str]:
     """("Which letter is red? (A) blue (B) green (C) yellow (D) red.", "It is red (D).") with the options drawn
     from the multiple choice's vocabularies (colours, shapes, prompt tags)."""
-    tags = [vp_token(k) for k in range(DEFAULT_NUM_VP_TOKENS)]
-    vocab = _pick(rng, [list(COLOR_NAMES), list(SHAPES), tags])
+    vocab = _pick(rng, [v for v in OPTION_VOCABULARIES if len(v) >= 4])   # colours, shapes, tags: not the sides
     options = [str(o) for o in rng.choice(vocab, size=4, replace=False)]
     word = str(_pick(rng, options))
     return (f"Which letter is {word}? {listed_options(options)}.",
