@@ -457,8 +457,8 @@ def test_option_lookup_rung_is_the_dense_lookup_on_both_splits_and_scores_its_le
     assert rung.metric == "accuracy" and rung.chance == 0.25
     for split in ("train", "val"):
         samples = rung_samples(rung, split, 12, 64)
-        assert all(s.meta["rung"] == "option_lookup" and s.turns[0][0].endswith(("Answer with the options' letters.", "Answer with the option's letter."))
-                   for s in samples)
+        endings = ("Answer with the options' letters.", "Answer with the option's letter.")
+        assert all(s.meta["rung"] == "option_lookup" and s.turns[0][0].endswith(endings) for s in samples)
 
 
 def test_letter_accuracy_scores_only_the_letters_after_their_bracket(monkeypatch):
