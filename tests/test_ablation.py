@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -104,8 +105,25 @@ def test_mean_std_and_the_automatic_verdicts():
     summary = {"baseline": {"seeds": [0, 1, 2], "overall": [10.0, 1.0], "meteor": [20.0, 3.0]},
                "upsample": {"seeds": [0, 1, 2], "overall": [13.0, 1.0], "meteor": [19.0, 3.0]}}
     (line,) = compare_steps(summary, keys=("overall", "meteor"))
-    # overall: +3 against a standard error of sqrt(2/3) = 0.82 -> up; METEOR: -1 against 2.45 -> ~
-    assert "PerBench overall +3.0 (up)" in line and "caption METEOR -1.0 (~)" in line
+    # overall: +3 against a standard error of sqrt(2/3) = 0.82, t = 3.67 on 4 degrees of freedom -> p = 0.021, up;
+    # METEOR: -1 against 2.45, t = -0.41 -> p = 0.70, ~
+    assert "PerBench overall +3.0 (up, p 0.021)" in line and "caption METEOR -1.0 (~, p 0.7)" in line
+    one_seed = {k: {**v, "seeds": [0]} for k, v in summary.items()}
+    (line,) = compare_steps(one_seed, keys=("overall",))
+    assert "PerBench overall +3.0 (n/a)" in line      # no test with a single seed
+
+
+def test_welch_p_equals_scipys_test_on_the_raw_values():
+    from scipy import stats
+
+    from pixelsail.ablation_report import welch_p
+
+    a, b = [71.2, 64.9, 70.1], [78.5, 77.7]
+    expected = stats.ttest_ind(b, a, equal_var=False).pvalue
+    (ma, sa), (mb, sb) = mean_std(a), mean_std(b)
+    assert welch_p(ma, sa, len(a), mb, sb, len(b)) == pytest.approx(expected, rel=1e-9)
+    assert welch_p(1.0, 0.0, 3, 2.0, 0.0, 3) == 0.0 and welch_p(1.0, 0.0, 3, 1.0, 0.0, 3) == 1.0
+    assert math.isnan(welch_p(1.0, 0.5, 1, 2.0, 0.5, 3))
 
 
 def test_quick_ablation_writes_table_and_chart_and_a_rerun_skips_finished_runs(tmp_path):
@@ -143,6 +161,28 @@ def test_quick_ablation_writes_table_and_chart_and_a_rerun_skips_finished_runs(t
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/seed-0/results.json")} == stamps
     assert f"{READING_START}\nMy reading.\n" in (docs / "ABLATION.md").read_text()
     assert READING_END in (docs / "ABLATION.md").read_text()
+
+    # every finished run is also kept as a small record beside the report, with its training curve; the curves and
+    # the masks every variant drew for the same questions are pictures of their own
+    for v in VARIANTS:
+        record = json.loads((docs / "ablation" / f"{v.name}-seed-0.json").read_text())
+        assert record["metrics"] == json.loads((out / v.name / "seed-0" / "results.json").read_text())["metrics"]
+        assert record["train"]["curve"]["step"] == [1, 2] and len(record["train"]["curve"]["loss/mask_dice"]) == 2
+    for name in ("ablation_curves.png", "ablation_masks.png"):
+        with Image.open(docs / name) as png:
+            assert png.format == "PNG" and png.size[0] > 500, name
+        assert f"]({name})" in (docs / "ABLATION.md").read_text()
+
+    # with the run directories gone (another machine), the records still count: nothing is trained again, the table
+    # keeps its rows and the mask picture the runs can no longer redraw stays
+    shutil.rmtree(out)
+    masks_before = (docs / "ablation_masks.png").read_bytes()
+    third = CliRunner().invoke(app, args)
+    assert third.exit_code == 0, third.output
+    assert "4 runs (4 skipped as finished)" in third.output and not (out / "baseline" / "seed-0").exists()
+    md = (docs / "ABLATION.md").read_text()
+    assert all(f"| {v.title} | 1 |" in md for v in VARIANTS)
+    assert (docs / "ablation_masks.png").read_bytes() == masks_before and "](ablation_masks.png)" in md
 
 
 def test_a_shorter_ablation_keeps_the_recipes_share_of_language_warm_up(tmp_path):

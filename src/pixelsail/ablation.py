@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from pixelsail.ablation_records import keep_record, load_record, recorded_seeds, training_curve, with_curve
 from pixelsail.config import DatasetSpec, DistillConfig, RunConfig, from_dict, to_dict
 
 RESULTS_FILE = "results.json"
@@ -229,8 +230,19 @@ def run_dir(out_dir: str | Path, variant: str, seed: int) -> Path:
 
 
 def load_result(out_dir: str | Path, variant: str, seed: int) -> dict | None:
+    """A finished run's results.json (its training curve filled in from metrics.jsonl if it has none)."""
     path = run_dir(out_dir, variant, seed) / RESULTS_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    return with_curve(json.loads(path.read_text()), path.parent) if path.is_file() else None
+
+
+def finished_result(out_dir: str | Path, records_dir: str | Path | None, variant: str, seed: int) -> dict | None:
+    """The run's results: from its directory (and then kept as a record too) or else from its record."""
+    result = load_result(out_dir, variant, seed)
+    if result is not None:
+        if records_dir is not None:
+            keep_record(result, records_dir)
+        return result
+    return None if records_dir is None else load_record(records_dir, variant, seed)
 
 
 def train_and_evaluate(run_dict: dict, variant: str, settings_dict: dict, log_file: str | None = None) -> dict:
@@ -266,6 +278,7 @@ def train_and_evaluate(run_dict: dict, variant: str, settings_dict: dict, log_fi
         train_info = {"steps": summary.steps, "wall_s": summary.wall_s, "samples_per_s": summary.samples_per_s,
                       "final_loss": summary.final_loss, "losses": summary.losses}
         info_file.write_text(json.dumps(train_info, indent=1))
+    train_info["curve"] = training_curve(out / "metrics.jsonl")
 
     t0 = time.perf_counter()
     model = PixelSail.from_pretrained(model_dir).eval()
@@ -275,7 +288,8 @@ def train_and_evaluate(run_dict: dict, variant: str, settings_dict: dict, log_fi
     write_jsonl(records, out / "eval" / "predictions.jsonl")
     metrics = ablation_metrics(records, captions=settings.captions)
     result = {"variant": variant, "seed": run.train.seed, "metrics": metrics, "train": train_info,
-              "eval": {"split": settings.eval_split, "per_task": settings.eval_per_task, "samples": len(records),
+              "eval": {"split": settings.eval_split, "per_task": settings.eval_per_task, "seed": settings.eval_seed,
+                       "samples": len(records),
                        "max_new_tokens": settings.max_new_tokens, "captions": settings.captions,
                        "wall_s": time.perf_counter() - t0},
               "threads": settings.threads, "run": to_dict(run)}
@@ -299,12 +313,14 @@ class AblationResult:
 
 def run_ablation(base: RunConfig, out_dir: str | Path, settings: AblationSettings,
                  echo: Callable[[str], None] = print, report_only: bool = False,
-                 stop_after_s: float | None = None) -> AblationResult:
+                 stop_after_s: float | None = None, records_dir: str | Path | None = None) -> AblationResult:
     """Train and evaluate every (variant, seed) not finished yet (none with ``report_only``); return all finished
     results. A run that fails is listed in ``failed`` and the others go on.
 
     ``stop_after_s``: no run starts after this many seconds; with ``jobs > 1`` the runs still training then are
-    asked to stop (SIGTERM: they save a checkpoint, which the next invocation resumes)."""
+    asked to stop (SIGTERM: they save a checkpoint, which the next invocation resumes).
+    ``records_dir``: where finished runs are also kept (:mod:`pixelsail.ablation_records`); a (variant, seed) with
+    a record counts as finished, and the results include every recorded seed of the chosen variants."""
     t0 = time.perf_counter()
     out = Path(out_dir)
     variants = [variant_by_name(n) for n in settings.variants]
@@ -313,7 +329,7 @@ def run_ablation(base: RunConfig, out_dir: str | Path, settings: AblationSetting
     # seed-major: when time runs out, the finished runs cover every variant with the same seeds
     for s in settings.seeds:
         for v in variants:
-            if load_result(out, v.name, s) is not None:
+            if finished_result(out, records_dir, v.name, s) is not None:
                 skipped.append((v.name, s))
             else:
                 todo.append((v, s, variant_run(base, v, s, out, teachers)))
@@ -327,7 +343,9 @@ def run_ablation(base: RunConfig, out_dir: str | Path, settings: AblationSetting
         failed = _run_inline(todo, settings_dict, deadline, echo)
     else:
         failed = _run_in_processes(todo, settings_dict, settings.jobs, deadline, echo)
-    results = [r for v in variants for s in settings.seeds if (r := load_result(out, v.name, s)) is not None]
+    recorded = recorded_seeds(records_dir, [v.name for v in variants]) if records_dir is not None else {}
+    results = [r for v in variants for s in sorted(set(settings.seeds) | set(recorded.get(v.name, [])))
+               if (r := finished_result(out, records_dir, v.name, s)) is not None]
     return AblationResult(results, skipped, time.perf_counter() - t0, failed)
 
 

@@ -87,10 +87,25 @@ def results_table(summary: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def welch_p(mean_a: float, std_a: float, n_a: int, mean_b: float, std_b: float, n_b: int) -> float:
+    """Two-sided p-value of Welch's t-test for a difference of two means (from means, sample stds and counts).
+    NaN with fewer than two seeds on a side; 0 or 1 when neither side varies."""
+    from scipy import stats
+
+    if n_a < 2 or n_b < 2:
+        return math.nan
+    va, vb = std_a ** 2 / n_a, std_b ** 2 / n_b
+    if va + vb == 0:
+        return 1.0 if mean_a == mean_b else 0.0
+    t = (mean_b - mean_a) / math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va ** 2 / (n_a - 1) + vb ** 2 / (n_b - 1))
+    return float(2 * stats.t.sf(abs(t), df))
+
+
 def compare_steps(summary: dict[str, dict[str, Any]], keys: Sequence[str] = ("res_single_ciou", "res_multi_ciou",
-                  "res_none_nacc", "vt_res_ciou", "mcq_acc", "meteor", "overall")) -> list[str]:
-    """One line per improvement: the change of each headline metric against the row above, and whether it is
-    larger than twice its standard error (Welch) — "up"/"down" — or not ("~")."""
+                  "res_none_nacc", "vt_res_ciou", "mcq_acc", "meteor", "overall"), alpha: float = 0.05) -> list[str]:
+    """One line per improvement: the change of each headline metric against the row above, with the p-value of
+    Welch's t-test over seeds — "up"/"down" when p < ``alpha``, "~" when not, "n/a" with a single seed."""
     lines = []
     names = [v.name for v in VARIANTS if v.name in summary]
     for prev, cur in zip(names, names[1:]):
@@ -101,11 +116,11 @@ def compare_steps(summary: dict[str, dict[str, Any]], keys: Sequence[str] = ("re
             (ma, sa), (mb, sb) = a.get(k, [math.nan] * 2), b.get(k, [math.nan] * 2)
             if math.isnan(ma) or math.isnan(mb):
                 continue
-            diff = mb - ma
-            se = math.sqrt(sa ** 2 / na + sb ** 2 / nb)
-            verdict = "~" if se == 0 and diff == 0 else ("up" if diff > 2 * se else "down" if diff < -2 * se else "~")
+            diff, p = mb - ma, welch_p(ma, sa, na, mb, sb, nb)
+            verdict = "n/a" if math.isnan(p) else ("up" if diff > 0 else "down") if p < alpha else "~"
             label = next(m.label for m in METRICS if m.key == k)
-            parts.append(f"{label} {diff:+.3f} ({verdict})" if k == "mcq_acc" else f"{label} {diff:+.1f} ({verdict})")
+            change = f"{diff:+.3f}" if k == "mcq_acc" else f"{diff:+.1f}"
+            parts.append(f"{label} {change} ({verdict}" + ("" if math.isnan(p) else f", p {p:.2g}") + ")")
         lines.append(f"- {variant_by_name(cur).title} vs {variant_by_name(prev).title}: " + ", ".join(parts))
     return lines
 
@@ -151,13 +166,15 @@ def plot_summary(summary: dict[str, dict[str, Any]], losses: dict[str, dict[str,
     plt.close(fig)
 
 
-def machine_description(threads: int, jobs: int) -> str:
+def machine_description(threads: int, jobs: int, precision: str = "fp32") -> str:
+    """The machine, and the precision the runs' ``train.precision`` resolves to on it."""
     import torch
 
-    from pixelsail.hardware import cpu_name
+    from pixelsail.hardware import autocast_dtype, cpu_name
 
+    resolved = "bf16 autocast" if autocast_dtype(precision, "cpu") is not None else "fp32"
     return (f"{cpu_name()}, {os.cpu_count()} cores visible, Python {platform.python_version()}, torch {torch.__version__}; "
-            f"{jobs} run(s) at a time, {threads} torch thread(s) each, fp32")
+            f"{jobs} run(s) at a time, {threads} torch thread(s) each, {resolved}")
 
 
 def budget_lines(results: Sequence[dict]) -> list[str]:
@@ -190,15 +207,34 @@ def _kept_reading(path: Path) -> str | None:
     return m.group(1).strip("\n") if m else None
 
 
+def row_commands(full_command: str) -> list[str]:
+    """One line per variant that trains and evaluates just that row with the full budget."""
+    head, _, tail = full_command.partition("pixelsail ablate")
+    return [f"- {v.title}: `{head}pixelsail ablate --variant {v.name}{tail}`" for v in VARIANTS]
+
+
+def reused_lines(results: Sequence[dict]) -> list[str]:
+    """Runs whose training was not done by the ablation itself but taken over (same config and seed)."""
+    return [f"- {variant_by_name(r['variant']).title}, seed {r['seed']}: trained as {r['train']['reused_from']}"
+            for r in results if r.get("train", {}).get("reused_from")]
+
+
 def write_report(results: Sequence[dict], docs_dir: str | Path, *, command: str, machine: str, wall_s: float | None,
-                 full_command: str | None = None) -> tuple[Path, Path]:
-    """``ABLATION.md`` and ``ablation.png`` in ``docs_dir``. A hand-written reading between the reading markers of
-    an existing ``ABLATION.md`` is kept."""
+                 full_command: str | None = None, out_dir: str | Path | None = None) -> tuple[Path, Path]:
+    """``ABLATION.md``, ``ablation.png``, ``ablation_curves.png`` and (from the predictions in ``out_dir``, when
+    they are there) ``ablation_masks.png`` in ``docs_dir``. A hand-written reading between the reading markers of
+    an existing ``ABLATION.md`` is kept, and so is a mask picture the runs on disk cannot redraw."""
+    from pixelsail.ablation_figures import plot_curves, plot_masks
+
     docs = Path(docs_dir)
     docs.mkdir(parents=True, exist_ok=True)
     md, png = docs / "ABLATION.md", docs / "ablation.png"
+    curves_png, masks_png = docs / "ablation_curves.png", docs / "ablation_masks.png"
     summary = summarize(results)
     plot_summary(summary, loss_stats(results), png)
+    plot_curves(results, curves_png)
+    if out_dir is not None:
+        plot_masks(results, out_dir, masks_png)
     reading = _kept_reading(md) or ("(No hand-written reading yet: write it between the markers; a re-run keeps "
                                     "it.)")
     lines = [
@@ -221,11 +257,14 @@ def write_report(results: Sequence[dict], docs_dir: str | Path, *, command: str,
         "",
         "## Change per improvement (automatic)",
         "",
-        "Difference of the means against the row above; *up*/*down* when it exceeds twice its standard error "
-        "(Welch), else *~* (not distinguishable at this budget and number of seeds).",
+        "Difference of the means against the row above and the two-sided p-value of Welch's t-test over the "
+        "seeds: *up*/*down* when p < 0.05, else *~* (not distinguishable at this budget and number of seeds).",
         "",
         *compare_steps(summary),
         "",
+        *([f"![masks of every variant for the same test questions]({masks_png.name})", "",
+           "The same test questions answered by every variant (one seed): the ground truth first, then each "
+           "variant's answer and masks.", ""] if masks_png.is_file() else []),
         "## Training losses at the end of training",
         "",
         "Mean over the last log interval of each run (`metrics.jsonl`), mean ± std over seeds; the total includes "
@@ -233,6 +272,7 @@ def write_report(results: Sequence[dict], docs_dir: str | Path, *, command: str,
         "",
         loss_table(results),
         "",
+        *([f"![training curves]({curves_png.name})", ""] if curves_png.is_file() else []),
         "## Reading",
         "",
         READING_START,
@@ -242,6 +282,7 @@ def write_report(results: Sequence[dict], docs_dir: str | Path, *, command: str,
         "## Budget and machine",
         "",
         *budget_lines(results),
+        *reused_lines(results),
         f"- machine: {machine}",
         *([f"- wall time of the command that wrote this file: {wall_s:.0f} s (finished runs are skipped on a "
             "re-run)"] if wall_s is not None else []),
@@ -253,8 +294,7 @@ def write_report(results: Sequence[dict], docs_dir: str | Path, *, command: str,
         "```",
     ]
     if full_command:
-        lines += ["", "The budget the issue asks for, about an hour of a quiet 2-core machine (estimated from the step "
-                  "times above, not run):", "", "```",
-                  full_command, "```"]
+        lines += ["", "Each row on its own, with the full budget (finished seeds, in `--out` or as records in "
+                  "`docs/ablation/`, are skipped):", "", *row_commands(full_command)]
     md.write_text("\n".join(lines) + "\n")
     return md, png
