@@ -425,3 +425,23 @@ def test_vp_text_pool_adds_the_region_to_the_tag_beside_injection(mode):
     assert a.token_ids == b.token_ids
     with pytest.raises(ValueError, match="vp_text_pool"):
         tiny_model(vp_text_pool="everywhere")
+
+
+def test_masks_smaller_than_the_area_floor_come_back_empty_and_larger_ones_unchanged():
+    model = tiny_model().eval()
+    image = random_image(64, 80)
+    prefix = model.prefill_image(image)
+
+    def answer(floor: float):
+        model.config.mask_min_area = floor
+        return model.respond(prefix, "Please segment the red circle.", max_new_tokens=0, answer_prefix="Sure, [SEG]")
+
+    (plain,) = answer(0.0).masks
+    area = int(plain.sum())
+    assert 0 < area < 64 * 80     # an untrained model's mask: some pixels, so the floor has something to decide
+    at_floor = answer(area / (64 * 80))
+    assert np.array_equal(at_floor.masks[0], plain) and at_floor.mask_scores[0] > 0
+    above = answer((area + 1) / (64 * 80))
+    assert not above.masks[0].any() and above.mask_scores == [0.0]
+    with pytest.raises(ValueError, match="mask_min_area is a share of the image"):
+        tiny_model(mask_min_area=1.5)

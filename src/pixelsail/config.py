@@ -67,6 +67,11 @@ class PixelSailConfig:
     # every pixel's mask feature also gets a learned vector per visual prompt covering its patch (zero-initialised;
     # not in the paper: lets "the other red object" leave the marked one out; see model/mask_prompts.py)
     mask_prompts: bool = False
+    # at inference a predicted mask covering less than this share of the image comes back empty (0 = off; not in the
+    # paper, a post-processing floor like SAM's minimum region area). A decoder that finds nothing often leaves a few
+    # stray pixels, and an answer that keeps them reads as "found it" (the shapes recipe's 25 / 128^2 is the world's
+    # smallest visible object; docs/TRAINING.md, session 18)
+    mask_min_area: float = 0.0
     # [SEG] hidden states standardised before the query MLP (False: the paper's plain MLP; see SegQuery)
     seg_query_norm: bool = False
     # the [SEG] query also attends over the question (not in the paper; see model/question_pool.py): over its tokens'

@@ -85,6 +85,8 @@ class PixelSail(PretrainedIO, nn.Module):
         self.backbone = Backbone(llm, config.attn_implementation, text_only_heads=config.text_only_heads)
         hidden = self.backbone.hidden_size
         embed_std = float(self.backbone.llm.get_input_embeddings().weight.detach().float().std())
+        if not 0.0 <= config.mask_min_area < 1.0:
+            raise ValueError(f"mask_min_area is a share of the image in [0, 1), got {config.mask_min_area}")
         if config.patch_stem not in PATCH_STEMS:
             raise ValueError(f"patch_stem must be one of {PATCH_STEMS}, got {config.patch_stem!r}")
         stem = ConvPatchEmbed if config.patch_stem == "conv" else PatchEmbed
@@ -494,7 +496,9 @@ class PixelSail(PretrainedIO, nn.Module):
         feats = prefix.features.expand(len(seg_at), -1, -1, -1)
         logits = mask_logits(queries, feats).float()
         probs = mask_probabilities(logits, (h, w))
-        masks = probs > MASK_THRESHOLD
+        masks = probs > MASK_THRESHOLD                                                   # (S, H, W)
+        if self.config.mask_min_area > 0:   # a few stray pixels are no object: return them as an empty mask
+            masks &= (masks.flatten(1).sum(1) >= self.config.mask_min_area * h * w)[:, None, None]
         scores = [float(p[m].mean()) if m.any() else 0.0 for p, m in zip(probs, masks)]
         return [m.cpu().numpy() for m in masks], scores
 
