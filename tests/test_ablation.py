@@ -198,3 +198,16 @@ def test_a_shorter_ablation_keeps_the_recipes_share_of_language_warm_up(tmp_path
     assert short.train.max_steps == 95 and short.train.text_warmup_steps == 15
     assert base_config(recipe, False, None, None, ["train.text_warmup_steps=0"]).train.text_warmup_steps == 0
     assert base_config(recipe, False, None, None, []).train.text_warmup_steps == 150
+
+
+def test_training_curve_keeps_each_step_once_in_order_and_aligns_missing_losses(tmp_path):
+    from pixelsail.ablation_records import training_curve
+
+    lines = [{"step": 25, "loss": 3.0, "loss/lm": 2.0}, {"step": 50, "loss": 2.5, "loss/lm": 1.5},
+             {"step": 50, "loss": 2.4, "loss/lm": 1.4, "loss/mask_dice": 0.7},   # re-logged after a resume
+             {"step": 75, "loss": 2.0, "loss/lm": 1.0, "loss/mask_dice": 0.6}, {"event": "checkpoint"}]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    curve = training_curve(tmp_path / "metrics.jsonl")
+    assert curve["step"] == [25, 50, 75] and curve["loss"] == [3.0, 2.4, 2.0]
+    assert math.isnan(curve["loss/mask_dice"][0]) and curve["loss/mask_dice"][1:] == [0.7, 0.6]
+    assert "loss/distill_pixel" not in curve and training_curve(tmp_path / "absent.jsonl") == {}

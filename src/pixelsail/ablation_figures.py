@@ -52,6 +52,7 @@ def plot_curves(results: Sequence[dict], png: str | Path, window: int = 8) -> bo
             if len(ys) > 1:
                 ax.fill_between(steps, stack.min(axis=0), stack.max(axis=0), color=line.get_color(), alpha=0.2)
             ax.set_title(title)
+    axes[-1].set_yscale("log")   # the LM loss falls by two orders of magnitude
     for ax in axes:
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)

@@ -18,13 +18,16 @@ CURVE_KEYS = ("loss", "loss/lm", "loss/mask_bce", "loss/mask_dice", "loss/distil
 
 
 def training_curve(metrics_jsonl: str | Path) -> dict[str, list[float]]:
-    """``{"step": [...], "loss/...": [...]}`` from a run's ``metrics.jsonl`` (every logged step; a loss a record
-    lacks is NaN so the lists stay aligned). Empty when the file does not exist."""
+    """``{"step": [...], "loss/...": [...]}`` from a run's ``metrics.jsonl`` (every logged step once, in order; a
+    loss a record lacks is NaN so the lists stay aligned). Empty when the file does not exist."""
     path = Path(metrics_jsonl)
     if not path.is_file():
         return {}
-    rows = [r for r in (json.loads(line) for line in path.read_text().splitlines() if line.strip())
-            if "step" in r and "loss" in r]
+    by_step = {}   # a run resumed after a stop may log a step twice: the later record is the one kept
+    for r in (json.loads(line) for line in path.read_text().splitlines() if line.strip()):
+        if "step" in r and "loss" in r:
+            by_step[int(r["step"])] = r
+    rows = [by_step[k] for k in sorted(by_step)]
     keys = [k for k in CURVE_KEYS if any(k in r for r in rows)]
     curve: dict[str, list[float]] = {"step": [int(r["step"]) for r in rows]}
     for k in keys:
