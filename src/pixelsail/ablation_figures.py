@@ -91,8 +91,8 @@ def _caption(text: str, masks: int, limit: int = 60) -> str:
 
 def plot_masks(results: Sequence[dict], out_dir: str | Path, png: str | Path, per_task: int = 2) -> bool:
     """A grid: one row per test question (referring, multi-target, no-target, visual-text), the ground truth and
-    the question, then each variant's answer and masks (in VARIANTS order), all from the same seed's predictions. False (nothing drawn) when some
-    variant's predictions are not on disk (their run directories are not kept between machines)."""
+    the question, then each variant's answer and masks (in VARIANTS order), all from the same seed's predictions.
+    False (nothing drawn) when some variant's predictions are not on disk (run directories stay on their machine)."""
     from pixelsail.scoring import record_masks
     from pixelsail.viz import draw_prompts, image_grid, overlay_masks
 
