@@ -72,6 +72,10 @@ class PixelSailConfig:
     # stray pixels, and an answer that keeps them reads as "found it" (the shapes recipe's 25 / 128^2 is the world's
     # smallest visible object; docs/TRAINING.md, session 18)
     mask_min_area: float = 0.0
+    # every token inside a multiple-choice option ("(B) red") also gets a learned vector of its letter (zero-
+    # initialised; not in the paper): the answer's letter is then one content match from its word (see
+    # model/option_marks.py)
+    option_marks: bool = False
     # [SEG] hidden states standardised before the query MLP (False: the paper's plain MLP; see SegQuery)
     seg_query_norm: bool = False
     # the [SEG] query also attends over the question (not in the paper; see model/question_pool.py): over its tokens'

@@ -16,6 +16,7 @@ from pixelsail.model.batch_inputs import (ImageGroup, batch_positions, grid_grou
 from pixelsail.model.distill import DistillAdapters
 from pixelsail.model.mask_head import MASK_THRESHOLD, SegQuery, mask_logits, mask_losses, mask_probabilities
 from pixelsail.model.mask_prompts import PromptMaps
+from pixelsail.model.option_marks import OptionEmbedding, OptionMarker
 from pixelsail.model.patch_embed import (PATCH_STEMS, ConvPatchEmbed, PatchEmbed, PromptInjector, pooled_prompts,
                                          prompt_owner)
 from pixelsail.model.patch_position import PatchPosition
@@ -105,6 +106,8 @@ class PixelSail(PretrainedIO, nn.Module):
                                           max_width=config.upsample_max_width, position=config.mask_position)
         self.mask_prompts = (PromptMaps(num_vp_tokens=config.num_vp_tokens, mask_dim=config.mask_dim)
                              if config.mask_prompts else None)
+        self.option_embed = OptionEmbedding(hidden_size=hidden) if config.option_marks else None
+        self._option_marker: OptionMarker | None = None   # built on first use (decodes every token id once)
         self.pool_sources = pool_sources(config.seg_query_pool)
         self.question_pool = QuestionPool(hidden_size=hidden) if self.pool_sources else None
         # "embedding+hidden": a second pool over the question's final states, which the mask loss may train (an
@@ -195,6 +198,17 @@ class PixelSail(PretrainedIO, nn.Module):
         rows = torch.arange(ids.shape[0], device=ids.device)[:, None]
         return embeds + table[rows, torch.where(where, k_of, num_vp)]
 
+    def _add_option_marks(self, embeds: torch.Tensor, rows: list[list[int]], start: int = 0) -> torch.Tensor:
+        """With ``option_marks``: add each token's option-letter vector. ``rows``: the whole token ids of each
+        sequence, from its start; ``embeds`` (B, L, C) or (L, C) hold the tokens ``start:start + L`` of them."""
+        if self.option_embed is None:
+            return embeds
+        if self._option_marker is None:
+            self._option_marker = OptionMarker(self.processor.tokenizer, self._vp_token_ids("cpu").tolist())
+        length = embeds.shape[-2]
+        marks = torch.tensor([self._option_marker(r)[start:start + length] for r in rows], device=embeds.device)
+        return self.option_embed(embeds, marks.reshape(embeds.shape[:-1]))
+
     def _vision_grid(self, hidden: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """hidden (L, C) of one sequence -> its patch states as a (C, gh, gw) map."""
         return self._patch_maps(hidden[None], [0], grid)[0]
@@ -235,7 +249,7 @@ class PixelSail(PretrainedIO, nn.Module):
         if values:
             embeds = embeds.index_put((torch.cat(rows), torch.cat(cols)), torch.cat(values).to(embeds.dtype),
                                       accumulate=True)
-        embeds = self._add_pooled_prompts(embeds, input_ids, pooled)
+        embeds = self._add_option_marks(self._add_pooled_prompts(embeds, input_ids, pooled), input_ids.tolist())
         return embeds, batch_positions(images, seq_len, dev), AttentionLayout(vision_lengths(images))
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, lengths: torch.Tensor, images: list,
@@ -472,6 +486,7 @@ class PixelSail(PretrainedIO, nn.Module):
         ids_t = torch.tensor(ids[start:], device=dev)
         ends_before = ids[:start].count(self.processor.ids["turn_end"])
         embeds = self._add_pooled_prompts(self.backbone.embed(ids_t), ids_t, prefix.pooled, ends_before)
+        embeds = self._add_option_marks(embeds, [ids], start)
         pos = text_positions(prefix.next_position + start, len(ids_t), dev)
         if use_cache:
             layout = AttentionLayout(torch.tensor([prefix.length]), past_len=len(prefix.cache))
