@@ -184,6 +184,11 @@ def test_quick_ablation_writes_table_and_chart_and_a_rerun_skips_finished_runs(t
     assert all(f"| {v.title} | 1 |" in md for v in VARIANTS)
     assert (docs / "ablation_masks.png").read_bytes() == masks_before and "](ablation_masks.png)" in md
 
+    # a changed recipe does not silently join runs of the old one
+    changed = CliRunner().invoke(app, args + ["train.lr=1e-3"])
+    assert changed.exit_code == 2
+    assert "baseline seed 0 was finished with another recipe (train.lr differ)" in " ".join(changed.output.split())
+
 
 def test_a_shorter_ablation_keeps_the_recipes_share_of_language_warm_up(tmp_path):
     from pixelsail.commands.ablate import base_config

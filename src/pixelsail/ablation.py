@@ -147,6 +147,24 @@ def variant_run(base: RunConfig, variant: Variant, seed: int, out_dir: str | Pat
     return run
 
 
+def recipe_differences(result: dict, expected: RunConfig) -> list[str]:
+    """The settings (dotted keys) in which a finished run's config differs from ``expected``, the run the current
+    recipe would train for its variant and seed (its output directory aside). Fields added to the configs since
+    the run finished compare at their defaults."""
+    def flat(d: dict, prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v})
+        return out
+
+    done = flat(to_dict(from_dict(RunConfig, copy.deepcopy(result["run"]))))
+    want = flat(to_dict(expected))
+    # filled in when the model is built: the tokenizer's size and special-token ids
+    ignored = ("train.output_dir", "model.token_ids", "model.vocab_size")
+    return sorted(k for k in done.keys() | want.keys()
+                  if not k.startswith(ignored) and done.get(k, "<absent>") != want.get(k, "<absent>"))
+
+
 def variant_by_name(name: str) -> Variant:
     for v in VARIANTS:
         if v.name == name:
@@ -329,10 +347,16 @@ def run_ablation(base: RunConfig, out_dir: str | Path, settings: AblationSetting
     # seed-major: when time runs out, the finished runs cover every variant with the same seeds
     for s in settings.seeds:
         for v in variants:
-            if finished_result(out, records_dir, v.name, s) is not None:
-                skipped.append((v.name, s))
-            else:
-                todo.append((v, s, variant_run(base, v, s, out, teachers)))
+            run = variant_run(base, v, s, out, teachers)
+            done = finished_result(out, records_dir, v.name, s)
+            if done is None:
+                todo.append((v, s, run))
+                continue
+            if differ := recipe_differences(done, run):
+                shown = ", ".join(differ[:4]) + (f" and {len(differ) - 4} more" if len(differ) > 4 else "")
+                raise ValueError(f"{v.name} seed {s} was finished with another recipe ({shown} differ): a table "
+                                 "would mix them; give the same config or move its results and records away")
+            skipped.append((v.name, s))
     for name, s in skipped:
         echo(f"skip {name} seed {s}: {run_dir(out, name, s) / RESULTS_FILE} exists")
     settings_dict = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in vars(settings).items()}

@@ -108,8 +108,12 @@ def ablate_command(
                                 eval_per_task=eval_per_task or (QUICK_EVAL_PER_TASK if quick else 40),
                                 max_new_tokens=QUICK_MAX_NEW_TOKENS if quick else 32, threads=threads, jobs=jobs,
                                 variants=names, captions=captions)
-    result = run_ablation(base, out, settings, echo=typer.echo, report_only=report_only,
-                          stop_after_s=None if stop_after is None else 60.0 * stop_after, records_dir=docs)
+    try:
+        result = run_ablation(base, out, settings, echo=typer.echo, report_only=report_only,
+                              stop_after_s=None if stop_after is None else 60.0 * stop_after, records_dir=docs)
+    except ValueError as e:   # a finished run of another recipe
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summarize(result.results), indent=1))
     command, machine = _invocation(out, report_only, machine_description(threads, jobs, base.train.precision))
