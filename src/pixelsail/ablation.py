@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from pixelsail.ablation_records import keep_record, load_record, recorded_seeds, training_curve, with_curve
+from pixelsail.ablation_records import (RESULTS_FILE, finished_result, load_result, recipe_differences,
+                                        recorded_seeds, run_dir, training_curve)
 from pixelsail.config import DatasetSpec, DistillConfig, RunConfig, from_dict, to_dict
 
-RESULTS_FILE = "results.json"
 EVAL_TASKS = ("res", "gres", "vt_res", "vp_mcq", "region_caption")
 TEACHER = "shapes"
 READING_START = "<!-- reading:start -->"
@@ -147,24 +147,6 @@ def variant_run(base: RunConfig, variant: Variant, seed: int, out_dir: str | Pat
     return run
 
 
-def recipe_differences(result: dict, expected: RunConfig) -> list[str]:
-    """The settings (dotted keys) in which a finished run's config differs from ``expected``, the run the current
-    recipe would train for its variant and seed (its output directory aside). Fields added to the configs since
-    the run finished compare at their defaults."""
-    def flat(d: dict, prefix: str = "") -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v})
-        return out
-
-    done = flat(to_dict(from_dict(RunConfig, copy.deepcopy(result["run"]))))
-    want = flat(to_dict(expected))
-    # filled in when the model is built: the tokenizer's size and special-token ids
-    ignored = ("train.output_dir", "model.token_ids", "model.vocab_size")
-    return sorted(k for k in done.keys() | want.keys()
-                  if not k.startswith(ignored) and done.get(k, "<absent>") != want.get(k, "<absent>"))
-
-
 def variant_by_name(name: str) -> Variant:
     for v in VARIANTS:
         if v.name == name:
@@ -241,26 +223,6 @@ def ablation_metrics(records: list[dict], captions: bool = True) -> dict[str, fl
 
 # ---------------------------------------------------------------------------------------------------------------
 # one run
-
-
-def run_dir(out_dir: str | Path, variant: str, seed: int) -> Path:
-    return Path(out_dir) / variant / f"seed-{seed}"
-
-
-def load_result(out_dir: str | Path, variant: str, seed: int) -> dict | None:
-    """A finished run's results.json (its training curve filled in from metrics.jsonl if it has none)."""
-    path = run_dir(out_dir, variant, seed) / RESULTS_FILE
-    return with_curve(json.loads(path.read_text()), path.parent) if path.is_file() else None
-
-
-def finished_result(out_dir: str | Path, records_dir: str | Path | None, variant: str, seed: int) -> dict | None:
-    """The run's results: from its directory (and then kept as a record too) or else from its record."""
-    result = load_result(out_dir, variant, seed)
-    if result is not None:
-        if records_dir is not None:
-            keep_record(result, records_dir)
-        return result
-    return None if records_dir is None else load_record(records_dir, variant, seed)
 
 
 def train_and_evaluate(run_dict: dict, variant: str, settings_dict: dict, log_file: str | None = None) -> dict:

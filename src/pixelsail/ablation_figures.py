@@ -9,7 +9,8 @@ from typing import Sequence
 
 import numpy as np
 
-from pixelsail.ablation import VARIANTS, EvalSet, run_dir, training_image_size
+from pixelsail.ablation import VARIANTS, EvalSet, training_image_size
+from pixelsail.ablation_records import run_dir
 from pixelsail.config import RunConfig, from_dict
 
 CURVE_PANELS = (("loss/mask_dice", "mask Dice loss"), ("loss/mask_bce", "mask BCE loss"), ("loss/lm", "LM loss"))

@@ -1,4 +1,5 @@
-"""What the ablation keeps of each finished run beyond its own directory.
+"""Where the ablation's finished runs are found: each run's ``results.json`` in its directory, and records of them
+beside the report.
 
 A run directory (``runs/ablation/<variant>/seed-<s>/``) holds the model, checkpoints and predictions: far too much to
 commit, and ``runs/`` is not kept between machines. Each finished run's ``results.json`` (metrics, budget and its
@@ -8,12 +9,16 @@ from those records, so seeds trained on different days, or on different machines
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
+
+from pixelsail.config import RunConfig, from_dict, to_dict
 
 RECORDS_DIR = "ablation"
+RESULTS_FILE = "results.json"   # in a run's directory; written last, so its presence marks the run finished
 CURVE_KEYS = ("loss", "loss/lm", "loss/mask_bce", "loss/mask_dice", "loss/distill_pixel", "loss/distill_image")
 
 
@@ -76,3 +81,41 @@ def recorded_seeds(docs_dir: str | Path, variants: Iterable[str]) -> dict[str, l
                 seeds.append(int(tail))
         out[v] = sorted(seeds)
     return out
+
+
+def run_dir(out_dir: str | Path, variant: str, seed: int) -> Path:
+    return Path(out_dir) / variant / f"seed-{seed}"
+
+
+def load_result(out_dir: str | Path, variant: str, seed: int) -> dict | None:
+    """A finished run's results.json (its training curve filled in from metrics.jsonl if it has none)."""
+    path = run_dir(out_dir, variant, seed) / RESULTS_FILE
+    return with_curve(json.loads(path.read_text()), path.parent) if path.is_file() else None
+
+
+def finished_result(out_dir: str | Path, records_dir: str | Path | None, variant: str, seed: int) -> dict | None:
+    """The run's results: from its directory (and then kept as a record too) or else from its record."""
+    result = load_result(out_dir, variant, seed)
+    if result is not None:
+        if records_dir is not None:
+            keep_record(result, records_dir)
+        return result
+    return None if records_dir is None else load_record(records_dir, variant, seed)
+
+
+def recipe_differences(result: dict, expected: RunConfig) -> list[str]:
+    """The settings (dotted keys) in which a finished run's config differs from ``expected``, the run the current
+    recipe would train for its variant and seed (its output directory aside). Fields added to the configs since
+    the run finished compare at their defaults."""
+    def flat(d: dict, prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v})
+        return out
+
+    done = flat(to_dict(from_dict(RunConfig, copy.deepcopy(result["run"]))))
+    want = flat(to_dict(expected))
+    # filled in when the model is built: the tokenizer's size and special-token ids
+    ignored = ("train.output_dir", "model.token_ids", "model.vocab_size")
+    return sorted(k for k in done.keys() | want.keys()
+                  if not k.startswith(ignored) and done.get(k, "<absent>") != want.get(k, "<absent>"))
