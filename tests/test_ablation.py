@@ -216,3 +216,13 @@ def test_training_curve_keeps_each_step_once_in_order_and_aligns_missing_losses(
     assert curve["step"] == [25, 50, 75] and curve["loss"] == [3.0, 2.4, 2.0]
     assert math.isnan(curve["loss/mask_dice"][0]) and curve["loss/mask_dice"][1:] == [0.7, 0.6]
     assert "loss/distill_pixel" not in curve and training_curve(tmp_path / "absent.jsonl") == {}
+
+
+def test_mask_picture_captions_say_which_masks_came_out_empty():
+    from pixelsail.ablation_figures import _caption
+
+    empty, full = np.zeros((2, 2), bool), np.ones((2, 2), bool)
+    assert _caption("No target.", []).endswith("\nno mask")
+    assert _caption("Sure, [SEG].", [empty]).endswith("\n1 mask, empty")
+    assert _caption("Sure, [SEG] and [SEG].", [full, empty]).endswith("\n2 masks, 1 empty")
+    assert _caption("x" * 80, [full]) == "x" * 59 + "…\n1 mask"

@@ -84,10 +84,15 @@ def pick_examples(records: dict[int, dict], per_task: int = 2) -> list[int]:
     return picked
 
 
-def _caption(text: str, masks: int, limit: int = 60) -> str:
+def _caption(text: str, masks: list, limit: int = 60) -> str:
+    """The answer (shortened) and what its masks hold: "no mask", "1 mask", "2 masks, 1 empty"."""
     text = " ".join(text.split())
     text = text if len(text) <= limit else text[:limit - 1] + "…"
-    return f"{text or '(no text)'}\n{masks} mask(s)" if masks else f"{text or '(no text)'}\nno mask"
+    empty = sum(not m.any() for m in masks)
+    count = f"{len(masks)} mask" + ("s" if len(masks) > 1 else "") if masks else "no mask"
+    if empty:
+        count += ", empty" if empty == len(masks) == 1 else f", {empty} empty"
+    return f"{text or '(no text)'}\n{count}"
 
 
 def plot_masks(results: Sequence[dict], out_dir: str | Path, png: str | Path, per_task: int = 2) -> bool:
@@ -122,7 +127,7 @@ def plot_masks(results: Sequence[dict], out_dir: str | Path, png: str | Path, pe
             record = preds[v.name].get(index)
             masks = record_masks(record, "pred_masks") if record else []
             tiles.append(overlay_masks(image, masks))
-            answer = _caption(record["text"] if record else "(not evaluated)", len(masks))
+            answer = _caption(record["text"] if record else "(not evaluated)", masks)
             captions.append(f"{v.name.upper()} (seed {seed}): {answer}")
     sheet = image_grid(tiles, captions, ncols=1 + len(variants), tile_size=176, wrap=30)
     sheet.save(png)
