@@ -105,15 +105,17 @@ def test_demo_writes_a_grid_and_reports_prefix_reuse(fake, tmp_path):
     res = runner.invoke(app, ["demo", "-o", str(tmp_path / "d"), "--n", "2"])
     assert res.exit_code == 0, res.output
     # scenes 0 and 1 each have a visual-text referral (scene 0: the blue diamond's colour, scene 1: a circle's shape)
-    assert res.stdout.count("scene 0 ") == 6 and res.stdout.count("scene 1 ") == 6
+    assert res.stdout.count("scene 0 ") == 7 and res.stdout.count("scene 1 ") == 7
     assert "'Segment the object with the same colour as <vp_0>.'" in res.stdout
     assert "expected: a mask of the small blue circle" in res.stdout
-    assert res.stdout.count("(prefix reused)") == 4   # per scene: 2nd segment and 2nd box question
+    # an expression the scene has no object for, which should come back without a mask
+    assert res.stdout.count("expected: no mask: the scene has no such object") == 2
+    assert res.stdout.count("(prefix reused)") == 6   # per scene: 2nd and 3rd segment, 2nd box question
     assert "mean latency: new image/prompts" in res.stdout
     records = json.loads((tmp_path / "d" / "answers.json").read_text())
-    assert len(records) == 12 and records[0]["request"].startswith("the ") and "prefix_reused" in records[0]
+    assert len(records) == 14 and records[0]["request"].startswith("the ") and "prefix_reused" in records[0]
     grid = Image.open(tmp_path / "d" / "demo.png")
-    assert grid.width > 6 * 192 and grid.height > 2 * 192
+    assert grid.width > 7 * 192 and grid.height > 2 * 192
     assert fake.vision_prefill_count == 2 * 4   # the image, the box, the point, the box of the referral
 
 

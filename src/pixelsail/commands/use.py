@@ -254,7 +254,8 @@ def demo(out: Path = typer.Option(Path("outputs/demo"), "-o", "--out",
          n: int = typer.Option(3, help="number of scenes"),
          model: Optional[Path] = ModelOpt, device: str = DeviceOpt) -> None:
     """Generate a few shapes scenes, segment / ask / describe on each, print answers and timings, save a grid."""
-    from pixelsail.data.shapes import attribute_referrals, generate_scene, region_caption, vt_res_options
+    from pixelsail.data.shapes import (attribute_referrals, generate_scene, make_rng, no_target_referral,
+                                       region_caption, vt_res_options)
     from pixelsail.viz import image_grid
 
     t0 = time.perf_counter()
@@ -280,6 +281,9 @@ def demo(out: Path = typer.Option(Path("outputs/demo"), "-o", "--out",
             ("What shape is <vp_0>?", lambda q: predictor.ask(scene.image, q, prompts=[big.bbox]), big.shape),
             ("describe <vp_0>", lambda _: predictor.describe(scene.image, point), region_caption(scene, small)),
         ]
+        # an object the scene does not have: the answer should come without a mask, and say so
+        absent = no_target_referral(scene, make_rng(0, "test", i, 7)).expression
+        runs.append((absent, lambda e: predictor.segment(scene.image, e), "no mask: the scene has no such object"))
         # a visual-text referral: "the other" object of the boxed one's colour (or shape), where the scene has one
         options = sorted(vt_res_options(scene), key=lambda o: o[0] != "colour")
         if options:
@@ -291,15 +295,17 @@ def demo(out: Path = typer.Option(Path("outputs/demo"), "-o", "--out",
             result = run(request)
             (followups if result.prefix_reused else first).append(result.seconds)
             records.append({"scene": scene.image_id, "request": request, "expected": expected, **result.to_dict()})
+            empty = f", {len(result.empty_masks)} empty" if result.empty_masks else ""
             typer.echo(f"scene {i}  {request!r} -> {result.text!r}\n    expected: {expected}; "
-                       f"{len(result.masks)} mask(s); {result.seconds * 1000:.0f} ms"
+                       f"{len(result.masks)} mask(s){empty}; {result.seconds * 1000:.0f} ms"
                        f"{' (prefix reused)' if result.prefix_reused else ''}")
             tiles.append(result.overlay())
-            captions.append(f"{request}\n-> {result.text}")
+            found = " (nothing found)" if result.empty or (not result.masks and result.no_target) else ""
+            captions.append(f"{request}\n-> {result.text}{found}")
         if not options:
             tiles.append(scene.image)
             captions.append("(no two objects share a colour\nor shape: no visual-text referral)")
-    sheet = image_grid(tiles, captions, ncols=6, tile_size=192)
+    sheet = image_grid(tiles, captions, ncols=7, tile_size=192)
     grid_path = out if out.suffix.lower() == ".png" else out / "demo.png"
     grid_path.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(grid_path)
