@@ -188,6 +188,13 @@ def test_quick_ablation_writes_table_and_chart_and_a_rerun_skips_finished_runs(t
     changed = CliRunner().invoke(app, args + ["train.lr=1e-3"])
     assert changed.exit_code == 2
     assert "baseline seed 0 was finished with another recipe (train.lr differ)" in " ".join(changed.output.split())
+    # ... nor does a recorded seed beyond --seeds, which the table would take in
+    other = json.loads((docs / "ablation" / "baseline-seed-0.json").read_text())
+    other["seed"], other["run"]["train"]["lr"] = 5, 1e-3
+    (docs / "ablation" / "baseline-seed-5.json").write_text(json.dumps(other))
+    extra = CliRunner().invoke(app, args)
+    assert extra.exit_code == 2
+    assert "baseline seed 5 was finished with another recipe" in " ".join(extra.output.split())
 
 
 def test_a_shorter_ablation_keeps_the_recipes_share_of_language_warm_up(tmp_path):

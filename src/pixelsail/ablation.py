@@ -307,18 +307,22 @@ def run_ablation(base: RunConfig, out_dir: str | Path, settings: AblationSetting
     teachers = distill_teachers() if any(v.distill for v in variants) else None
     todo, skipped = [], []
     # seed-major: when time runs out, the finished runs cover every variant with the same seeds
+
+    def finished(v: Variant, s: int) -> dict | None:
+        """The (variant, seed)'s finished results, refused when another recipe made them."""
+        done = finished_result(out, records_dir, v.name, s)
+        if done is not None and (differ := recipe_differences(done, variant_run(base, v, s, out, teachers))):
+            shown = ", ".join(differ[:4]) + (f" and {len(differ) - 4} more" if len(differ) > 4 else "")
+            raise ValueError(f"{v.name} seed {s} was finished with another recipe ({shown} differ): a table "
+                             "would mix them; give the same config or move its results and records away")
+        return done
+
     for s in settings.seeds:
         for v in variants:
-            run = variant_run(base, v, s, out, teachers)
-            done = finished_result(out, records_dir, v.name, s)
-            if done is None:
-                todo.append((v, s, run))
-                continue
-            if differ := recipe_differences(done, run):
-                shown = ", ".join(differ[:4]) + (f" and {len(differ) - 4} more" if len(differ) > 4 else "")
-                raise ValueError(f"{v.name} seed {s} was finished with another recipe ({shown} differ): a table "
-                                 "would mix them; give the same config or move its results and records away")
-            skipped.append((v.name, s))
+            if finished(v, s) is None:
+                todo.append((v, s, variant_run(base, v, s, out, teachers)))
+            else:
+                skipped.append((v.name, s))
     for name, s in skipped:
         echo(f"skip {name} seed {s}: {run_dir(out, name, s) / RESULTS_FILE} exists")
     settings_dict = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in vars(settings).items()}
@@ -331,7 +335,7 @@ def run_ablation(base: RunConfig, out_dir: str | Path, settings: AblationSetting
         failed = _run_in_processes(todo, settings_dict, settings.jobs, deadline, echo)
     recorded = recorded_seeds(records_dir, [v.name for v in variants]) if records_dir is not None else {}
     results = [r for v in variants for s in sorted(set(settings.seeds) | set(recorded.get(v.name, [])))
-               if (r := finished_result(out, records_dir, v.name, s)) is not None]
+               if (r := finished(v, s)) is not None]   # recorded seeds beyond --seeds are checked too
     return AblationResult(results, skipped, time.perf_counter() - t0, failed)
 
 
