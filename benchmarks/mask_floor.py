@@ -11,14 +11,13 @@ cIoU, all from :func:`pixelsail.evaluate.score_records`; and the share of no-tar
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from pixelsail.data.export import mask_to_rle
-from pixelsail.evaluate import score_records
+from pixelsail.evaluate import read_jsonl, score_records
 from pixelsail.scoring import record_masks
 
 MASK_TASKS = ("res", "gres", "vt_res", "gcg")
@@ -53,9 +52,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("predictions", type=Path, help="a `pixelsail eval` predictions.jsonl")
     ap.add_argument("--floors", type=float, nargs="+", default=[0, 16, 25, 32, 64, 100], help="floors in pixels")
     args = ap.parse_args(argv)
-    if not args.predictions.is_file():
-        raise SystemExit(f"error: {args.predictions} does not exist")
-    records = [json.loads(line) for line in args.predictions.read_text().splitlines() if line.strip()]
+    try:
+        records = read_jsonl(args.predictions)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
     if not any(r.get("task") in MASK_TASKS for r in records):
         raise SystemExit(f"error: {args.predictions} has no mask predictions ({', '.join(MASK_TASKS)})")
     absent = [r for r in records if r.get("task") == "gres" and r.get("meta", {}).get("no_target")]

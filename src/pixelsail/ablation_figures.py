@@ -2,7 +2,6 @@
 masks every variant drew for the same test questions (``ablation_masks.png``)."""
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Sequence
@@ -12,6 +11,7 @@ import numpy as np
 from pixelsail.ablation import VARIANTS, EvalSet, training_image_size
 from pixelsail.ablation_records import run_dir
 from pixelsail.config import RunConfig, from_dict
+from pixelsail.evaluate import read_jsonl
 
 CURVE_PANELS = (("loss/mask_dice", "mask Dice loss"), ("loss/mask_bce", "mask BCE loss"), ("loss/lm", "LM loss"))
 
@@ -68,9 +68,7 @@ def plot_curves(results: Sequence[dict], png: str | Path, window: int = 8) -> bo
 
 def _predictions(out_dir: Path, variant: str, seed: int) -> dict[int, dict] | None:
     path = run_dir(out_dir, variant, seed) / "eval" / "predictions.jsonl"
-    if not path.is_file():
-        return None
-    return {r["index"]: r for r in map(json.loads, path.read_text().splitlines()) if r}
+    return {r["index"]: r for r in read_jsonl(path)} if path.is_file() else None
 
 
 def pick_examples(records: dict[int, dict], per_task: int = 2) -> list[int]:
