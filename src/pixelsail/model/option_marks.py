@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 LETTERS = "ABCDEFGH"
-_MARK = re.compile(r"\(([A-H])\)$")
+_MARK = re.compile(rf"\(([{LETTERS}])\)$")   # "(B)" just read
 _ENDS = frozenset(".?!\n")
 
 
