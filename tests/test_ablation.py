@@ -15,6 +15,7 @@ from pixelsail.ablation import READING_END, READING_START, VARIANTS, ablation_me
 from pixelsail.ablation_report import compare_steps, mean_std
 from pixelsail.config import RunConfig, load_yaml, to_dict
 from pixelsail.data.export import mask_to_rle
+from pixelsail.evaluate import read_jsonl
 from pixelsail.experts import SHIPPED_SHAPES_EXPERT
 
 RECIPE = Path(__file__).parents[1] / "configs" / "shapes-tiny.yaml"
@@ -151,6 +152,10 @@ def test_quick_ablation_writes_table_and_chart_and_a_rerun_skips_finished_runs(t
         assert ({"loss/distill_pixel", "loss/distill_image"} <= logged) == v.distill
         result_json = json.loads((out / v.name / "seed-0" / "results.json").read_text())
         assert result_json["train"]["steps"] == 2 and result_json["eval"]["samples"] == 10
+        # the recipe answers a multiple choice from its options; the ablation, as the paper, freely
+        assert result_json["run"]["model"]["option_decoding"] is True
+        records = read_jsonl(out / v.name / "seed-0" / "eval" / "predictions.jsonl")
+        assert any(r["task"] == "vp_mcq" for r in records) and not any("decoding" in r for r in records)
 
     # a hand-written reading survives; finished runs are not trained again
     (docs / "ABLATION.md").write_text(md.replace(READING_START + "\n", READING_START + "\nMy reading.\n"))
@@ -184,6 +189,9 @@ def test_quick_ablation_writes_table_and_chart_and_a_rerun_skips_finished_runs(t
     assert all(f"| {v.title} | 1 |" in md for v in VARIANTS)
     assert (docs / "ablation_masks.png").read_bytes() == masks_before and "](ablation_masks.png)" in md
 
+    # the inference-only option_decoding is no recipe difference: the ablation always answers freely
+    same = CliRunner().invoke(app, args + ["model.option_decoding=false"])
+    assert same.exit_code == 0 and "4 runs (4 skipped as finished)" in same.output, same.output
     # a changed recipe does not silently join runs of the old one
     changed = CliRunner().invoke(app, args + ["train.lr=1e-3"])
     assert changed.exit_code == 2

@@ -76,6 +76,10 @@ class PixelSailConfig:
     # initialised; not in the paper): the answer's letter is then one content match from its word (see
     # model/option_marks.py)
     option_marks: bool = False
+    # at inference a question that lists "(A) ... (B) ..." options is answered with one of them, its letter written
+    # with it (constrained greedy decoding; not in the paper, whose answers are generated freely; see
+    # model/option_choice.py). Inference only, like mask_min_area
+    option_decoding: bool = False
     # [SEG] hidden states standardised before the query MLP (False: the paper's plain MLP; see SegQuery)
     seg_query_norm: bool = False
     # the [SEG] query also attends over the question (not in the paper; see model/question_pool.py): over its tokens'

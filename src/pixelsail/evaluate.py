@@ -20,7 +20,7 @@ import numpy as np
 
 from pixelsail.data.export import mask_to_rle
 from pixelsail.data.sample import Sample
-from pixelsail.metrics import union_mask
+from pixelsail.metrics import RESTRICTED_KEY, union_mask
 from pixelsail.scoring import (CONVENTIONS, STANDARD, Scores, check_convention, perbench_row,  # noqa: F401
                                record_masks, score_records)
 from pixelsail.tokens import SEG
@@ -109,6 +109,8 @@ def predict_sample(model: EvalModel, prefix: Any, sample: Sample, index: int, ma
     }
     if reasked:
         record["reasked"] = True
+    if getattr(resp, "restricted", False):
+        record["decoding"] = "options"   # the answer was restricted to the question's options (scored as such)
     return record
 
 
@@ -218,7 +220,7 @@ def read_jsonl(path: str | Path) -> list[dict]:
 # reporting
 
 
-COUNT_KEYS = ("samples", "unpredicted")
+COUNT_KEYS = ("samples", "unpredicted", RESTRICTED_KEY)
 
 
 def _fmt(name: str, v: float) -> str:

@@ -228,20 +228,29 @@ def mcq_correct(answer: str, output: str) -> bool:
     return answer in output
 
 
+# the row that labels a multiple-choice accuracy whose answers were restricted to the options (model.option_decoding;
+# the paper's answers are free generation, and its tables have no such row)
+RESTRICTED_KEY = "answers restricted to the options"
+
+
 @dataclass
 class McqMetric(Summable):
     correct: int = 0
     count: int = 0
+    restricted: int = 0   # answers decoded under the options constraint
 
-    def update(self, answer: str, output: str) -> bool:
+    def update(self, answer: str, output: str, restricted: bool = False) -> bool:
         ok = mcq_correct(answer, output)
         self.correct += int(ok)
         self.count += 1
+        self.restricted += int(restricted)
         return ok
 
     def compute(self) -> dict[str, float]:
-        return {"MCQ acc (PerBench)": self.correct / self.count if self.count else float("nan"),
-                "samples": self.count}
+        out = {"MCQ acc (PerBench)": self.correct / self.count if self.count else float("nan")}
+        if self.restricted:
+            out[RESTRICTED_KEY] = self.restricted
+        return {**out, "samples": self.count}
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -61,6 +61,7 @@ class Result:
     seconds: float = 0.0
     prefix_reused: bool = False
     domain: DomainCheck | None = None   # how the image compares with the model's training images (when known)
+    restricted: bool = False   # the answer had to be one of the question's "(A) ... (B) ..." options
 
     @property
     def no_target(self) -> bool:
@@ -98,6 +99,8 @@ class Result:
             out.append(self.missing_mask_text)
         if self.domain is not None and not self.domain.in_domain:
             out.append(self.domain.note())
+        if self.restricted:
+            out.append("the answer was restricted to the question's options (model.option_decoding)")
         return out
 
     @property
@@ -144,7 +147,8 @@ def _result(resp: Any, image: np.ndarray, question: str, prompts: dict[int, np.n
             reused: bool, domain: DomainCheck | None = None) -> Result:
     masks = [np.asarray(m, dtype=bool) for m in resp.masks]
     return Result(text=resp.text, masks=masks, mask_scores=[float(s) for s in resp.mask_scores], image=image,
-                  prompts=prompts, question=question, seconds=seconds, prefix_reused=reused, domain=domain)
+                  prompts=prompts, question=question, seconds=seconds, prefix_reused=reused, domain=domain,
+                  restricted=bool(getattr(resp, "restricted", False)))
 
 
 def _digest(image: np.ndarray, prompts: Mapping[int, np.ndarray]) -> str:

@@ -99,7 +99,8 @@ class _Scorer:
     def add(self, record: dict, captions: bool) -> float | None:
         task, quality = record["task"], self.add_masks(record)
         if task == "vp_mcq":
-            quality = float(self.mcq[task].update(_mcq_answer(record), record["text"]))
+            quality = float(self.mcq[task].update(_mcq_answer(record), record["text"],
+                                                   record.get("decoding") == "options"))
         if task in self.caption_tasks and captions:
             self.text[task].update(str(record["index"]), record["text"], _references(record))
         return quality

@@ -48,6 +48,7 @@ def respond_batch(model, prefixes: Sequence, questions: Sequence[str],
     proc, backbone, dev = model.processor, model.backbone, model.device
     seg_id, end_id, pad_id = proc.ids["seg"], proc.ids["turn_end"], proc.ids["pad"]
     prompts = [proc.prompt_ids(q, list(h)) for q, h in zip(questions, histories)]
+    choices = [model.option_constraint(q) for q in questions]
     b, longest = len(prompts), max(len(p) for p in prompts)
     lengths = torch.tensor([len(p) for p in prompts], device=dev)
     starts = torch.tensor([p.next_position for p in prefixes], device=dev)
@@ -70,7 +71,9 @@ def respond_batch(model, prefixes: Sequence, questions: Sequence[str],
         done = [False] * b
         fed = lengths.clone()  # text tokens of each sequence so far
         for step in range(max_new_tokens + 1):
-            nxt = backbone.logits(last).argmax(-1).tolist()
+            logits = backbone.logits(last)   # (B, V)
+            nxt = [choices[i].pick(logits[i], answers[i]) if choices[i] else int(logits[i].argmax())
+                   for i in range(b)]
             for i in range(b):
                 if done[i]:
                     continue
@@ -99,7 +102,8 @@ def respond_batch(model, prefixes: Sequence, questions: Sequence[str],
             seg_at = [t for t in range(len(prompts[i]), len(seq)) if seq[t] == seg_id]
             masks, scores = model._masks_from(torch.cat(text_hidden[i]), seq, seg_at, prefixes[i])
             text = proc.tokenizer.decode(answers[i], skip_special_tokens=False)
-            out.append(Response(text=text, masks=masks, mask_scores=scores, token_ids=answers[i]))
+            out.append(Response(text=text, masks=masks, mask_scores=scores, token_ids=answers[i],
+                                restricted=choices[i] is not None))
     return out
 
 

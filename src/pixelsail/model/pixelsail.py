@@ -16,6 +16,7 @@ from pixelsail.model.batch_inputs import (ImageGroup, batch_positions, grid_grou
 from pixelsail.model.distill import DistillAdapters
 from pixelsail.model.mask_head import MASK_THRESHOLD, SegQuery, mask_logits, mask_losses, mask_probabilities
 from pixelsail.model.mask_prompts import PromptMaps
+from pixelsail.model.option_choice import OptionConstraint
 from pixelsail.model.option_marks import OptionEmbedding, OptionMarker
 from pixelsail.model.patch_embed import (PATCH_STEMS, ConvPatchEmbed, PatchEmbed, PromptInjector, pooled_prompts,
                                          prompt_owner)
@@ -54,6 +55,7 @@ class Response:
     masks: list[np.ndarray] = field(default_factory=list)       # (H, W) bool at the original image size
     mask_scores: list[float] = field(default_factory=list)
     token_ids: list[int] = field(default_factory=list)
+    restricted: bool = False   # the answer was restricted to the question's options (option_decoding)
 
 
 def build_llm(config: PixelSailConfig) -> Qwen2ForCausalLM:
@@ -454,6 +456,7 @@ class PixelSail(PretrainedIO, nn.Module):
         ids = proc.prompt_ids(question, history, answer_prefix)
         answer_start = len(ids) - len(proc.encode(answer_prefix)) if answer_prefix else len(ids)
         seg_id, end_id = proc.ids["seg"], proc.ids["turn_end"]
+        choice = self.option_constraint(question) if not answer_prefix else None
         chunks: list[torch.Tensor] = []   # hidden states of every fed text token, in order
         seg_at: list[int] = []            # positions in ids of the answer's [SEG] tokens
         try:
@@ -463,7 +466,8 @@ class PixelSail(PretrainedIO, nn.Module):
                     hidden = self._run_text(prefix, ids, fed_from, use_cache)  # (len(new), C)
                     chunks.append(hidden)
                     seg_at += [fed_from + j for j, tok in enumerate(new) if tok == seg_id and fed_from + j >= answer_start]
-                    nxt = int(self.backbone.logits(hidden[-1:]).argmax(-1))
+                    logits = self.backbone.logits(hidden[-1:])[0]   # (V,)
+                    nxt = choice.pick(logits, ids[answer_start:]) if choice else int(logits.argmax())
                     if nxt == end_id or step == max_new_tokens:
                         break
                     fed_from, new = len(ids), [nxt]
@@ -473,7 +477,11 @@ class PixelSail(PretrainedIO, nn.Module):
             prefix.cache.truncate(prefix.length)
         answer_ids = ids[answer_start:]
         text = proc.tokenizer.decode(answer_ids, skip_special_tokens=False)
-        return Response(text=text, masks=masks, mask_scores=scores, token_ids=answer_ids)
+        return Response(text=text, masks=masks, mask_scores=scores, token_ids=answer_ids, restricted=choice is not None)
+
+    def option_constraint(self, question: str) -> OptionConstraint | None:
+        """With ``option_decoding``: the answers a multiple-choice ``question`` allows (None: answer freely)."""
+        return OptionConstraint.from_question(self.processor, question) if self.config.option_decoding else None
 
     def _run_text(self, prefix: ImagePrefix, ids: list[int], fed_from: int, use_cache: bool) -> torch.Tensor:
         """Hidden states (T, C) of the text tokens ``ids[fed_from:]`` that follow the image.
