@@ -123,3 +123,22 @@ def test_a_segment_request_answered_without_a_mask_says_so(runner_with):
     res = runner_with(NoSegModel("There: a small orange diamond."), SHAPES_SCENE, "the pink hexagon")
     assert res.exit_code == 0, res.output
     assert "no mask was produced \u2014 the answer has no [SEG]" in res.stdout
+
+
+def test_an_answer_restricted_to_the_options_says_so(monkeypatch, tmp_path):
+    from model_utils import tiny_model
+
+    from pixelsail.predictor import RESTRICTED_NOTE
+
+    p = Predictor(model=tiny_model(option_decoding=True).eval())
+    question = "What colour is <vp_0>? (A) red (B) blue. Answer with the option's letter."
+    r = p.ask(SHAPES_SCENE, question, prompts=[(10, 10, 40, 40)])
+    assert r.restricted and r.notes == [RESTRICTED_NOTE] and r.to_dict()["notes"] == [RESTRICTED_NOTE]
+    assert r.text in ("It is red (A).", "It is blue (B).", "(A) red.", "(B) blue.")
+    assert not p.ask(SHAPES_SCENE, "What colour is <vp_0>?", prompts=[(10, 10, 40, 40)]).restricted
+    monkeypatch.setattr(use, "_predictor", lambda m, d, **kw: p)
+    path = tmp_path / "in.png"
+    Image.fromarray(SHAPES_SCENE).save(path)
+    res = CliRunner().invoke(app, ["ask", str(path), question, "--box", "10,10,40,40"])
+    assert res.exit_code == 0, res.output
+    assert f"note: {RESTRICTED_NOTE}" in res.stdout

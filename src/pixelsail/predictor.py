@@ -39,6 +39,9 @@ DESCRIBE_QUESTION = "Please describe <vp_0>."
 DEFAULT_MAX_QUESTION_TOKENS = 256
 
 
+RESTRICTED_NOTE = "answered with one of the question's options (model.option_decoding)"
+
+
 class InputError(ValueError):
     """A request the predictor refuses; the message names the problem."""
 
@@ -100,7 +103,7 @@ class Result:
         if self.domain is not None and not self.domain.in_domain:
             out.append(self.domain.note())
         if self.restricted:
-            out.append("the answer was restricted to the question's options (model.option_decoding)")
+            out.append(RESTRICTED_NOTE)
         return out
 
     @property

@@ -19,7 +19,7 @@ from PIL import Image
 
 from pixelsail.imageio import ImageInputError, load_image
 from pixelsail.model_check import ModelFileWarning
-from pixelsail.predictor import InputError, Predictor, Result
+from pixelsail.predictor import RESTRICTED_NOTE, InputError, Predictor, Result
 
 ModelOpt = typer.Option(None, "--model", help="model directory (default: the shipped shapes model)")
 DeviceOpt = typer.Option("cpu", "--device", help="torch device, e.g. cpu or cuda")
@@ -93,6 +93,8 @@ def _print_result(result: Result) -> None:
         typer.echo(f"  {result.missing_mask_text}")
     if result.domain is not None and not result.domain.in_domain:
         typer.echo(f"  note: {result.domain.note()}")
+    if result.restricted:
+        typer.echo(f"  note: {RESTRICTED_NOTE}")
     typer.echo(f"  ({result.seconds:.2f} s{', image prefix reused' if result.prefix_reused else ''})", err=True)
 
 
