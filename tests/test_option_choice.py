@@ -115,3 +115,16 @@ def test_the_evaluation_labels_restricted_answers():
     both = score_records(records).results["vp_mcq"]
     assert both[RESTRICTED_KEY] == 1 and both["samples"] == 2
     assert RESTRICTED_KEY not in score_records(records[1:]).results["vp_mcq"]
+
+
+@pytest.mark.parametrize("style", ["short", "spelled_out"])
+def test_the_answer_forms_are_the_ones_the_training_data_writes(style):
+    from pixelsail.data.shapes_tasks import make_sample
+    from pixelsail.model.option_choice import ANSWER_FORMS
+
+    for index in range(6):
+        sample = make_sample("train", index, "vp_mcq", answer_style=style)
+        (question, answer), = sample.turns
+        allowed = {form.format(option=text, letter=letter) for form in ANSWER_FORMS
+                   for letter, text in parse_options(question)}
+        assert answer in allowed, (question, answer)
