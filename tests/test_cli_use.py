@@ -108,6 +108,9 @@ def test_demo_writes_a_grid_and_reports_prefix_reuse(fake, tmp_path):
     assert res.stdout.count("scene 0 ") == 7 and res.stdout.count("scene 1 ") == 7
     assert "'Segment the object with the same colour as <vp_0>.'" in res.stdout
     assert "expected: a mask of the small blue circle" in res.stdout
+    # a multiple choice about the boxed object's shape, its right option at a different letter per scene
+    assert "What shape is <vp_0>? (A) square (B) circle (C) diamond (D) triangle." in res.stdout
+    assert "expected: (A) square" in res.stdout and "expected: (B) circle" in res.stdout
     # an expression the scene has no object for, which should come back without a mask
     assert res.stdout.count("expected: no mask: the scene has no such object") == 2
     assert res.stdout.count("(prefix reused)") == 6   # per scene: 2nd and 3rd segment, 2nd box question

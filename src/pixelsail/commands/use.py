@@ -256,8 +256,8 @@ def demo(out: Path = typer.Option(Path("outputs/demo"), "-o", "--out",
          n: int = typer.Option(3, help="number of scenes"),
          model: Optional[Path] = ModelOpt, device: str = DeviceOpt) -> None:
     """Generate a few shapes scenes, segment / ask / describe on each, print answers and timings, save a grid."""
-    from pixelsail.data.shapes import (attribute_referrals, generate_scene, make_rng, no_target_referral,
-                                       region_caption, vt_res_options)
+    from pixelsail.data.shapes import (MCQ_LETTERS, SHAPES, attribute_referrals, generate_scene, make_rng,
+                                       mcq_question, no_target_referral, region_caption, vt_res_options)
     from pixelsail.viz import image_grid
 
     t0 = time.perf_counter()
@@ -273,6 +273,10 @@ def demo(out: Path = typer.Option(Path("outputs/demo"), "-o", "--out",
         ys, xs = np.nonzero(small.mask)
         point = (float(xs[len(xs) // 2]) + 0.5, float(ys[len(ys) // 2]) + 0.5)
         refs = {r.targets[0].index: r.expression for r in attribute_referrals(scene)}
+        # a multiple choice about the boxed object's shape: the right one among three others, in a fixed shuffle
+        shapes = [str(s) for s in make_rng(0, "test", i, 8).permutation([s for s in SHAPES if s != big.shape])[:3]]
+        shapes.insert(i % 4, big.shape)
+        choice = mcq_question("What shape is <vp_0>?", shapes)
         # (what to show, how to run it, the answer the scene implies); each pair shares one image prefix
         runs = [
             (refs.get(big.index, "the " + big.phrase()), lambda e: predictor.segment(scene.image, e),
@@ -280,7 +284,8 @@ def demo(out: Path = typer.Option(Path("outputs/demo"), "-o", "--out",
             (refs.get(small.index, "the " + small.phrase()), lambda e: predictor.segment(scene.image, e),
              "a mask of the " + small.phrase()),
             ("What colour is <vp_0>?", lambda q: predictor.ask(scene.image, q, prompts=[big.bbox]), big.color),
-            ("What shape is <vp_0>?", lambda q: predictor.ask(scene.image, q, prompts=[big.bbox]), big.shape),
+            (choice, lambda q: predictor.ask(scene.image, q, prompts=[big.bbox]),
+             f"({MCQ_LETTERS[i % 4]}) {big.shape}"),
             ("describe <vp_0>", lambda _: predictor.describe(scene.image, point), region_caption(scene, small)),
         ]
         # an object the scene does not have: the answer should come without a mask, and say so
