@@ -22,6 +22,10 @@ PAD = "<|endoftext|>"
 
 DEFAULT_NUM_VP_TOKENS = 16
 NO_TARGET_ANSWER = "No target."
+# a multiple choice's answer: option first (the spelled-out answer styles) or letter first (the paper's short answers);
+# the shapes data writes these, and option decoding (model/option_choice.py) allows exactly these
+MCQ_OPTION_FIRST = "It is {option} ({letter})."
+MCQ_LETTER_FIRST = "({letter}) {option}."
 
 _VP_RE = re.compile(r"<vp_(\d+)>")
 

@@ -16,7 +16,8 @@ from pixelsail.data.shapes_language import (RELATION_MARGIN, Referral, _pick, at
                                             no_target_referral, reading_order, relation_referrals, seg_answer)
 from pixelsail.data.shapes_scene import COLORS, SHAPES, Scene, ShapeObject, _scaled_pixels, scene_and_rng
 from pixelsail.prompts import box_to_mask, point_to_mask
-from pixelsail.tokens import DEFAULT_NUM_VP_TOKENS, PHRASE_END, PHRASE_START, SEG, vp_token
+from pixelsail.tokens import (DEFAULT_NUM_VP_TOKENS, MCQ_LETTER_FIRST, MCQ_OPTION_FIRST, PHRASE_END, PHRASE_START, SEG,
+                              vp_token)
 
 SHAPES_TASKS: tuple[str, ...] = ("res", "gres", "vp_qa", "vp_mcq", "region_caption", "vt_res", "gcg")
 MCQ_LETTERS = "ABCD"
@@ -182,7 +183,8 @@ def make_vp_mcq(scene: Scene, rng: np.random.Generator) -> Sample | None:
     order = rng.permutation(len(options))
     options = [options[i] for i in order]
     letter = MCQ_LETTERS[options.index(correct)]
-    return _sample(scene, "vp_mcq", mcq_question(stem, options), f"({letter}) {correct}.", prompts=p.prompts,
+    answer = MCQ_LETTER_FIRST.format(letter=letter, option=correct)
+    return _sample(scene, "vp_mcq", mcq_question(stem, options), answer, prompts=p.prompts,
                    question_kind=kind, answer=f"({letter})", choices=options, correct=correct,
                    target_ids=target_ids, **p.meta)
 
@@ -297,7 +299,8 @@ def spell_out(scene: Scene, sample: Sample, answer_style: str = "spelled_out") -
     meta = sample.meta
     named = answer_style == "named_target"
     if sample.task == "vp_mcq":
-        answer = f"It is {meta['correct']} {meta['answer']}."   # "It is": the option gets the question's token
+        # "It is": the option gets the question's token
+        answer = MCQ_OPTION_FIRST.format(option=meta["correct"], letter=meta["answer"].strip("()"))
     elif sample.task == "vt_res":
         target = scene.objects[meta["target_ids"][0]]
         value = f"{target.color} object" if meta["vt_kind"] == "colour" else str(target.shape)

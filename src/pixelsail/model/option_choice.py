@@ -22,10 +22,10 @@ from typing import Sequence
 import torch
 
 from pixelsail.model.option_marks import LETTERS
+from pixelsail.tokens import MCQ_LETTER_FIRST, MCQ_OPTION_FIRST
 
-# the answer forms of the training data (pixelsail.data.shapes_tasks): "short" writes the letter first, the other
-# styles the option first
-ANSWER_FORMS = ("It is {option} ({letter}).", "({letter}) {option}.")
+# the answer forms the training data writes (pixelsail.tokens)
+ANSWER_FORMS = (MCQ_OPTION_FIRST, MCQ_LETTER_FIRST)
 _OPTION = re.compile(rf"\(([{LETTERS}])\)\s*(.+?)(?=\s*\([{LETTERS}]\)|[.?!](?:\s|$)|$)", re.S)
 
 
