@@ -285,7 +285,7 @@ def demo(out: Path = typer.Option(Path("outputs/demo"), "-o", "--out",
              "a mask of the " + small.phrase()),
             ("What colour is <vp_0>?", lambda q: predictor.ask(scene.image, q, prompts=[big.bbox]), big.color),
             (choice, lambda q: predictor.ask(scene.image, q, prompts=[big.bbox]),
-             f"({MCQ_LETTERS[i % 4]}) {big.shape}"),
+             f"({MCQ_LETTERS[shapes.index(big.shape)]}) {big.shape}"),
             ("describe <vp_0>", lambda _: predictor.describe(scene.image, point), region_caption(scene, small)),
         ]
         # an object the scene does not have: the answer should come without a mask, and say so

@@ -72,8 +72,10 @@ def respond_batch(model, prefixes: Sequence, questions: Sequence[str],
         fed = lengths.clone()  # text tokens of each sequence so far
         for step in range(max_new_tokens + 1):
             logits = backbone.logits(last)   # (B, V)
-            nxt = [choices[i].pick(logits[i], answers[i]) if choices[i] else int(logits[i].argmax())
-                   for i in range(b)]
+            nxt = logits.argmax(-1).tolist()
+            for i, choice in enumerate(choices):   # rows answering a multiple choice from its options
+                if choice is not None and not done[i]:
+                    nxt[i] = choice.pick(logits[i], answers[i])
             for i in range(b):
                 if done[i]:
                     continue
