@@ -44,11 +44,12 @@ def _fixed_points(logits, num_points, oversample, importance, generator=None):
     return coords[None].expand(logits.shape[0], -1, -1).to(logits.device)
 
 
-@pytest.mark.parametrize("vp_text_pool", ["", "tags"])
-def test_batched_embeddings_and_positions_equal_one_sample_at_a_time(vp_text_pool):
-    model = tiny_model(vp_text_pool=vp_text_pool).eval()
-    if model.vp_text_proj is not None:
-        torch.nn.init.normal_(model.vp_text_proj.weight, std=0.1)   # zero-initialised: make the tag's addition show
+@pytest.mark.parametrize("vp_text_pool,vp_geometry", [("", False), ("tags", False), ("", True)])
+def test_batched_embeddings_and_positions_equal_one_sample_at_a_time(vp_text_pool, vp_geometry):
+    model = tiny_model(vp_text_pool=vp_text_pool, vp_geometry=vp_geometry).eval()
+    for added in (model.vp_text_proj, model.prompt_geometry and model.prompt_geometry.proj):
+        if added is not None:
+            torch.nn.init.normal_(added.weight, std=0.1)   # zero-initialised: make the tag's addition show
     proc = model.processor
     features = [proc(s) for s in _samples()]
     batch = proc.collate(features)
@@ -67,12 +68,12 @@ def test_batched_embeddings_and_positions_equal_one_sample_at_a_time(vp_text_poo
             n = image.grid[0] * image.grid[1]
             expected = model.backbone.embed(batch["input_ids"][i, 1:1 + n]) + model._patch_embeds(image)[0]
             assert torch.allclose(embeds[i, 1:1 + n], expected, atol=1e-6)
-    # the prompted row's <vp_3> text tokens got its region (tags mode) or nothing (injection only)
+    # the prompted row's <vp_3> text tokens got its region (tags mode) or geometry, or nothing (injection only)
     row = 2
     vp3 = batch["input_ids"][row] == proc.ids["vp_3"]
     plain = model.backbone.embed(batch["input_ids"][row])
     changed = (embeds[row] - plain).abs().amax(-1) > 0
-    assert bool(changed[vp3].all()) == bool(vp_text_pool)
+    assert bool(changed[vp3].all()) == bool(vp_text_pool or vp_geometry)
 
 
 def test_batched_losses_combine_the_per_sample_losses(monkeypatch):

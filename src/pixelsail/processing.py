@@ -40,6 +40,8 @@ class ImageInputs:
     prompt_ids:   (K,) long, the k of each present <vp_k>, sorted by prompt area, largest first.
     prompt_cover: (K, N) bool, patch covered by the prompt (any pixel).
     orig_size:    (H, W) of the input image.
+    prompt_geometry: (K, 5) float, each prompt's centre x, y, box width, height and sqrt(area), as fractions of the
+                  image (:func:`prompt_geometry`); read by the model only with ``vp_geometry``.
     """
 
     patches: torch.Tensor
@@ -47,6 +49,16 @@ class ImageInputs:
     prompt_ids: torch.Tensor
     prompt_cover: torch.Tensor
     orig_size: tuple[int, int]
+    prompt_geometry: torch.Tensor | None = None
+
+
+def prompt_geometry(mask: np.ndarray) -> np.ndarray:
+    """(H, W) bool prompt -> (5,) float32: its pixels' mean x and y, its box's width and height, and the square root
+    of its area, each as a fraction of the image's width / height / area (a point prompt: a tiny box, a small area)."""
+    h, w = mask.shape
+    ys, xs = np.nonzero(mask)
+    return np.array([(xs.mean() + 0.5) / w, (ys.mean() + 0.5) / h, (xs.max() - xs.min() + 1) / w,
+                     (ys.max() - ys.min() + 1) / h, np.sqrt(xs.size / (h * w))], dtype=np.float32)
 
 
 class Processor:
@@ -85,7 +97,10 @@ class Processor:
         # (th, tw, 3) -> (gh, P, gw, P, 3) -> (gh, gw, 3, P, P) -> (N, 3*P*P)
         patches = x.reshape(gh, p, gw, p, 3).transpose(0, 2, 4, 1, 3).reshape(gh * gw, 3 * p * p)
         ids, cover = self.prompt_coverage(prompts or {}, (h, w), (gh, gw))
-        return ImageInputs(torch.from_numpy(np.ascontiguousarray(patches)), (gh, gw), ids, cover, (h, w))
+        by_k = {int(k): np.asarray(m).astype(bool) for k, m in (prompts or {}).items()}
+        geometry = (torch.from_numpy(np.stack([prompt_geometry(by_k[k]) for k in ids.tolist()])) if ids.numel()
+                    else torch.zeros(0, 5))
+        return ImageInputs(torch.from_numpy(np.ascontiguousarray(patches)), (gh, gw), ids, cover, (h, w), geometry)
 
     def prompt_coverage(self, prompts: dict[int, np.ndarray], size: tuple[int, int],
                         grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:

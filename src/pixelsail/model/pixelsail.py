@@ -21,6 +21,7 @@ from pixelsail.model.option_marks import OptionEmbedding, OptionMarker
 from pixelsail.model.patch_embed import (PATCH_STEMS, ConvPatchEmbed, PatchEmbed, PromptInjector, pooled_prompts,
                                          prompt_owner)
 from pixelsail.model.patch_position import PatchPosition
+from pixelsail.model.prompt_geometry import PromptGeometry
 from pixelsail.model.pretrained import CONFIG_FILE, WEIGHTS_FILE, PretrainedIO
 from pixelsail.model.question_pool import QuestionPool, pool_sources, question_key_mask
 from pixelsail.model.upsampler import MaskFeatures
@@ -103,6 +104,7 @@ class PixelSail(PretrainedIO, nn.Module):
         self.vp_text_proj = nn.Linear(hidden, hidden, bias=False) if config.vp_injection and config.vp_text_pool else None
         if self.vp_text_proj is not None:
             nn.init.zeros_(self.vp_text_proj.weight)
+        self.prompt_geometry = PromptGeometry(hidden_size=hidden) if config.vp_geometry else None
         self.mask_features = MaskFeatures(hidden_size=hidden, patch_size=config.patch_size, mask_dim=config.mask_dim,
                                           upsample=config.upsample, stride=config.upsample_stride,
                                           max_width=config.upsample_max_width, position=config.mask_position)
@@ -164,13 +166,20 @@ class PixelSail(PretrainedIO, nn.Module):
 
     def _text_prompts(self, raw: torch.Tensor, image: ImageInputs) -> dict[int, torch.Tensor]:
         """{k: (C,)} to add to the <vp_k> text tokens: each prompt's pooled patch embedding for the baseline, the same
-        through ``vp_text_proj`` beside injection (``vp_text_pool``); empty otherwise. Computed once per image."""
-        if not self._pools_text_prompts() or image.prompt_ids.numel() == 0:
+        through ``vp_text_proj`` beside injection (``vp_text_pool``), plus its geometry's vector with ``vp_geometry``;
+        empty when none applies. Computed once per image."""
+        if image.prompt_ids.numel() == 0:
             return {}
-        pooled = pooled_prompts(raw, image.prompt_ids.to(self.device), image.prompt_cover.to(self.device))
-        if self.vp_text_proj is not None:
-            pooled = {k: self.vp_text_proj(vec) for k, vec in pooled.items()}
-        return pooled
+        out: dict[int, torch.Tensor] = {}
+        if self._pools_text_prompts():
+            out = pooled_prompts(raw, image.prompt_ids.to(self.device), image.prompt_cover.to(self.device))
+            if self.vp_text_proj is not None:
+                out = {k: self.vp_text_proj(vec) for k, vec in out.items()}
+        if self.prompt_geometry is not None:
+            geometry = self.prompt_geometry(image.prompt_geometry.to(self.device)).to(raw.dtype)   # (K, C)
+            for k, vec in zip(image.prompt_ids.tolist(), geometry.unbind(0)):
+                out[k] = out[k] + vec if k in out else vec
+        return out
 
     def _pools_text_prompts(self) -> bool:
         return self.prompt_injector is None or bool(self.config.vp_text_pool)

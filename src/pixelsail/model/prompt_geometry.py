@@ -1,0 +1,41 @@
+"""Where a visual prompt is and how big, told to its ``<vp_k>`` text tokens (not in the paper; ``vp_geometry: true``).
+
+The paper marks a prompt only on the patches it covers (visual-prompt injection): a ``<vp_k>`` in the text finds its
+region by attention, and what attention brings back is a weighted *mean* of those patches. A mean holds what the
+region looks like (colour, shape) but neither how many patches there were nor, unless the patches carry it, where
+they lie. "Which is larger, <vp_1> or <vp_2>?" and "Is <vp_1> left or right of <vp_2>?" need exactly that, and a
+4-layer decoder trained from scratch answered both at chance through twelve sessions (docs/TRAINING.md).
+
+This module does what SAM's prompt encoder does for points and boxes: each prompt's centre, box size and area
+(:func:`pixelsail.processing.prompt_geometry`, from the prompt mask itself) as Fourier features, through a
+zero-initialised bias-free projection, added to the embedding of every ``<vp_k>`` token of the text. At
+initialisation the model is exactly the paper's.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+GEOMETRY_DIM = 5   # centre x, centre y, box width, box height, sqrt(area): fractions of the image
+
+
+class PromptGeometry(nn.Module):
+    """(K, 5) prompt geometry in [0, 1] -> (K, hidden): the values and sin/cos of 2^b * pi * value, b < num_bands,
+    projected to the hidden width."""
+
+    def __init__(self, *, hidden_size: int, num_bands: int = 4):
+        super().__init__()
+        self.num_bands = num_bands
+        self.proj = nn.Linear(GEOMETRY_DIM * (1 + 2 * num_bands), hidden_size, bias=False)
+        nn.init.zeros_(self.proj.weight)
+
+    def features(self, geometry: torch.Tensor) -> torch.Tensor:
+        """(K, 5) -> (K, 5 * (1 + 2 * num_bands))."""
+        freqs = math.pi * 2.0 ** torch.arange(self.num_bands, device=geometry.device, dtype=torch.float32)
+        angles = (geometry.float()[:, :, None] * freqs).flatten(1)                   # (K, 5 * num_bands)
+        return torch.cat([geometry.float(), angles.sin(), angles.cos()], dim=-1)
+
+    def forward(self, geometry: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.features(geometry).to(self.proj.weight.dtype))

@@ -1,0 +1,111 @@
+"""The prompt geometry switch (``vp_geometry``): each prompt's centre, box and area measured from its mask, the
+paper's model at initialisation, then added to the <vp_k> text tokens only, the same in the training, cached and
+batched paths, and saved with the model."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from model_utils import box_mask, random_image, tiny_model
+
+from pixelsail.data.sample import Sample
+from pixelsail.model import PixelSail
+from pixelsail.model.prompt_geometry import GEOMETRY_DIM, PromptGeometry
+from pixelsail.processing import prompt_geometry
+
+torch.set_grad_enabled(True)
+
+QUESTION = "Is <vp_3> left or right of <vp_7>?"
+PROMPTS = {3: box_mask(64, 64, 0, 16, 40, 64), 7: box_mask(64, 64, 32, 64, 0, 32)}   # box_mask(h, w, y0, y1, x0, x1)
+
+
+def test_geometry_of_a_box_and_of_a_point_by_hand():
+    mask = np.zeros((40, 80), dtype=bool)
+    mask[10:20, 60:80] = True                           # rows 10-19, columns 60-79
+    got = prompt_geometry(mask)
+    want = [(69.5 + 0.5) / 80, (14.5 + 0.5) / 40, 20 / 80, 10 / 40, math.sqrt(200 / 3200)]
+    assert np.allclose(got, want)
+    point = np.zeros((40, 80), dtype=bool)
+    point[0, 0] = True
+    assert np.allclose(prompt_geometry(point), [0.5 / 80, 0.5 / 40, 1 / 80, 1 / 40, math.sqrt(1 / 3200)])
+
+
+def test_the_processor_keeps_geometry_in_the_prompts_order():
+    model = tiny_model()
+    inputs = model.processor.image_inputs(random_image(64, 64), PROMPTS)
+    assert inputs.prompt_ids.tolist() == [7, 3]         # largest first
+    assert inputs.prompt_geometry.shape == (2, GEOMETRY_DIM)
+    assert np.allclose(inputs.prompt_geometry[1].numpy(), prompt_geometry(PROMPTS[3]))
+    assert model.processor.image_inputs(random_image(64, 64)).prompt_geometry.shape == (0, GEOMETRY_DIM)
+
+
+def test_features_hold_the_values_and_their_fourier_bands():
+    module = PromptGeometry(hidden_size=8, num_bands=2)
+    g = torch.tensor([[0.25, 0.5, 0.1, 0.2, 0.3]])
+    feats = module.features(g)
+    assert feats.shape == (1, GEOMETRY_DIM * 5)
+    assert torch.allclose(feats[0, :5], g[0])
+    assert torch.allclose(feats[0, 5], torch.tensor(math.sin(math.pi * 0.25)), atol=1e-6)   # x, band 0
+    assert torch.allclose(feats[0, 6], torch.tensor(math.sin(2 * math.pi * 0.25)), atol=1e-6)  # x, band 1
+    assert not module(g).any()                           # zero-initialised projection
+
+
+def _embeds(model, sample):
+    batch = model.processor.collate([model.processor(sample)])
+    return batch, model.embed_batch(batch["input_ids"], batch["images"])[0]
+
+
+def test_switched_on_the_model_starts_as_the_papers_then_moves_only_the_tags(tmp_path):
+    sample = Sample(image=random_image(64, 64), turns=[(QUESTION, "It is right (B).")], prompts=PROMPTS,
+                    task="vp_mcq")
+    plain, model = tiny_model().eval(), tiny_model(vp_geometry=True).eval()
+    missing, unexpected = model.load_state_dict(plain.state_dict(), strict=False)
+    assert missing == ["prompt_geometry.proj.weight"] and not unexpected
+    with torch.no_grad():
+        batch, a = _embeds(plain, sample)
+        assert torch.equal(a, _embeds(model, sample)[1])          # exactly the paper's inputs at the start
+        torch.nn.init.normal_(model.prompt_geometry.proj.weight, std=0.5)
+        b = _embeds(model, sample)[1]
+    ids = batch["input_ids"][0]
+    inputs = model.processor.image_inputs(sample.image, PROMPTS)
+    for k in (3, 7):
+        tag = ids == model.processor.ids[f"vp_{k}"]
+        row = inputs.prompt_ids.tolist().index(k)
+        with torch.no_grad():
+            vec = model.prompt_geometry(inputs.prompt_geometry[row:row + 1])[0]
+        assert torch.allclose(b[0, tag] - a[0, tag], vec.expand(int(tag.sum()), -1), atol=1e-6)
+    tags = (ids == model.processor.ids["vp_3"]) | (ids == model.processor.ids["vp_7"])
+    assert torch.equal(a[0, ~tags], b[0, ~tags])                    # patches and other words untouched
+    # the cached and uncached answers agree, and the switch round-trips through save / load
+    prefix = model.prefill_image(sample.image, PROMPTS)
+    x = model.respond(prefix, QUESTION, max_new_tokens=5)
+    assert x.token_ids == model.respond(prefix, QUESTION, max_new_tokens=5, use_cache=False).token_ids
+    model.save_pretrained(tmp_path)
+    loaded = PixelSail.from_pretrained(tmp_path).eval()
+    assert loaded.config.vp_geometry
+    assert loaded.respond(loaded.prefill_image(sample.image, PROMPTS), QUESTION, max_new_tokens=5).token_ids == \
+        x.token_ids
+
+
+def test_a_training_step_reaches_the_projection():
+    model = tiny_model(vp_geometry=True)
+    sample = Sample(image=random_image(64, 64), turns=[(QUESTION, "It is right (B).")], prompts=PROMPTS,
+                    task="vp_mcq")
+    batch = model.processor.collate([model.processor(sample)])
+    out = model(batch["input_ids"], batch["labels"], batch["lengths"], batch["images"], batch["masks"])
+    out.loss.backward()
+    assert model.prompt_geometry.proj.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("injection", [True, False])
+def test_geometry_adds_to_the_baselines_pooled_region_too(injection):
+    sample = Sample(image=random_image(64, 64), turns=[(QUESTION, "It is right (B).")], prompts=PROMPTS,
+                    task="vp_mcq")
+    model = tiny_model(vp_geometry=True, vp_injection=injection).eval()
+    torch.nn.init.normal_(model.prompt_geometry.proj.weight, std=0.5)
+    with torch.no_grad():
+        batch, with_geo = _embeds(model, sample)
+        model.prompt_geometry.proj.weight.zero_()
+        without = _embeds(model, sample)[1]
+    tag = batch["input_ids"][0] == model.processor.ids["vp_3"]
+    assert (with_geo[0, tag] - without[0, tag]).abs().amax() > 0
