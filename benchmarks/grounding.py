@@ -131,6 +131,26 @@ def letter_accuracy(model, samples: list, batch_size: int = 32) -> float:
     return 100.0 * hits / max(count, 1)
 
 
+@torch.no_grad()
+def option_accuracy(model, samples: list, batch_size: int = 32) -> float:
+    """Teacher-forced accuracy (percent) of a multiple choice's option: every answer token before the letter's
+    bracket right ("It is left" of "It is left (B)."), what option decoding answers with (the letter follows)."""
+    model.eval()
+    paren = model.processor.encode(" (")[-1]
+    hits = 0
+    for start in range(0, len(samples), batch_size):
+        batch = _encode(model, samples[start:start + batch_size])
+        pred, labels = _next_tokens(model, batch, _hidden(model, batch)[0])
+        inputs = batch["input_ids"][:, 1:]          # the token each prediction is scored against, as input
+        for b in range(labels.shape[0]):
+            answer = (labels[b] != IGNORE_INDEX).nonzero().flatten()
+            brackets = answer[inputs[b, answer] == paren]
+            upto = answer[answer < brackets[0]] if brackets.numel() else answer
+            hits += bool((pred[b, upto] == labels[b, upto]).all())
+    model.train()
+    return 100.0 * hits / max(len(samples), 1)
+
+
 def teacher_maps(teacher, samples: list) -> list[dict[str, torch.Tensor]] | None:
     """Per sample the teacher's feature maps {name: (C, h, w)}, or None without a teacher."""
     if teacher is None:
@@ -186,7 +206,7 @@ def run_one(rung: Rung, args, seed: int, use_oracle: bool) -> dict:
     train = rung_samples(rung, "train", steps * args.batch, args.image_size, start=seed * 1_000_003 % 900_000)
     val = rung_samples(rung, "val", args.eval_samples, args.image_size)
     every = max(1, args.eval_every // args.batch)
-    curve, t0 = [], time.perf_counter()
+    curve, option_curve, t0 = [], [], time.perf_counter()
     for step in range(1, steps + 1):
         chunk = train[(step - 1) * args.batch: step * args.batch]
         batch = _encode(model, chunk)
@@ -200,8 +220,13 @@ def run_one(rung: Rung, args, seed: int, use_oracle: bool) -> dict:
         if step % every == 0 or step == steps:
             value = evaluate(model, oracle, rung, val)
             curve.append((step * args.batch, value))
+            option = ""
+            if rung.scores_letters and oracle is None:
+                option_curve.append((step * args.batch, round(option_accuracy(model, val), 1)))
+                option = f", option {option_curve[-1][1]:.1f}"
             print(f"  {rung.name} {'oracle' if oracle else args.label} seed {seed}: {step * args.batch} samples "
-                  f"({time.perf_counter() - t0:.0f} s) loss {float(loss.detach()):.3f} {rung.metric} {value:.1f}", flush=True)
+                  f"({time.perf_counter() - t0:.0f} s) loss {float(loss.detach()):.3f} {rung.metric} {value:.1f}"
+                  f"{option}", flush=True)
     variant = args.label if not use_oracle else ("oracle" if args.label == "own" else f"oracle {args.label}")
     extra = {}
     if rung.metric == "accuracy":
@@ -209,6 +234,7 @@ def run_one(rung: Rung, args, seed: int, use_oracle: bool) -> dict:
         print(f"  answer tokens, teacher-forced accuracy by position: {extra['position_accuracy']}", flush=True)
     if rung.scores_letters:
         extra["letter_accuracy"] = round(letter_accuracy(model, val), 1)
+        extra["option_curve"] = option_curve
         print(f"  the option's letter after its word, teacher-forced: {extra['letter_accuracy']} %", flush=True)
     return {"rung": rung.name, "variant": variant, "seed": seed, **extra,
             "metric": rung.metric, "chance": round(chance_level(rung, val), 1),

@@ -23,6 +23,8 @@ from pixelsail.data.shapes import (
 from pixelsail.data.shapes_lookup import OPTION_VOCABULARIES, option_lookup_text
 from pixelsail.tokens import vp_token
 
+# draws of a multiple choice on one scene before giving up on a question of the wanted kind (each kind is a quarter)
+MCQ_KIND_TRIES = 24
 ATTR_KEYS = ("color", "shape", "size")
 
 
@@ -163,6 +165,21 @@ def _mcq_rewritten(options_word_first: bool) -> Callable[[Scene, np.random.Gener
     return make
 
 
+def _mcq_of_kind(kind: str) -> Callable[[Scene, np.random.Generator], Sample | None]:
+    """The product's multiple choice (answered word first, as shipped) of one question kind only: "larger" ("Which
+    is larger, <vp_1> or <vp_2>?") or "side" ("Is <vp_1> left or right of <vp_2>?"). ``None`` where the scene has
+    no pair for it."""
+    word_first = _mcq_rewritten(False)
+
+    def make(scene: Scene, rng: np.random.Generator) -> Sample | None:
+        for _ in range(MCQ_KIND_TRIES):
+            sample = word_first(scene, rng)
+            if sample is not None and sample.meta.get("question_kind") == kind:
+                return sample
+        return None
+    return make
+
+
 def letter_lookup_text(rng: np.random.Generator) -> tuple[str, str]:
     """("Which letter is red? (A) blue (B) green (C) yellow (D) red.", "It is red (D).") with the options drawn
     from the multiple choice's vocabularies (colours, shapes, prompt tags)."""
@@ -234,6 +251,10 @@ RUNGS: dict[str, Rung] = {r.name: r for r in (
          scores_letters=True),
     Rung("vp_mcq_induction", _as_rung("vp_mcq_induction", _mcq_rewritten(True)), "accuracy", None, chance=1 / 3,
          scores_letters=True),
+    # the two comparisons of the multiple choice alone, word first (chance: half)
+    Rung("vp_larger", _as_rung("vp_larger", _mcq_of_kind("larger")), "accuracy", None, chance=1 / 2,
+         scores_letters=True),
+    Rung("vp_side", _as_rung("vp_side", _mcq_of_kind("side")), "accuracy", None, chance=1 / 2, scores_letters=True),
     # the look-up alone, in text (chance: a quarter of the letters)
     Rung("letter_lookup", build_letter_lookup, "accuracy", None, chance=1 / 4, scores_letters=True),
     # the dense look-up alone: one to four words asked per question, every letter of the answer a look-up

@@ -413,6 +413,25 @@ def test_the_multiple_choice_rungs_differ_only_in_where_the_letter_stands():
         assert c.turns[0][0].startswith(a.turns[0][0].split(" (A) ")[0]) and np.array_equal(a.image, c.image)
 
 
+def test_the_comparison_rungs_ask_one_kind_each_and_answer_it_right():
+    import re
+
+    from benchmarks.ladder import RUNGS, rung_samples
+    from pixelsail.data.shapes_scene import generate_scene
+
+    for name, kind in (("vp_side", "side"), ("vp_larger", "larger")):
+        samples = rung_samples(RUNGS[name], "val", 8, 64)
+        assert len(samples) == 8 and {s.meta["question_kind"] for s in samples} == {kind}
+        for s in samples:
+            assert s.turns[0][1].startswith(f"It is {s.meta['correct']} (")
+            if kind == "side":   # the first-named object's side of the second
+                m = s.meta
+                scene = generate_scene(m["split"], m["index"], m["seed"], 64, m["attempt"])
+                first, second = (scene.objects[m["prompt_objects"][int(t)]] for t in
+                                 re.findall(r"<vp_(\d+)>", s.turns[0][0].split(" (A) ")[0]))
+                assert m["correct"] == ("left" if first.centroid[0] < second.centroid[0] else "right")
+
+
 def test_option_lookup_rung_trains_on_lookups_and_is_scored_on_the_multiple_choice_alone():
     import re
 
@@ -544,3 +563,28 @@ def test_shapes_breakdown_scores_open_prompt_questions_per_kind_and_absent_tags_
     assert got["absent"] == {"samples": 1, "exact": 1.0}
     assert got["where"] == {"samples": 2, "exact": 0.5}
     assert got["all"]["samples"] == 3 and got["all"]["exact"] == pytest.approx(2 / 3)
+
+
+def test_option_accuracy_scores_the_words_before_the_letter_and_ignores_the_letter(monkeypatch):
+    import benchmarks.grounding as grounding
+    from benchmarks.ladder import RUNGS, rung_samples
+
+    model = tiny_model().eval()
+    samples = rung_samples(RUNGS["vp_side"], "val", 4, 64)
+    proc = model.processor
+    paren, left, right = proc.encode(" (")[-1], proc.encode(" left")[-1], proc.encode(" right")[-1]
+
+    def forced(corrupt):
+        def next_tokens(model, batch, hidden):
+            labels = batch["labels"][:, 1:]
+            pred = labels.clone()
+            after = torch.zeros_like(pred, dtype=torch.bool)
+            after[:, 1:] = batch["input_ids"][:, 1:-1] == paren           # the letter's position
+            words = (labels == left) | (labels == right)
+            pred[after if corrupt == "letter" else words if corrupt == "word" else torch.zeros_like(after)] = 0
+            return pred, labels
+        return next_tokens
+
+    for corrupt, want in (("nothing", 100.0), ("letter", 100.0), ("word", 0.0)):
+        monkeypatch.setattr(grounding, "_next_tokens", forced(corrupt))
+        assert grounding.option_accuracy(model, samples) == want
