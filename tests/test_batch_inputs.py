@@ -44,7 +44,7 @@ def _fixed_points(logits, num_points, oversample, importance, generator=None):
     return coords[None].expand(logits.shape[0], -1, -1).to(logits.device)
 
 
-@pytest.mark.parametrize("vp_text_pool,vp_geometry", [("", False), ("tags", False), ("", True)])
+@pytest.mark.parametrize("vp_text_pool,vp_geometry", [("", ""), ("tags", ""), ("", "tags"), ("", "patches")])
 def test_batched_embeddings_and_positions_equal_one_sample_at_a_time(vp_text_pool, vp_geometry):
     model = tiny_model(vp_text_pool=vp_text_pool, vp_geometry=vp_geometry).eval()
     for added in (model.vp_text_proj, model.prompt_geometry and model.prompt_geometry.proj):
@@ -73,7 +73,7 @@ def test_batched_embeddings_and_positions_equal_one_sample_at_a_time(vp_text_poo
     vp3 = batch["input_ids"][row] == proc.ids["vp_3"]
     plain = model.backbone.embed(batch["input_ids"][row])
     changed = (embeds[row] - plain).abs().amax(-1) > 0
-    assert bool(changed[vp3].all()) == bool(vp_text_pool or vp_geometry)
+    assert bool(changed[vp3].all()) == bool(vp_text_pool or vp_geometry == "tags")
 
 
 def test_batched_losses_combine_the_per_sample_losses(monkeypatch):

@@ -10,6 +10,7 @@ from model_utils import box_mask, random_image, tiny_model
 
 from pixelsail.data.sample import Sample
 from pixelsail.model import PixelSail
+from pixelsail.model.patch_embed import prompt_owner
 from pixelsail.model.prompt_geometry import GEOMETRY_DIM, PromptGeometry
 from pixelsail.processing import prompt_geometry
 
@@ -58,7 +59,7 @@ def _embeds(model, sample):
 def test_switched_on_the_model_starts_as_the_papers_then_moves_only_the_tags(tmp_path):
     sample = Sample(image=random_image(64, 64), turns=[(QUESTION, "It is right (B).")], prompts=PROMPTS,
                     task="vp_mcq")
-    plain, model = tiny_model().eval(), tiny_model(vp_geometry=True).eval()
+    plain, model = tiny_model().eval(), tiny_model(vp_geometry="tags").eval()
     missing, unexpected = model.load_state_dict(plain.state_dict(), strict=False)
     assert missing == ["prompt_geometry.proj.weight"] and not unexpected
     with torch.no_grad():
@@ -88,7 +89,7 @@ def test_switched_on_the_model_starts_as_the_papers_then_moves_only_the_tags(tmp
 
 
 def test_a_training_step_reaches_the_projection():
-    model = tiny_model(vp_geometry=True)
+    model = tiny_model(vp_geometry="tags")
     sample = Sample(image=random_image(64, 64), turns=[(QUESTION, "It is right (B).")], prompts=PROMPTS,
                     task="vp_mcq")
     batch = model.processor.collate([model.processor(sample)])
@@ -101,7 +102,7 @@ def test_a_training_step_reaches_the_projection():
 def test_geometry_adds_to_the_baselines_pooled_region_too(injection):
     sample = Sample(image=random_image(64, 64), turns=[(QUESTION, "It is right (B).")], prompts=PROMPTS,
                     task="vp_mcq")
-    model = tiny_model(vp_geometry=True, vp_injection=injection).eval()
+    model = tiny_model(vp_geometry="tags", vp_injection=injection).eval()
     torch.nn.init.normal_(model.prompt_geometry.proj.weight, std=0.5)
     with torch.no_grad():
         batch, with_geo = _embeds(model, sample)
@@ -109,3 +110,30 @@ def test_geometry_adds_to_the_baselines_pooled_region_too(injection):
         without = _embeds(model, sample)[1]
     tag = batch["input_ids"][0] == model.processor.ids["vp_3"]
     assert (with_geo[0, tag] - without[0, tag]).abs().amax() > 0
+
+
+def test_on_the_patches_each_covered_patch_gets_its_prompts_vector_and_the_tags_stay_plain():
+    sample = Sample(image=random_image(64, 64), turns=[(QUESTION, "It is right (B).")], prompts=PROMPTS,
+                    task="vp_mcq")
+    plain, model = tiny_model().eval(), tiny_model(vp_geometry="patches").eval()
+    model.load_state_dict(plain.state_dict(), strict=False)
+    with torch.no_grad():
+        batch, a = _embeds(plain, sample)
+        assert torch.equal(a, _embeds(model, sample)[1])          # exactly the paper's inputs at the start
+        torch.nn.init.normal_(model.prompt_geometry.proj.weight, std=0.5)
+        b = _embeds(model, sample)[1]
+    inputs = model.processor.image_inputs(sample.image, PROMPTS)
+    owner = prompt_owner(inputs.prompt_ids, inputs.prompt_cover)               # (16,) the k each patch gets
+    with torch.no_grad():
+        vectors = dict(zip(inputs.prompt_ids.tolist(), model.prompt_geometry(inputs.prompt_geometry)))
+    patches = slice(1, 1 + owner.numel())
+    for n, k in enumerate(owner.tolist()):
+        want = vectors[k] if k >= 0 else torch.zeros_like(vectors[3])
+        assert torch.allclose(b[0, patches][n] - a[0, patches][n], want, atol=1e-5)
+    assert torch.equal(a[0, 1 + owner.numel():], b[0, 1 + owner.numel():])   # every text token untouched
+    assert (owner == 3).any() and (owner == 7).any() and (owner < 0).any()
+    prefix = model.prefill_image(sample.image, PROMPTS)                     # cached == uncached
+    x = model.respond(prefix, QUESTION, max_new_tokens=5)
+    assert x.token_ids == model.respond(prefix, QUESTION, max_new_tokens=5, use_cache=False).token_ids
+    with pytest.raises(ValueError, match="vp_geometry"):
+        tiny_model(vp_geometry="everywhere")

@@ -102,10 +102,10 @@ class PixelSailConfig:
     # projection; not in the paper): "" off, "tags" every tag token, "answer" only the tags the answer writes (the
     # question's tag stays plain, so copying it into the answer stays easy; docs/TRAINING.md)
     vp_text_pool: str = ""
-    # <vp_k> text tokens also get their prompt's centre, box size and area (Fourier features through a zero-initialised
-    # projection, as SAM's prompt encoder; not in the paper): what "Which is larger" and "left or right" compare
-    # (model/prompt_geometry.py)
-    vp_geometry: bool = False
+    # each prompt's centre, box size and area (Fourier features through a zero-initialised projection, as SAM's
+    # prompt encoder; not in the paper), what "Which is larger" and "left or right" compare: "" off, "tags" added to
+    # its <vp_k> text tokens, "patches" to the patches it covers (model/prompt_geometry.py; docs/TRAINING.md, session 20)
+    vp_geometry: str = ""
     num_vp_tokens: int = DEFAULT_NUM_VP_TOKENS
     # improvement 3: vision-expert distillation
     distill: DistillConfig = field(default_factory=DistillConfig)

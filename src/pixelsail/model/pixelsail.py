@@ -21,7 +21,7 @@ from pixelsail.model.option_marks import OptionEmbedding, OptionMarker
 from pixelsail.model.patch_embed import (PATCH_STEMS, ConvPatchEmbed, PatchEmbed, PromptInjector, pooled_prompts,
                                          prompt_owner)
 from pixelsail.model.patch_position import PatchPosition
-from pixelsail.model.prompt_geometry import PromptGeometry
+from pixelsail.model.prompt_geometry import VP_GEOMETRY, PromptGeometry
 from pixelsail.model.pretrained import CONFIG_FILE, WEIGHTS_FILE, PretrainedIO
 from pixelsail.model.question_pool import QuestionPool, pool_sources, question_key_mask
 from pixelsail.model.upsampler import MaskFeatures
@@ -104,6 +104,8 @@ class PixelSail(PretrainedIO, nn.Module):
         self.vp_text_proj = nn.Linear(hidden, hidden, bias=False) if config.vp_injection and config.vp_text_pool else None
         if self.vp_text_proj is not None:
             nn.init.zeros_(self.vp_text_proj.weight)
+        if config.vp_geometry not in VP_GEOMETRY:
+            raise ValueError(f"vp_geometry must be one of {VP_GEOMETRY}, got {config.vp_geometry!r}")
         self.prompt_geometry = PromptGeometry(hidden_size=hidden) if config.vp_geometry else None
         self.mask_features = MaskFeatures(hidden_size=hidden, patch_size=config.patch_size, mask_dim=config.mask_dim,
                                           upsample=config.upsample, stride=config.upsample_stride,
@@ -154,19 +156,32 @@ class PixelSail(PretrainedIO, nn.Module):
         return raw
 
     def _inject_prompts(self, raw: torch.Tensor, images: list[ImageInputs]) -> torch.Tensor:
-        """raw (G, N, C) patch embeddings of G images sharing a grid -> the same with their prompts injected."""
+        """raw (G, N, C) patch embeddings of G images sharing a grid -> the same with their prompts injected (and,
+        with ``vp_geometry: patches``, each covered patch given its prompt's geometry vector)."""
         prompted = [j for j, im in enumerate(images) if im.prompt_ids.numel()]
-        if self.prompt_injector is None or not prompted:
+        on_patches = self.config.vp_geometry == "patches"
+        if (self.prompt_injector is None and not on_patches) or not prompted:
             return raw
         dev = self.device
         owner = torch.full(raw.shape[:2], -1, dtype=torch.long, device=dev)                  # (G, N)
         for j in prompted:
             owner[j] = prompt_owner(images[j].prompt_ids.to(dev), images[j].prompt_cover.to(dev))
-        return self.prompt_injector(raw, owner, self.backbone.embed(self._vp_token_ids(dev)))
+        out = raw
+        if self.prompt_injector is not None:
+            out = self.prompt_injector(raw, owner, self.backbone.embed(self._vp_token_ids(dev)))
+        if on_patches:
+            # (G, num_vp + 1, C): row j, column k = the geometry vector of image j's <vp_k>; the last column stays zero
+            table = raw.new_zeros(raw.shape[0], self.config.num_vp_tokens + 1, raw.shape[-1])
+            for j in prompted:
+                table[j, images[j].prompt_ids.to(dev)] = self.prompt_geometry(
+                    images[j].prompt_geometry.to(dev)).to(raw.dtype)
+            rows = torch.arange(raw.shape[0], device=dev)[:, None]
+            out = out + table[rows, torch.where(owner >= 0, owner, self.config.num_vp_tokens)]
+        return out
 
     def _text_prompts(self, raw: torch.Tensor, image: ImageInputs) -> dict[int, torch.Tensor]:
         """{k: (C,)} to add to the <vp_k> text tokens: each prompt's pooled patch embedding for the baseline, the same
-        through ``vp_text_proj`` beside injection (``vp_text_pool``), plus its geometry's vector with ``vp_geometry``;
+        through ``vp_text_proj`` beside injection (``vp_text_pool``), plus its geometry's vector with ``vp_geometry: tags``;
         empty when none applies. Computed once per image."""
         if image.prompt_ids.numel() == 0:
             return {}
@@ -175,7 +190,7 @@ class PixelSail(PretrainedIO, nn.Module):
             out = pooled_prompts(raw, image.prompt_ids.to(self.device), image.prompt_cover.to(self.device))
             if self.vp_text_proj is not None:
                 out = {k: self.vp_text_proj(vec) for k, vec in out.items()}
-        if self.prompt_geometry is not None:
+        if self.config.vp_geometry == "tags":
             geometry = self.prompt_geometry(image.prompt_geometry.to(self.device)).to(raw.dtype)   # (K, C)
             for k, vec in zip(image.prompt_ids.tolist(), geometry.unbind(0)):
                 out[k] = out[k] + vec if k in out else vec

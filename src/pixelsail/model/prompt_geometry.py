@@ -8,8 +8,14 @@ they lie. "Which is larger, <vp_1> or <vp_2>?" and "Is <vp_1> left or right of <
 
 This module does what SAM's prompt encoder does for points and boxes: each prompt's centre, box size and area
 (:func:`pixelsail.processing.prompt_geometry`, from the prompt mask itself) as Fourier features, through a
-zero-initialised bias-free projection, added to the embedding of every ``<vp_k>`` token of the text. At
-initialisation the model is exactly the paper's.
+zero-initialised bias-free projection, added either to the embedding of every ``<vp_k>`` token of the text
+(``vp_geometry: tags``) or to every patch the prompt covers, beside injection's vector (``patches``): then a tag
+reads its region's place and size through the same attention that brings it the region's colour, and keeps its own
+identity. At initialisation the model is exactly the paper's either way.
+
+Measured (docs/TRAINING.md, session 20): on the tags, "left or right" went from chance to 0.99 on two seeds, and
+the geometry vector grew to 13x a tag's embedding, so the copy of the asked tag that every visual-prompt answer
+starts with broke (open questions 0.78 -> 0.08).
 """
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ import math
 import torch
 from torch import nn
 
+VP_GEOMETRY = ("", "tags", "patches")   # off / added to the prompt's <vp_k> text tokens / to the patches it covers
 GEOMETRY_DIM = 5   # centre x, centre y, box width, box height, sqrt(area): fractions of the image
 
 
