@@ -15,7 +15,8 @@ identity. At initialisation the model is exactly the paper's either way.
 
 Measured (docs/TRAINING.md, session 20): on the tags, "left or right" went from chance to 0.99 on two seeds, and
 the geometry vector grew to 13x a tag's embedding, so the copy of the asked tag that every visual-prompt answer
-starts with broke (open questions 0.78 -> 0.08).
+starts with broke (open questions 0.78 -> 0.08). On the patches, the ladder's "left or right" rung stayed at chance
+on two seeds (the tags then have to fetch it by attention, the route that does not form).
 """
 from __future__ import annotations
 
