@@ -181,8 +181,8 @@ class PixelSail(PretrainedIO, nn.Module):
 
     def _text_prompts(self, raw: torch.Tensor, image: ImageInputs) -> dict[int, torch.Tensor]:
         """{k: (C,)} to add to the <vp_k> text tokens: each prompt's pooled patch embedding for the baseline, the same
-        through ``vp_text_proj`` beside injection (``vp_text_pool``), plus its geometry's vector with ``vp_geometry: tags``;
-        empty when none applies. Computed once per image."""
+        through ``vp_text_proj`` beside injection (``vp_text_pool``), plus its geometry's vector with ``vp_geometry:
+        tags``; empty when none applies. Computed once per image."""
         if image.prompt_ids.numel() == 0:
             return {}
         out: dict[int, torch.Tensor] = {}

@@ -1,4 +1,4 @@
-"""Where a visual prompt is and how big, told to its ``<vp_k>`` text tokens (not in the paper; ``vp_geometry: true``).
+"""Where a visual prompt is and how big, told to the model (not in the paper; ``vp_geometry: tags`` / ``patches``).
 
 The paper marks a prompt only on the patches it covers (visual-prompt injection): a ``<vp_k>`` in the text finds its
 region by attention, and what attention brings back is a weighted *mean* of those patches. A mean holds what the
