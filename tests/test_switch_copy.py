@@ -32,5 +32,17 @@ def test_only_boolean_switches_that_are_off_can_be_turned_on():
     model = tiny_model()
     with pytest.raises(ValueError, match="'mask_dim' is not a boolean switch"):
         with_switches(model, ["mask_dim"])
+    with pytest.raises(ValueError, match="'vp_geometry' is not a boolean switch"):
+        with_switches(model, ["vp_geometry"])                 # a string switch needs its value
     with pytest.raises(ValueError, match="'upsample' is already on"):
         with_switches(model, ["upsample"])
+
+
+def test_a_string_switch_is_turned_on_with_its_value_and_starts_as_the_original():
+    original = tiny_model(seed=3).eval()
+    copy = with_switches(original, ["vp_geometry=tags"]).eval()
+    assert copy.config.vp_geometry == "tags" and not original.config.vp_geometry
+    image = random_image(48, 64)
+    assert torch.allclose(_loss(copy, image), _loss(original, image), atol=1e-5)
+    with pytest.raises(ValueError, match="'vp_geometry' is already on"):
+        with_switches(copy, ["vp_geometry=patches"])
