@@ -49,14 +49,20 @@ class ImageInputs:
     prompt_ids: torch.Tensor
     prompt_cover: torch.Tensor
     orig_size: tuple[int, int]
-    prompt_geometry: torch.Tensor | None = None
+    prompt_geometry: torch.Tensor
+
+
+GEOMETRY_DIM = 5   # a prompt's centre x, centre y, box width, box height, sqrt(area): fractions of the image
 
 
 def prompt_geometry(mask: np.ndarray) -> np.ndarray:
     """(H, W) bool prompt -> (5,) float32: its pixels' mean x and y, its box's width and height, and the square root
     of its area, each as a fraction of the image's width / height / area (a point prompt: a tiny box, a small area)."""
-    h, w = mask.shape
-    ys, xs = np.nonzero(mask)
+    return _geometry(*np.nonzero(mask), *mask.shape)
+
+
+def _geometry(ys: np.ndarray, xs: np.ndarray, h: int, w: int) -> np.ndarray:
+    """:func:`prompt_geometry` from the prompt's pixel coordinates in an (h, w) image."""
     return np.array([(xs.mean() + 0.5) / w, (ys.mean() + 0.5) / h, (xs.max() - xs.min() + 1) / w,
                      (ys.max() - ys.min() + 1) / h, np.sqrt(xs.size / (h * w))], dtype=np.float32)
 
@@ -96,15 +102,13 @@ class Processor:
         gh, gw = th // p, tw // p
         # (th, tw, 3) -> (gh, P, gw, P, 3) -> (gh, gw, 3, P, P) -> (N, 3*P*P)
         patches = x.reshape(gh, p, gw, p, 3).transpose(0, 2, 4, 1, 3).reshape(gh * gw, 3 * p * p)
-        ids, cover = self.prompt_coverage(prompts or {}, (h, w), (gh, gw))
-        by_k = {int(k): np.asarray(m).astype(bool) for k, m in (prompts or {}).items()}
-        geometry = (torch.from_numpy(np.stack([prompt_geometry(by_k[k]) for k in ids.tolist()])) if ids.numel()
-                    else torch.zeros(0, 5))
+        ids, cover, geometry = self.prompt_coverage(prompts or {}, (h, w), (gh, gw))
         return ImageInputs(torch.from_numpy(np.ascontiguousarray(patches)), (gh, gw), ids, cover, (h, w), geometry)
 
     def prompt_coverage(self, prompts: dict[int, np.ndarray], size: tuple[int, int],
-                        grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """A patch is covered by a prompt if any pixel of the prompt falls in it (computed at input resolution)."""
+                        grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(ids (K,), cover (K, N), geometry (K, 5)), largest prompt first. A patch is covered by a prompt if any
+        pixel of the prompt falls in it (computed at input resolution); geometry: :func:`prompt_geometry`."""
         h, w = size
         gh, gw = grid
         row_patch = np.arange(h) * gh // h
@@ -122,11 +126,13 @@ class Processor:
             cover = np.zeros((gh, gw), dtype=bool)
             ys, xs = np.nonzero(mask)
             cover[row_patch[ys], col_patch[xs]] = True
-            items.append((int(mask.sum()), k, cover.reshape(-1)))
+            items.append((int(ys.size), k, cover.reshape(-1), _geometry(ys, xs, h, w)))
         items.sort(key=lambda t: -t[0])
-        ids = torch.tensor([k for _, k, _ in items], dtype=torch.long)
-        cover = torch.from_numpy(np.stack([c for _, _, c in items])) if items else torch.zeros(0, gh * gw, dtype=torch.bool)
-        return ids, cover
+        ids = torch.tensor([k for _, k, _, _ in items], dtype=torch.long)
+        if not items:
+            return ids, torch.zeros(0, gh * gw, dtype=torch.bool), torch.zeros(0, GEOMETRY_DIM)
+        return (ids, torch.from_numpy(np.stack([c for _, _, c, _ in items])),
+                torch.from_numpy(np.stack([g for *_, g in items])))
 
     # ------------------------------------------------------------------------------------------------ text side
     def encode(self, text: str) -> list[int]:

@@ -25,8 +25,9 @@ import math
 import torch
 from torch import nn
 
+from pixelsail.processing import GEOMETRY_DIM
+
 VP_GEOMETRY = ("", "tags", "patches")   # off / added to the prompt's <vp_k> text tokens / to the patches it covers
-GEOMETRY_DIM = 5   # centre x, centre y, box width, box height, sqrt(area): fractions of the image
 
 
 class PromptGeometry(nn.Module):
