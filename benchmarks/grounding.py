@@ -97,57 +97,54 @@ def evaluate(model, oracle: AttributeOracle | None, rung: Rung, samples: list, b
     return float(metric.compute()["cIoU (LISA)"])
 
 
-@torch.no_grad()
+def _teacher_forced(model, samples: list, batch_size: int):
+    """Per chunk of ``samples``: (batch, teacher-forced greedy predictions, labels), the model in eval mode."""
+    model.eval()
+    try:
+        for start in range(0, len(samples), batch_size):
+            batch = _encode(model, samples[start:start + batch_size])
+            with torch.no_grad():
+                yield (batch, *_next_tokens(model, batch, _hidden(model, batch)[0]))
+    finally:
+        model.train()
+
+
 def position_accuracy(model, samples: list, batch_size: int = 32, positions: int = 8) -> list[float]:
     """Teacher-forced accuracy (percent) of each of the answer's first ``positions`` tokens: where an answer rung
     fails (e.g. "<vp_k>: red." - the copied tag, or the colour)."""
-    model.eval()
     hits, counts = np.zeros(positions), np.zeros(positions)
-    for start in range(0, len(samples), batch_size):
-        batch = _encode(model, samples[start:start + batch_size])
-        pred, labels = _next_tokens(model, batch, _hidden(model, batch)[0])
+    for _, pred, labels in _teacher_forced(model, samples, batch_size):
         for b in range(labels.shape[0]):
             at = (labels[b] != IGNORE_INDEX).nonzero().flatten()[:positions]
             hits[:len(at)] += (pred[b, at] == labels[b, at]).numpy()
             counts[:len(at)] += 1
-    model.train()
     return [round(float(100.0 * h / c), 1) for h, c in zip(hits, counts) if c]
 
 
-@torch.no_grad()
 def letter_accuracy(model, samples: list, batch_size: int = 32) -> float:
     """Teacher-forced accuracy (percent) of the answer tokens right after a "(": a multiple choice's letter, given
     the right words before it (the look-up of the option's word among the question's options)."""
-    model.eval()
     paren = model.processor.encode(" (")[-1]   # "red (B)": the bracket (space-led where the tokenizer has one)
     hits = count = 0
-    for start in range(0, len(samples), batch_size):
-        batch = _encode(model, samples[start:start + batch_size])
-        pred, labels = _next_tokens(model, batch, _hidden(model, batch)[0])
+    for batch, pred, labels in _teacher_forced(model, samples, batch_size):
         at = (batch["input_ids"][:, :-1] == paren) & (labels != IGNORE_INDEX)
         hits += int((pred == labels)[at].sum())
         count += int(at.sum())
-    model.train()
     return 100.0 * hits / max(count, 1)
 
 
-@torch.no_grad()
 def option_accuracy(model, samples: list, batch_size: int = 32) -> float:
     """Teacher-forced accuracy (percent) of a multiple choice's option: every answer token before the letter's
     bracket right ("It is left" of "It is left (B)."), what option decoding answers with (the letter follows)."""
-    model.eval()
     paren = model.processor.encode(" (")[-1]
     hits = 0
-    for start in range(0, len(samples), batch_size):
-        batch = _encode(model, samples[start:start + batch_size])
-        pred, labels = _next_tokens(model, batch, _hidden(model, batch)[0])
+    for batch, pred, labels in _teacher_forced(model, samples, batch_size):
         inputs = batch["input_ids"][:, 1:]          # the token each prediction is scored against, as input
         for b in range(labels.shape[0]):
             answer = (labels[b] != IGNORE_INDEX).nonzero().flatten()
             brackets = answer[inputs[b, answer] == paren]
             upto = answer[answer < brackets[0]] if brackets.numel() else answer
             hits += bool((pred[b, upto] == labels[b, upto]).all())
-    model.train()
     return 100.0 * hits / max(len(samples), 1)
 
 
