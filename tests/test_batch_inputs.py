@@ -47,9 +47,10 @@ def _fixed_points(logits, num_points, oversample, importance, generator=None):
 @pytest.mark.parametrize("vp_text_pool,vp_geometry", [("", ""), ("tags", ""), ("", "tags"), ("", "patches")])
 def test_batched_embeddings_and_positions_equal_one_sample_at_a_time(vp_text_pool, vp_geometry):
     model = tiny_model(vp_text_pool=vp_text_pool, vp_geometry=vp_geometry).eval()
-    for added in (model.vp_text_proj, model.prompt_geometry and model.prompt_geometry.proj):
-        if added is not None:
-            torch.nn.init.normal_(added.weight, std=0.1)   # zero-initialised: make the tag's addition show
+    if model.vp_text_proj is not None:
+        torch.nn.init.normal_(model.vp_text_proj.weight, std=0.1)   # zero-initialised: make the tag's addition show
+    if model.prompt_geometry is not None:
+        torch.nn.init.constant_(model.prompt_geometry.gate, 0.5)    # the same for the geometry's closed gate
     proc = model.processor
     features = [proc(s) for s in _samples()]
     batch = proc.collate(features)

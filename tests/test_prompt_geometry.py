@@ -48,7 +48,16 @@ def test_features_hold_the_values_and_their_fourier_bands():
     assert torch.allclose(feats[0, :5], g[0])
     assert torch.allclose(feats[0, 5], torch.tensor(math.sin(math.pi * 0.25)), atol=1e-6)   # x, band 0
     assert torch.allclose(feats[0, 6], torch.tensor(math.sin(2 * math.pi * 0.25)), atol=1e-6)  # x, band 1
-    assert not module(g).any()                           # zero-initialised projection
+    assert not module(g, torch.tensor([3.0])).any()      # zero-initialised gate
+    with torch.no_grad():
+        module.gate.fill_(0.7)
+    two = torch.cat([g, g.flip(-1)])
+    out = module(two, torch.tensor([3.0, 0.5]))          # each vector's length: tanh(gate) times its norm
+    assert torch.allclose(out.norm(dim=-1), math.tanh(0.7) * torch.tensor([3.0, 0.5]), atol=1e-5)
+    assert torch.allclose(module(two, torch.tensor(2.0)).norm(dim=-1), torch.full((2,), 2 * math.tanh(0.7)))
+    with torch.no_grad():
+        module.gate.fill_(50.0)                         # however far the gate is trained, never past the norm
+    assert torch.allclose(module(g, torch.tensor([3.0])).norm(), torch.tensor(3.0))
 
 
 def _embeds(model, sample):
@@ -61,11 +70,11 @@ def test_switched_on_the_model_starts_as_the_papers_then_moves_only_the_tags(tmp
                     task="vp_mcq")
     plain, model = tiny_model().eval(), tiny_model(vp_geometry="tags").eval()
     missing, unexpected = model.load_state_dict(plain.state_dict(), strict=False)
-    assert missing == ["prompt_geometry.proj.weight"] and not unexpected
+    assert sorted(missing) == ["prompt_geometry.gate", "prompt_geometry.proj.weight"] and not unexpected
     with torch.no_grad():
         batch, a = _embeds(plain, sample)
         assert torch.equal(a, _embeds(model, sample)[1])          # exactly the paper's inputs at the start
-        torch.nn.init.normal_(model.prompt_geometry.proj.weight, std=0.5)
+        model.prompt_geometry.gate.fill_(0.8)
         b = _embeds(model, sample)[1]
     ids = batch["input_ids"][0]
     inputs = model.processor.image_inputs(sample.image, PROMPTS)
@@ -73,7 +82,9 @@ def test_switched_on_the_model_starts_as_the_papers_then_moves_only_the_tags(tmp
         tag = ids == model.processor.ids[f"vp_{k}"]
         row = inputs.prompt_ids.tolist().index(k)
         with torch.no_grad():
-            vec = model.prompt_geometry(inputs.prompt_geometry[row:row + 1])[0]
+            tag_norm = model.backbone.embed(torch.tensor([model.processor.ids[f"vp_{k}"]])).norm(dim=-1)
+            vec = model.prompt_geometry(inputs.prompt_geometry[row:row + 1], tag_norm)[0]
+        assert torch.allclose(vec.norm(), math.tanh(0.8) * tag_norm[0])     # as long as tanh(gate) x the tag
         assert torch.allclose(b[0, tag] - a[0, tag], vec.expand(int(tag.sum()), -1), atol=1e-6)
     tags = (ids == model.processor.ids["vp_3"]) | (ids == model.processor.ids["vp_7"])
     assert torch.equal(a[0, ~tags], b[0, ~tags])                    # patches and other words untouched
@@ -95,7 +106,12 @@ def test_a_training_step_reaches_the_projection():
     batch = model.processor.collate([model.processor(sample)])
     out = model(batch["input_ids"], batch["labels"], batch["lengths"], batch["images"], batch["masks"])
     out.loss.backward()
-    assert model.prompt_geometry.proj.weight.grad.abs().sum() > 0
+    assert model.prompt_geometry.gate.grad.abs() > 0                # closed, the gate is what learns first
+    with torch.no_grad():
+        model.prompt_geometry.gate.fill_(0.5)
+    model.zero_grad()
+    model(batch["input_ids"], batch["labels"], batch["lengths"], batch["images"], batch["masks"]).loss.backward()
+    assert model.prompt_geometry.proj.weight.grad.abs().sum() > 0   # open, the direction learns too
 
 
 @pytest.mark.parametrize("injection", [True, False])
@@ -103,10 +119,10 @@ def test_geometry_adds_to_the_baselines_pooled_region_too(injection):
     sample = Sample(image=random_image(64, 64), turns=[(QUESTION, "It is right (B).")], prompts=PROMPTS,
                     task="vp_mcq")
     model = tiny_model(vp_geometry="tags", vp_injection=injection).eval()
-    torch.nn.init.normal_(model.prompt_geometry.proj.weight, std=0.5)
     with torch.no_grad():
+        model.prompt_geometry.gate.fill_(0.8)
         batch, with_geo = _embeds(model, sample)
-        model.prompt_geometry.proj.weight.zero_()
+        model.prompt_geometry.gate.zero_()
         without = _embeds(model, sample)[1]
     tag = batch["input_ids"][0] == model.processor.ids["vp_3"]
     assert (with_geo[0, tag] - without[0, tag]).abs().amax() > 0
@@ -120,12 +136,14 @@ def test_on_the_patches_each_covered_patch_gets_its_prompts_vector_and_the_tags_
     with torch.no_grad():
         batch, a = _embeds(plain, sample)
         assert torch.equal(a, _embeds(model, sample)[1])          # exactly the paper's inputs at the start
-        torch.nn.init.normal_(model.prompt_geometry.proj.weight, std=0.5)
+        model.prompt_geometry.gate.fill_(0.8)
         b = _embeds(model, sample)[1]
     inputs = model.processor.image_inputs(sample.image, PROMPTS)
     owner = prompt_owner(inputs.prompt_ids, inputs.prompt_cover)               # (16,) the k each patch gets
     with torch.no_grad():
-        vectors = dict(zip(inputs.prompt_ids.tolist(), model.prompt_geometry(inputs.prompt_geometry)))
+        raw = model._raw_patch_embeds(inputs.patches, inputs.grid)       # scaled to the mean patch's norm
+        vectors = dict(zip(inputs.prompt_ids.tolist(),
+                           model.prompt_geometry(inputs.prompt_geometry, raw.norm(dim=-1).mean())))
     patches = slice(1, 1 + owner.numel())
     for n, k in enumerate(owner.tolist()):
         want = vectors[k] if k >= 0 else torch.zeros_like(vectors[3])

@@ -102,9 +102,10 @@ class PixelSailConfig:
     # projection; not in the paper): "" off, "tags" every tag token, "answer" only the tags the answer writes (the
     # question's tag stays plain, so copying it into the answer stays easy; docs/TRAINING.md)
     vp_text_pool: str = ""
-    # each prompt's centre, box size and area (Fourier features through a zero-initialised projection, as SAM's
-    # prompt encoder; not in the paper), what "Which is larger" and "left or right" compare: "" off, "tags" added to
-    # its <vp_k> text tokens, "patches" to the patches it covers (model/prompt_geometry.py; docs/TRAINING.md, session 20)
+    # each prompt's centre, box size and area (Fourier features through a projection, as SAM's prompt encoder; not in
+    # the paper), what "Which is larger" and "left or right" compare: "" off, "tags" added to its <vp_k> text tokens,
+    # "patches" to the patches it covers; never longer than what it is added to, and zero at initialisation (a
+    # tanh gate; model/prompt_geometry.py; docs/TRAINING.md, sessions 20-21)
     vp_geometry: str = ""
     num_vp_tokens: int = DEFAULT_NUM_VP_TOKENS
     # improvement 3: vision-expert distillation

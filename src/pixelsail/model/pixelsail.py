@@ -174,7 +174,7 @@ class PixelSail(PretrainedIO, nn.Module):
             table = raw.new_zeros(raw.shape[0], self.config.num_vp_tokens + 1, raw.shape[-1])
             for j in prompted:
                 table[j, images[j].prompt_ids.to(dev)] = self.prompt_geometry(
-                    images[j].prompt_geometry.to(dev)).to(raw.dtype)
+                    images[j].prompt_geometry.to(dev), raw[j].norm(dim=-1).mean()).to(raw.dtype)
             rows = torch.arange(raw.shape[0], device=dev)[:, None]
             out = out + table[rows, torch.where(owner >= 0, owner, self.config.num_vp_tokens)]
         return out
@@ -191,7 +191,9 @@ class PixelSail(PretrainedIO, nn.Module):
             if self.vp_text_proj is not None:
                 out = {k: self.vp_text_proj(vec) for k, vec in out.items()}
         if self.config.vp_geometry == "tags":
-            geometry = self.prompt_geometry(image.prompt_geometry.to(self.device)).to(raw.dtype)   # (K, C)
+            ids = image.prompt_ids.to(self.device)
+            tag_norms = self.backbone.embed(self._vp_token_ids(self.device)[ids]).norm(dim=-1)      # (K,)
+            geometry = self.prompt_geometry(image.prompt_geometry.to(self.device), tag_norms).to(raw.dtype)  # (K, C)
             for k, vec in zip(image.prompt_ids.tolist(), geometry.unbind(0)):
                 out[k] = out[k] + vec if k in out else vec
         return out
