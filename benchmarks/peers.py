@@ -28,8 +28,9 @@ from benchmarks.peer_encoders import HieraImageEncoder, HieraSpec, SamImageEncod
 from benchmarks.peer_pipeline import MaskDecoder, PeerConfig, ViTEncoder, mlp
 from pixelsail.config import PixelSailConfig
 from pixelsail.model.backbone import AttentionLayout, Backbone, KVCache
+from pixelsail.model.batch_inputs import text_positions
 from pixelsail.model.mask_head import MASK_THRESHOLD, mask_probabilities
-from pixelsail.model.pixelsail import build_llm, text_positions
+from pixelsail.model.pixelsail import build_llm
 from pixelsail.processing import Processor
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)

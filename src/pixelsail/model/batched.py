@@ -12,6 +12,8 @@ from typing import Sequence
 import torch
 
 from pixelsail.model.attention import AttentionLayout, KVCache
+from pixelsail.model.batch_inputs import text_positions
+from pixelsail.model.generation import Response
 
 
 def _batch_cache(prefixes: Sequence) -> tuple[KVCache, torch.Tensor]:
@@ -38,8 +40,6 @@ def _batch_cache(prefixes: Sequence) -> tuple[KVCache, torch.Tensor]:
 def respond_batch(model, prefixes: Sequence, questions: Sequence[str],
                   histories: Sequence[Sequence[tuple[str, str]]] | None = None, max_new_tokens: int = 64) -> list:
     """``[model.respond(p, q, h, max_new_tokens) for p, q, h in zip(...)]`` computed as one batch per step."""
-    from pixelsail.model.pixelsail import Response, text_positions
-
     if len(prefixes) != len(questions):
         raise ValueError(f"{len(prefixes)} prefixes for {len(questions)} questions")
     if not questions:

@@ -1,30 +1,28 @@
 """The assembled Pixel-SAIL: one decoder over [image patches + text] that answers in text and masks."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedTokenizerBase, Qwen2Config, Qwen2ForCausalLM
 
 from pixelsail.config import DistillConfig, PixelSailConfig
-from pixelsail.model.backbone import AttentionLayout, Backbone, KVCache
-from pixelsail.model.batch_inputs import (ImageGroup, batch_positions, grid_groups, text_positions, vision_lengths,
-                                          vision_positions, vp_token_index)
+from pixelsail.model.backbone import AttentionLayout, Backbone
+from pixelsail.model.batch_inputs import ImageGroup, batch_positions, grid_groups, vision_lengths
 from pixelsail.model.distill import DistillAdapters
-from pixelsail.model.mask_head import MASK_THRESHOLD, SegQuery, mask_logits, mask_losses, mask_probabilities
+from pixelsail.model.generation import Generation, ImagePrefix, Response
+from pixelsail.model.mask_head import SegQuery, mask_logits, mask_losses
 from pixelsail.model.mask_prompts import PromptMaps
-from pixelsail.model.option_choice import OptionConstraint
 from pixelsail.model.option_marks import OptionEmbedding, OptionMarker
-from pixelsail.model.patch_embed import (PATCH_STEMS, ConvPatchEmbed, PatchEmbed, PromptInjector, pooled_prompts,
-                                         prompt_owner)
+from pixelsail.model.patch_embed import PATCH_STEMS, ConvPatchEmbed, PatchEmbed, PromptInjector
 from pixelsail.model.patch_position import PatchPosition
 from pixelsail.model.prompt_geometry import VP_GEOMETRY, PromptGeometry
 from pixelsail.model.pretrained import CONFIG_FILE, WEIGHTS_FILE, PretrainedIO
 from pixelsail.model.question_pool import QuestionPool, pool_sources, question_key_mask
 from pixelsail.model.upsampler import MaskFeatures
+from pixelsail.model.visual_prompts import PromptInputs
 from pixelsail.processing import IGNORE_INDEX, ImageInputs, Processor
 from pixelsail.tokenizer import add_pixelsail_tokens
 
@@ -35,28 +33,6 @@ VP_TEXT_POOLS = ("", "tags", "answer")
 class PixelSailOutput:
     loss: torch.Tensor
     losses: dict[str, torch.Tensor]
-
-
-@dataclass
-class ImagePrefix:
-    """An image (with its visual prompts) run once through the model; reused for every question about it."""
-
-    image: ImageInputs
-    prompts: tuple[int, ...]
-    cache: KVCache
-    features: torch.Tensor               # (1, mask_dim, h, w) per-pixel mask embeddings
-    pooled: dict[int, torch.Tensor]      # what each <vp_k> text token gets added {k: (C,)} (see _text_prompts)
-    next_position: int                   # 1-D position of the first text token
-    length: int                          # tokens in the cache
-
-
-@dataclass
-class Response:
-    text: str
-    masks: list[np.ndarray] = field(default_factory=list)       # (H, W) bool at the original image size
-    mask_scores: list[float] = field(default_factory=list)
-    token_ids: list[int] = field(default_factory=list)
-    restricted: bool = False   # the answer was restricted to the question's options (option_decoding)
 
 
 def build_llm(config: PixelSailConfig) -> Qwen2ForCausalLM:
@@ -70,9 +46,11 @@ def build_llm(config: PixelSailConfig) -> Qwen2ForCausalLM:
     return Qwen2ForCausalLM._from_config(llm_cfg, attn_implementation="sdpa")
 
 
-class PixelSail(PretrainedIO, nn.Module):
+class PixelSail(PretrainedIO, PromptInputs, Generation, nn.Module):
     """Pixel-SAIL. ``config.upsample`` / ``config.vp_injection`` / ``config.distill.enabled`` switch the paper's three
-    improvements; all off is the plain baseline of the ablation."""
+    improvements; all off is the plain baseline of the ablation. This file builds the model and trains it
+    (:meth:`embed_batch`, :meth:`forward`); the visual prompts' paths are in
+    :mod:`pixelsail.model.visual_prompts`, answering in :mod:`pixelsail.model.generation`."""
 
     def __init__(self, config: PixelSailConfig, tokenizer: PreTrainedTokenizerBase, llm: nn.Module | None = None):
         super().__init__()
@@ -155,88 +133,6 @@ class PixelSail(PretrainedIO, nn.Module):
             raw = raw + self.patch_position(grid).to(raw.dtype)
         return raw
 
-    def _inject_prompts(self, raw: torch.Tensor, images: list[ImageInputs]) -> torch.Tensor:
-        """raw (G, N, C) patch embeddings of G images sharing a grid -> the same with their prompts injected (and,
-        with ``vp_geometry: patches``, each covered patch given its prompt's geometry vector)."""
-        prompted = [j for j, im in enumerate(images) if im.prompt_ids.numel()]
-        on_patches = self.config.vp_geometry == "patches"
-        if (self.prompt_injector is None and not on_patches) or not prompted:
-            return raw
-        dev = self.device
-        owner = torch.full(raw.shape[:2], -1, dtype=torch.long, device=dev)                  # (G, N)
-        for j in prompted:
-            owner[j] = prompt_owner(images[j].prompt_ids.to(dev), images[j].prompt_cover.to(dev))
-        out = raw
-        if self.prompt_injector is not None:
-            out = self.prompt_injector(raw, owner, self.backbone.embed(self._vp_token_ids(dev)))
-        if on_patches:
-            # (G, num_vp + 1, C): row j, column k = the geometry vector of image j's <vp_k>; the last column stays zero
-            table = raw.new_zeros(raw.shape[0], self.config.num_vp_tokens + 1, raw.shape[-1])
-            for j in prompted:
-                table[j, images[j].prompt_ids.to(dev)] = self.prompt_geometry(
-                    images[j].prompt_geometry.to(dev), raw[j].norm(dim=-1).mean()).to(raw.dtype)
-            rows = torch.arange(raw.shape[0], device=dev)[:, None]
-            out = out + table[rows, torch.where(owner >= 0, owner, self.config.num_vp_tokens)]
-        return out
-
-    def _text_prompts(self, raw: torch.Tensor, image: ImageInputs) -> dict[int, torch.Tensor]:
-        """{k: (C,)} to add to the <vp_k> text tokens: each prompt's pooled patch embedding for the baseline, the same
-        through ``vp_text_proj`` beside injection (``vp_text_pool``), plus its geometry's vector with ``vp_geometry:
-        tags``; empty when none applies. Computed once per image."""
-        if image.prompt_ids.numel() == 0:
-            return {}
-        out: dict[int, torch.Tensor] = {}
-        if self._pools_text_prompts():
-            out = pooled_prompts(raw, image.prompt_ids.to(self.device), image.prompt_cover.to(self.device))
-            if self.vp_text_proj is not None:
-                out = {k: self.vp_text_proj(vec) for k, vec in out.items()}
-        if self.config.vp_geometry == "tags":
-            ids = image.prompt_ids.to(self.device)
-            tag_norms = self.backbone.embed(self._vp_token_ids(self.device)[ids]).norm(dim=-1)      # (K,)
-            geometry = self.prompt_geometry(image.prompt_geometry.to(self.device), tag_norms).to(raw.dtype)  # (K, C)
-            for k, vec in zip(image.prompt_ids.tolist(), geometry.unbind(0)):
-                out[k] = out[k] + vec if k in out else vec
-        return out
-
-    def _pools_text_prompts(self) -> bool:
-        return self.prompt_injector is None or bool(self.config.vp_text_pool)
-
-    def _add_pooled_prompts(self, embeds: torch.Tensor, ids: torch.Tensor, pooled: dict | list[dict],
-                            ends_before: int = 0) -> torch.Tensor:
-        """Add ``pooled[k]`` (from :meth:`_text_prompts`) to the <vp_k> text tokens: every one for the baseline and
-        ``vp_text_pool: tags``, those of assistant turns for ``answer`` (``ends_before``: <|im_end|> tokens before
-        ``ids[..., 0]``; a turn after an odd number of them is the assistant's). ids (L,) with embeds (L, C) and one
-        {k: (C,)}, or ids (B, L) with embeds (B, L, C) and one dict per row."""
-        if ids.dim() == 1:
-            return self._add_pooled_prompts(embeds[None], ids[None], [pooled], ends_before)[0]
-        items = [(b, k, vec) for b, row in enumerate(pooled) for k, vec in row.items()]
-        if not items:
-            return embeds
-        num_vp = self.config.num_vp_tokens
-        k_of = vp_token_index(ids, self._vp_token_ids(ids.device))                          # (B, L), -1: no tag
-        where = k_of >= 0
-        if self.vp_text_proj is not None and self.config.vp_text_pool == "answer":
-            ends = (ids == self.processor.ids["turn_end"]).long()
-            where = where & ((torch.cumsum(ends, -1) - ends + ends_before) % 2 == 1)
-        # (B, num_vp + 1, C): row b, column k = what <vp_k> of row b gets; the last column stays zero
-        table = embeds.new_zeros(ids.shape[0], num_vp + 1, embeds.shape[-1])
-        b_idx, k_idx = torch.tensor([b for b, _, _ in items]), torch.tensor([k for _, k, _ in items])
-        table = table.index_put((b_idx.to(ids.device), k_idx.to(ids.device)),
-                                torch.stack([vec for *_, vec in items]).to(embeds.dtype))
-        rows = torch.arange(ids.shape[0], device=ids.device)[:, None]
-        return embeds + table[rows, torch.where(where, k_of, num_vp)]
-
-    def _add_option_marks(self, embeds: torch.Tensor, rows: list[list[int]], start: int = 0) -> torch.Tensor:
-        """With ``option_marks``: add each token's option-letter vector. ``rows``: the whole token ids of each
-        sequence, from its start; ``embeds`` (B, L, C) or (L, C) hold the tokens ``start:start + L`` of them."""
-        if self.option_embed is None:
-            return embeds
-        if self._option_marker is None:
-            self._option_marker = OptionMarker(self.processor.tokenizer, self._vp_token_ids("cpu").tolist())
-        length = embeds.shape[-2]
-        marks = torch.tensor([self._option_marker(r)[start:start + length] for r in rows], device=embeds.device)
-        return self.option_embed(embeds, marks.reshape(embeds.shape[:-1]))
-
     def _vision_grid(self, hidden: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """hidden (L, C) of one sequence -> its patch states as a (C, gh, gw) map."""
         return self._patch_maps(hidden[None], [0], grid)[0]
@@ -248,10 +144,6 @@ class PixelSail(PretrainedIO, nn.Module):
         # (G, L, C) -> patch states (G, N, C) -> (G, C, N) -> (G, C, gh, gw)
         states = hidden[torch.tensor(rows, device=hidden.device), 1:1 + gh * gw]
         return states.transpose(1, 2).reshape(len(rows), -1, gh, gw)
-
-    def _vp_token_ids(self, device: torch.device) -> torch.Tensor:
-        """(num_vp,) the ids of <vp_0> .. <vp_{num_vp-1}>."""
-        return torch.tensor([self.processor.ids[f"vp_{k}"] for k in range(self.config.num_vp_tokens)], device=device)
 
     # ----------------------------------------------------------------------------------------------- training
     def embed_batch(self, input_ids: torch.Tensor, images: list) -> tuple[torch.Tensor, torch.Tensor, AttentionLayout]:
@@ -443,122 +335,6 @@ class PixelSail(PretrainedIO, nn.Module):
         return {i: f for group, feats in self._grouped_mask_features(hidden, chosen)
                 for i, f in zip(group.rows, feats.unbind(0))}
 
-    # ----------------------------------------------------------------------------------------------- inference
-    def _autocast(self):
-        if self.inference_dtype is None:
-            return torch.autocast(self.device.type, enabled=False)
-        return torch.autocast(self.device.type, dtype=self.inference_dtype)
 
-    def _vision_inputs(self, image: ImageInputs) -> tuple[torch.Tensor, torch.Tensor, int, dict[int, torch.Tensor]]:
-        dev = self.device
-        ids = torch.tensor(self.processor.vision_block_ids(image.grid), device=dev)
-        n = image.grid[0] * image.grid[1]
-        embeds = self.backbone.embed(ids)
-        inject, raw = self._patch_embeds(image)
-        embeds = torch.cat([embeds[:1], embeds[1:1 + n] + inject, embeds[1 + n:]])
-        pos, next_pos = vision_positions(image.grid, dev)
-        return embeds, pos, next_pos, self._text_prompts(raw, image)
-
-    @torch.no_grad()
-    def prefill_image(self, image: np.ndarray, prompts: dict[int, np.ndarray] | None = None) -> ImagePrefix:
-        """Run ``<vision> patches </vision>`` once (bidirectionally) and keep its KV cache and mask features."""
-        inputs = self.processor.image_inputs(image, prompts)
-        with self._autocast():
-            embeds, pos, next_pos, pooled = self._vision_inputs(inputs)
-            cache = KVCache()
-            v = embeds.shape[0]
-            hidden = self.backbone(embeds[None], pos[:, None], AttentionLayout(torch.tensor([v])), cache)
-            features = self._mask_maps(self._vision_grid(hidden[0], inputs.grid)[None], [inputs])
-        if self.inference_dtype is not None:  # cast once here, not on every question's mask product
-            features = features.to(self.inference_dtype)
-        self.vision_prefill_count += 1
-        return ImagePrefix(inputs, tuple(sorted((prompts or {}).keys())), cache, features, pooled, next_pos, v)
-
-    @torch.no_grad()
-    def respond(self, prefix: ImagePrefix, question: str, history: list[tuple[str, str]] = (),
-                max_new_tokens: int = 64, answer_prefix: str = "", use_cache: bool = True) -> Response:
-        """Greedy answer to ``question`` about the prefixed image; one mask per [SEG] in the answer."""
-        proc = self.processor
-        ids = proc.prompt_ids(question, history, answer_prefix)
-        answer_start = len(ids) - len(proc.encode(answer_prefix)) if answer_prefix else len(ids)
-        seg_id, end_id = proc.ids["seg"], proc.ids["turn_end"]
-        choice = self.option_constraint(question) if not answer_prefix else None
-        chunks: list[torch.Tensor] = []   # hidden states of every fed text token, in order
-        seg_at: list[int] = []            # positions in ids of the answer's [SEG] tokens
-        try:
-            with self._autocast():
-                fed_from, new = 0, ids
-                for step in range(max_new_tokens + 1):
-                    hidden = self._run_text(prefix, ids, fed_from, use_cache)  # (len(new), C)
-                    chunks.append(hidden)
-                    seg_at += [fed_from + j for j, tok in enumerate(new) if tok == seg_id and fed_from + j >= answer_start]
-                    logits = self.backbone.logits(hidden[-1:])[0]   # (V,)
-                    nxt = choice.pick(logits, ids[answer_start:]) if choice else int(logits.argmax())
-                    if nxt == end_id or step == max_new_tokens:
-                        break
-                    fed_from, new = len(ids), [nxt]
-                    ids = ids + new
-                masks, scores = self._masks_from(torch.cat(chunks), ids, seg_at, prefix)
-        finally:
-            prefix.cache.truncate(prefix.length)
-        answer_ids = ids[answer_start:]
-        text = proc.tokenizer.decode(answer_ids, skip_special_tokens=False)
-        return Response(text=text, masks=masks, mask_scores=scores, token_ids=answer_ids, restricted=choice is not None)
-
-    def option_constraint(self, question: str) -> OptionConstraint | None:
-        """With ``option_decoding``: the answers a multiple-choice ``question`` allows (None: answer freely)."""
-        return OptionConstraint.from_question(self.processor, question) if self.config.option_decoding else None
-
-    def _run_text(self, prefix: ImagePrefix, ids: list[int], fed_from: int, use_cache: bool) -> torch.Tensor:
-        """Hidden states (T, C) of the text tokens ``ids[fed_from:]`` that follow the image.
-
-        With the cache only those tokens are computed; without it the whole sequence, image included, is recomputed
-        (the reference the cached path must match).
-        """
-        dev = self.device
-        start = fed_from if use_cache else 0
-        ids_t = torch.tensor(ids[start:], device=dev)
-        ends_before = ids[:start].count(self.processor.ids["turn_end"])
-        embeds = self._add_pooled_prompts(self.backbone.embed(ids_t), ids_t, prefix.pooled, ends_before)
-        embeds = self._add_option_marks(embeds, [ids], start)
-        pos = text_positions(prefix.next_position + start, len(ids_t), dev)
-        if use_cache:
-            layout = AttentionLayout(torch.tensor([prefix.length]), past_len=len(prefix.cache))
-            return self.backbone(embeds[None], pos[:, None], layout, prefix.cache)[0]
-        v_embeds, v_pos, _, _ = self._vision_inputs(prefix.image)
-        full = torch.cat([v_embeds, embeds])[None]
-        full_pos = torch.cat([v_pos, pos], dim=1)[:, None]
-        hidden = self.backbone(full, full_pos, AttentionLayout(torch.tensor([prefix.length])))[0]
-        return hidden[prefix.length + fed_from:]
-
-    def _masks_from(self, text_hidden: torch.Tensor, ids: list[int], seg_at: list[int],
-                    prefix: ImagePrefix) -> tuple[list[np.ndarray], list[float]]:
-        """One mask per [SEG] at ``seg_at`` (positions in the text ``ids``, hidden states text_hidden (T, C))."""
-        if not seg_at:
-            return [], []
-        h, w = prefix.image.orig_size
-        dev = text_hidden.device
-        n = text_hidden.shape[0]
-        seg_t = torch.tensor(seg_at, device=dev)
-        queries = self.seg_queries(text_hidden[None], torch.tensor(ids[:n], device=dev)[None],
-                                   torch.zeros(1, dtype=torch.long, device=dev), torch.zeros_like(seg_t), seg_t)
-        feats = prefix.features.expand(len(seg_at), -1, -1, -1)
-        logits = mask_logits(queries, feats).float()
-        probs = mask_probabilities(logits, (h, w))
-        masks = probs > MASK_THRESHOLD                                                   # (S, H, W)
-        if self.config.mask_min_area > 0:   # a few stray pixels are no object: return them as an empty mask
-            masks &= (masks.flatten(1).sum(1) >= self.config.mask_min_area * h * w)[:, None, None]
-        scores = [float(p[m].mean()) if m.any() else 0.0 for p, m in zip(probs, masks)]
-        return [m.cpu().numpy() for m in masks], scores
-
-    @torch.no_grad()
-    def text_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Logits of a plain text batch (B, L) with 1-D positions and causal attention (no image)."""
-        input_ids = input_ids.to(self.device)
-        b, seq_len = input_ids.shape
-        pos = text_positions(0, seq_len, self.device)[:, None].expand(3, b, seq_len)
-        hidden = self.backbone(self.backbone.embed(input_ids), pos, AttentionLayout(torch.zeros(b, dtype=torch.long)))
-        return self.backbone.logits(hidden)
-
-
-__all__ = ["CONFIG_FILE", "WEIGHTS_FILE", "PixelSail", "PixelSailOutput", "ImagePrefix", "Response", "DistillConfig"]
+__all__ = ["CONFIG_FILE", "WEIGHTS_FILE", "PixelSail", "PixelSailOutput", "ImagePrefix", "Response", "DistillConfig",
+           "build_llm"]
