@@ -91,6 +91,9 @@ def test_overrides_index_lists_add_dataset_args_and_name_what_is_wrong():
     assert new.data.datasets[0].weight == 2.0 and new.model.seg_query_pool == "hidden"
     assert new.data.datasets[0].args["dataset"]["args"]["seed"] == 7                # a new key of a dataset's args
     assert "seed" not in run.data.datasets[0].args["dataset"]["args"]               # the original is untouched
+    emptied = apply_overrides(apply_overrides(run, ["model.vp_geometry=tags"]), ["model.vp_geometry="])
+    assert emptied.model.vp_geometry == ""                       # an empty value empties a text setting (not None)
+    assert apply_overrides(run, ["train.init_from="]).train.init_from is None       # an unset one stays unset
     for bad, why in (("data.datasets.1.weight=1", "datasets has no item '1' \\(it has 1\\)"),
                      ("data.datasets.first.weight=1", "has no item 'first'"),
                      ("train.nope=1", "no such field 'nope'"), ("model.distill.x.y=1", "no such section 'x'"),

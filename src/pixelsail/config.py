@@ -247,7 +247,8 @@ def save_yaml(obj: Any, path: str | Path) -> None:
 
 def apply_overrides(obj: Any, overrides: list[str]) -> Any:
     """Apply ``section.field=value`` overrides (value parsed as YAML), e.g. ``train.lr=1e-4``; a number indexes a
-    list (``data.datasets.0.weight=2``), and a dataset's ``args`` take new keys (``...args.answer_style=x``)."""
+    list (``data.datasets.0.weight=2``), a dataset's ``args`` take new keys (``...args.answer_style=x``), and an
+    empty value empties a text setting (``model.vp_geometry=``)."""
     data = to_dict(obj)
     for item in overrides:
         if "=" not in item:
@@ -264,7 +265,12 @@ def apply_overrides(obj: Any, overrides: list[str]) -> Any:
             elif not isinstance(node, dict) or (p not in node and not (last and parent == "args")):
                 raise ValueError(f"override {item!r}: no such {'field' if last else 'section'} {p!r}")
             if last:
-                node[int(p) if isinstance(node, list) else p] = yaml.safe_load(raw)
+                slot = int(p) if isinstance(node, list) else p
+                value = yaml.safe_load(raw)
+                # "model.vp_geometry=" empties a text setting (YAML reads an empty value as null)
+                if value is None and isinstance(node[slot] if isinstance(node, list) else node.get(slot), str):
+                    value = ""
+                node[slot] = value
             else:
                 node, parent = node[int(p) if isinstance(node, list) else p], p
     return from_dict(type(obj), data)
