@@ -266,11 +266,10 @@ def apply_overrides(obj: Any, overrides: list[str]) -> Any:
                 raise ValueError(f"override {item!r}: no such {'field' if last else 'section'} {p!r}")
             if last:
                 slot = int(p) if isinstance(node, list) else p
+                current = node[slot] if isinstance(node, list) else node.get(slot)
                 value = yaml.safe_load(raw)
                 # "model.vp_geometry=" empties a text setting (YAML reads an empty value as null)
-                if value is None and isinstance(node[slot] if isinstance(node, list) else node.get(slot), str):
-                    value = ""
-                node[slot] = value
+                node[slot] = "" if value is None and isinstance(current, str) else value
             else:
                 node, parent = node[int(p) if isinstance(node, list) else p], p
     return from_dict(type(obj), data)
