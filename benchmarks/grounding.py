@@ -9,7 +9,8 @@
     python -m benchmarks.grounding report runs/ladder                       # table + curves of every run kept there
 
 Each run trains a fresh model (the recipe's architecture, ``--set`` overrides applied) on one rung of
-:mod:`benchmarks.ladder` with its own losses and optimiser (AdamW, warm-up + cosine over the run) and scores
+:mod:`benchmarks.ladder` with its own losses and optimiser (AdamW at the recipe's rates, the decoder transformer's
+``train.backbone_lr`` included unless ``--one-rate``; warm-up + cosine over the run) and scores
 held-out val samples every ``--eval-every`` samples: cIoU of the teacher-forced ``[SEG]`` masks, or exact match of
 the teacher-forced answer. The oracle run replaces the ``[SEG]`` query by a learned embedding of the target's
 attributes (what a perfect language side would hand the mask head) and trains the mask loss only (plus the
@@ -189,6 +190,17 @@ def samples_to_reach(curve: list[tuple[int, float]], level: float) -> int | None
     return next((n for n, v in curve if v >= level), None)
 
 
+def ladder_optimizer(model, oracle: AttributeOracle | None, train_config, lr: float,
+                     backbone_lr: float | None) -> tuple[nn.Module, torch.optim.AdamW]:
+    """(what is trained: the model and the oracle as one module, the optimiser). The decoder transformer learns at
+    ``backbone_lr`` where one is given (as the recipe trains it), everything else, the oracle included, at ``lr``."""
+    params = nn.Module()
+    params.model, params.backbone = model, model.backbone      # .backbone names the rate group; shared, not doubled
+    if oracle is not None:
+        params.oracle = oracle
+    return params, build_optimizer(params, lr, train_config.betas, train_config.weight_decay, backbone_lr=backbone_lr)
+
+
 def run_one(rung: Rung, args, seed: int, use_oracle: bool) -> dict:
     run = apply_overrides(load_yaml(args.config), list(args.set))
     run.model.mask_num_points = min(run.model.mask_num_points, args.image_size ** 2 // 4)
@@ -196,8 +208,9 @@ def run_one(rung: Rung, args, seed: int, use_oracle: bool) -> dict:
     torch.manual_seed(seed)
     model = build_model(run.model).train()
     oracle = AttributeOracle(run.model.mask_dim, rung.oracle_keys) if use_oracle else None
-    params = nn.ModuleList([model] + ([oracle] if oracle is not None else []))
-    optimizer = build_optimizer(params, args.lr or run.train.lr, run.train.betas, run.train.weight_decay)
+    lr = args.lr or run.train.lr
+    backbone_lr = None if args.one_rate else run.train.backbone_lr
+    params, optimizer = ladder_optimizer(model, oracle, run.train, lr, backbone_lr)
     steps = args.samples // args.batch
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps, run.train.warmup_ratio))
     train = rung_samples(rung, "train", steps * args.batch, args.image_size, start=seed * 1_000_003 % 900_000)
@@ -236,6 +249,7 @@ def run_one(rung: Rung, args, seed: int, use_oracle: bool) -> dict:
     return {"rung": rung.name, "variant": variant, "seed": seed, **extra,
             "metric": rung.metric, "chance": round(chance_level(rung, val), 1),
             "overrides": list(args.set) + (["distill"] if args.distill else []), "batch": args.batch,
+            "lr": lr, "backbone_lr": backbone_lr,
             "image_size": args.image_size, "curve": curve, "seconds": round(time.perf_counter() - t0, 1),
             **{f"reach_{int(lv)}": samples_to_reach(curve, lv) for lv in LEVELS}}
 
@@ -297,7 +311,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--samples", type=int, default=9600)
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--lr", type=float, default=None, help="the heads' rate (default: the recipe's train.lr)")
+    ap.add_argument("--one-rate", action="store_true",
+                    help="the decoder transformer at --lr too, ignoring the recipe's train.backbone_lr (the ladder's "
+                         "runs before session 22)")
     ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--eval-every", type=int, default=1600, help="samples between evaluations")
     ap.add_argument("--eval-samples", type=int, default=256)

@@ -195,6 +195,21 @@ def test_ladder_quick_colour_rung_learns_far_above_the_expression_blind_level(tm
     assert (tmp_path / "ladder.png").is_file() and "| colour | own |" in (tmp_path / "ladder.md").read_text()
 
 
+def test_ladder_trains_the_decoder_at_the_recipes_backbone_rate_and_the_rest_at_the_heads_rate():
+    from benchmarks.grounding import ladder_optimizer
+    from benchmarks.ladder import AttributeOracle
+    from pixelsail.config import TrainConfig
+
+    model, oracle = tiny_model(), AttributeOracle(16, ("color",))
+    params, optimizer = ladder_optimizer(model, oracle, TrainConfig(), 2e-3, 5e-4)
+    rate = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    assert len(rate) == len(list(params.parameters())) == len(list(model.parameters())) + 1
+    assert {rate[id(p)] for p in model.backbone.parameters()} == {5e-4}
+    assert rate[id(oracle.tables["color"].weight)] == 2e-3 and rate[id(model.seg_query.mlp[0].weight)] == 2e-3
+    _, one_rate = ladder_optimizer(model, None, TrainConfig(), 2e-3, None)
+    assert {g["lr"] for g in one_rate.param_groups} == {2e-3}
+
+
 def test_region_attributes_counts_the_first_phrase_and_skips_absent_prompts():
     from benchmarks.region_attributes import first_phrase, first_place, score
 
