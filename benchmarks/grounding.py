@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmarks.ladder import RUNGS, AttributeOracle, Rung, chance_level, rung_samples
+from benchmarks.ladder import DESTINATIONS, RUNGS, AttributeOracle, Rung, chance_level, rung_samples
 from benchmarks.oracle_query import dense_features, optimizer_step
 from pixelsail.config import apply_overrides, load_yaml
 from pixelsail.metrics import LisaMaskMetric
@@ -68,8 +68,10 @@ def _queries(model, oracle: AttributeOracle | None, batch: dict, samples: list, 
 
 
 @torch.no_grad()
-def evaluate(model, oracle: AttributeOracle | None, rung: Rung, samples: list, batch_size: int = 32) -> float:
-    """The rung's metric in percent on ``samples`` (teacher forcing)."""
+def evaluate(model, oracle: AttributeOracle | None, rung: Rung, samples: list, batch_size: int = 32,
+             destinations: np.ndarray | None = None) -> float:
+    """The rung's metric in percent on ``samples`` (teacher forcing). ``destinations`` (len(DESTINATIONS),), when
+    given, gains the predicted pixels on each kind of place of the single-target samples (:func:`destination_map`)."""
     model.eval()
     metric, correct = LisaMaskMetric(), 0
     for start in range(0, len(samples), batch_size):
@@ -91,7 +93,10 @@ def evaluate(model, oracle: AttributeOracle | None, rung: Rung, samples: list, b
                     metric.update([pred[k]], [target], (h, w))
                 continue
             target = np.any(np.stack(s.masks), axis=0) if s.masks else np.zeros((h, w), dtype=bool)
-            metric.update([pred.any(0) if len(pred) else np.zeros((h, w), dtype=bool)], [target], (h, w))
+            union = pred.any(0) if len(pred) else np.zeros((h, w), dtype=bool)
+            metric.update([union], [target], (h, w))
+            if destinations is not None and "destinations" in s.meta:
+                destinations += np.bincount(s.meta["destinations"][union], minlength=len(DESTINATIONS))
     model.train()
     if rung.metric == "accuracy":
         return 100.0 * correct / len(samples)
@@ -216,7 +221,7 @@ def run_one(rung: Rung, args, seed: int, use_oracle: bool) -> dict:
     train = rung_samples(rung, "train", steps * args.batch, args.image_size, start=seed * 1_000_003 % 900_000)
     val = rung_samples(rung, "val", args.eval_samples, args.image_size)
     every = max(1, args.eval_every // args.batch)
-    curve, option_curve, t0 = [], [], time.perf_counter()
+    curve, option_curve, destination_curve, t0 = [], [], [], time.perf_counter()
     for step in range(1, steps + 1):
         chunk = train[(step - 1) * args.batch: step * args.batch]
         batch = _encode(model, chunk)
@@ -228,17 +233,22 @@ def run_one(rung: Rung, args, seed: int, use_oracle: bool) -> dict:
                          teacher_features=maps).loss
         optimizer_step(loss, optimizer, scheduler, params, run.train.grad_clip)
         if step % every == 0 or step == steps:
-            value = evaluate(model, oracle, rung, val)
+            counts = np.zeros(len(DESTINATIONS), dtype=np.int64)
+            value = evaluate(model, oracle, rung, val, destinations=counts)
             curve.append((step * args.batch, value))
             option = ""
+            if counts.sum():
+                shares = [round(float(100.0 * c / counts.sum()), 1) for c in counts]
+                destination_curve.append((step * args.batch, shares))
+                option = ", predicted pixels on " + ", ".join(f"{k} {v:.0f} %" for k, v in zip(DESTINATIONS, shares))
             if rung.scores_letters and oracle is None:
                 option_curve.append((step * args.batch, round(option_accuracy(model, val), 1)))
-                option = f", option {option_curve[-1][1]:.1f}"
+                option += f", option {option_curve[-1][1]:.1f}"
             print(f"  {rung.name} {'oracle' if oracle else args.label} seed {seed}: {step * args.batch} samples "
                   f"({time.perf_counter() - t0:.0f} s) loss {float(loss.detach()):.3f} {rung.metric} {value:.1f}"
                   f"{option}", flush=True)
     variant = args.label if not use_oracle else ("oracle" if args.label == "own" else f"oracle {args.label}")
-    extra = {}
+    extra = {"destination_curve": destination_curve} if destination_curve else {}
     if rung.metric == "accuracy":
         extra["position_accuracy"] = position_accuracy(model, val)
         print(f"  answer tokens, teacher-forced accuracy by position: {extra['position_accuracy']}", flush=True)

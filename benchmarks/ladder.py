@@ -51,6 +51,22 @@ def _unique(obj: ShapeObject, visible: list[ShapeObject], keys: tuple[str, ...])
     return [o for o in visible if all(getattr(o, k) == getattr(obj, k) for k in keys)] == [obj]
 
 
+# where a single-target rung's predicted pixels fall, relative to its target (:func:`destination_map`)
+DESTINATIONS = ("target", "same colour", "same shape", "other objects", "background")
+
+
+def destination_map(scene: Scene, target: ShapeObject) -> np.ndarray:
+    """(H, W) uint8 index into :data:`DESTINATIONS`: the target's visible pixels, those of other objects with its
+    colour, with its shape (not its colour), of the remaining objects, and the background. What a mask that missed
+    got wrong: on the colour+shape rung, pixels on same-colour objects mean the shape word was not followed."""
+    out = np.full(target.mask.shape, DESTINATIONS.index("background"), dtype=np.uint8)
+    for o in scene.visible_objects:
+        kind = ("target" if o is target else "same colour" if o.color == target.color
+                else "same shape" if o.shape == target.shape else "other objects")
+        out[o.mask] = DESTINATIONS.index(kind)
+    return out
+
+
 def _seg_sample(scene: Scene, rung: str, question: str, targets: list[ShapeObject], answer: str | None = None,
                 task: str | None = None) -> Sample:
     """A mask sample; the answer defaults to "Sure, [SEG] ..." (one [SEG] per target), the task to res / gres."""
@@ -59,7 +75,7 @@ def _seg_sample(scene: Scene, rung: str, question: str, targets: list[ShapeObjec
     return Sample(image=scene.image, turns=[(question, answer)], masks=[t.mask for t in targets],
                   task=task or ("res" if len(targets) == 1 else "gres"), image_id=scene.image_id,
                   meta={"rung": rung, "oracle": [attribute_ids(t) for t in targets], "no_target": not targets,
-                        "all_objects": everything})
+                        "all_objects": everything, "target_index": [t.index for t in targets]})
 
 
 def _pick(rng: np.random.Generator, items: list):
@@ -289,6 +305,8 @@ def rung_samples(rung: Rung, split: str, count: int, image_size: int, start: int
             scene, rng = scene_and_rng(split, index, 0, image_size, attempt)
             sample = rung.build(scene, rng)
             if sample is not None:
+                if split != "train" and len(sample.meta.get("target_index", ())) == 1:  # (kept off the train set's memory)
+                    sample.meta["destinations"] = destination_map(scene, scene.objects[sample.meta["target_index"][0]])
                 out.append(sample)
                 break
         index += 1

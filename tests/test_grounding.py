@@ -210,6 +210,19 @@ def test_ladder_trains_the_decoder_at_the_recipes_backbone_rate_and_the_rest_at_
     assert {g["lr"] for g in one_rate.param_groups} == {2e-3}
 
 
+def test_destination_map_labels_each_pixel_by_what_its_object_shares_with_the_target():
+    """colour+shape targets are singled out by both words only, so each val scene has an object of the target's
+    colour (another shape) and one of its shape (another colour): the two ways a mask that missed can go wrong."""
+    from benchmarks.ladder import DESTINATIONS, RUNGS, rung_samples
+
+    for s in rung_samples(RUNGS["colour_shape"], "val", 6, 64):
+        where = s.meta["destinations"]
+        assert np.array_equal(where == DESTINATIONS.index("target"), s.masks[0])
+        assert np.array_equal(where == DESTINATIONS.index("background"), ~s.meta["all_objects"])
+        assert (where == DESTINATIONS.index("same colour")).any() and (where == DESTINATIONS.index("same shape")).any()
+    assert "destinations" not in rung_samples(RUNGS["colour_shape"], "train", 1, 64)[0].meta
+
+
 def test_region_attributes_counts_the_first_phrase_and_skips_absent_prompts():
     from benchmarks.region_attributes import first_phrase, first_place, score
 
