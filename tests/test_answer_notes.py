@@ -142,3 +142,26 @@ def test_an_answer_restricted_to_the_options_says_so(monkeypatch, tmp_path):
     res = CliRunner().invoke(app, ["ask", str(path), question, "--box", "10,10,40,40"])
     assert res.exit_code == 0, res.output
     assert f"note: {RESTRICTED_NOTE}" in res.stdout
+
+
+def test_a_multiple_choice_without_the_trained_instruction_is_closed_with_it_and_says_so():
+    from model_utils import tiny_model
+
+    from pixelsail.predictor import INSTRUCTED_NOTE, RESTRICTED_NOTE
+    from pixelsail.tokens import MCQ_INSTRUCTION
+
+    close = Predictor.choice_question
+    assert close("Is <vp_0> left or right of <vp_1>? (A) left (B) right") == \
+        f"Is <vp_0> left or right of <vp_1>? (A) left (B) right. {MCQ_INSTRUCTION}"
+    assert close("Which is red? (A) <vp_0> (B) <vp_1>.") == f"Which is red? (A) <vp_0> (B) <vp_1>. {MCQ_INSTRUCTION}"
+    for unchanged in ("What colour is <vp_0>?", "Is it (B)?", f"Which? (A) red (B) blue. {MCQ_INSTRUCTION}",
+                      "Which? (A) red (B) blue. Answer with the letter only."):
+        assert close(unchanged) == unchanged
+    p = Predictor(model=tiny_model(option_decoding=True).eval())
+    typed = "What colour is <vp_0>? (A) red (B) blue"
+    r = p.ask(SHAPES_SCENE, typed, prompts=[(10, 10, 40, 40)])
+    assert r.question == close(typed) and r.instructed and r.notes == [INSTRUCTED_NOTE, RESTRICTED_NOTE]
+    trained = p.ask(SHAPES_SCENE, close(typed), prompts=[(10, 10, 40, 40)])
+    assert not trained.instructed and trained.text == r.text
+    batch = p.ask_many(SHAPES_SCENE, [typed, close(typed)], prompts=[(10, 10, 40, 40)])
+    assert [b.instructed for b in batch] == [True, False] and batch[0].text == r.text

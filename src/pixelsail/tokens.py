@@ -26,6 +26,8 @@ NO_TARGET_ANSWER = "No target."
 # the shapes data writes these, and option decoding (model/option_choice.py) allows exactly these
 MCQ_OPTION_FIRST = "It is {option} ({letter})."
 MCQ_LETTER_FIRST = "({letter}) {option}."
+# how the shapes data closes a multiple-choice question; the Predictor closes a user's options with it too
+MCQ_INSTRUCTION = "Answer with the option's letter."
 
 _VP_RE = re.compile(r"<vp_(\d+)>")
 

@@ -40,7 +40,8 @@ from pixelsail.data.shapes_tasks import (  # noqa: F401
     TASK_BUILDERS, VP_QA_KINDS, VT_RES_KINDS, check_answer_style, gcg_answer, listed_options, make_gcg, make_gres,
     make_region_caption, make_res, make_sample, make_vp_mcq, make_vp_qa, make_vt_res, mcq_question, prompt_mask_for,
     prompt_objects, region_caption, spell_out, target_name, vt_res_options)
-from pixelsail.tokens import DEFAULT_NUM_VP_TOKENS, NO_TARGET_ANSWER, PHRASE_END, PHRASE_START, SEG, vp_token
+from pixelsail.tokens import (DEFAULT_NUM_VP_TOKENS, MCQ_INSTRUCTION, NO_TARGET_ANSWER, PHRASE_END, PHRASE_START, SEG,
+                              vp_token)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -153,7 +154,7 @@ def build_shapes_echo(**kwargs) -> ShapesEchoDataset:
 
 def vocabulary_sentences() -> list[str]:
     """Sentences that together use every word and template the generator can emit."""
-    out = [NO_TARGET_ANSWER, seg_answer(1), seg_answer(2), seg_answer(3), "Answer with the option's letter."]
+    out = [NO_TARGET_ANSWER, seg_answer(1), seg_answer(2), seg_answer(3), MCQ_INSTRUCTION]
     out += [t.format("x") for t in RES_TEMPLATES + CAPTION_QUESTIONS] + list(GCG_QUESTIONS)
     for size in SIZES:
         for color in COLORS:

@@ -16,8 +16,8 @@ from pixelsail.data.shapes_language import (RELATION_MARGIN, Referral, _pick, at
                                             no_target_referral, reading_order, relation_referrals, seg_answer)
 from pixelsail.data.shapes_scene import COLORS, SHAPES, Scene, ShapeObject, _scaled_pixels, scene_and_rng
 from pixelsail.prompts import box_to_mask, point_to_mask
-from pixelsail.tokens import (DEFAULT_NUM_VP_TOKENS, MCQ_LETTER_FIRST, MCQ_OPTION_FIRST, PHRASE_END, PHRASE_START, SEG,
-                              vp_token)
+from pixelsail.tokens import (DEFAULT_NUM_VP_TOKENS, MCQ_INSTRUCTION, MCQ_LETTER_FIRST, MCQ_OPTION_FIRST, PHRASE_END,
+                              PHRASE_START, SEG, vp_token)
 
 SHAPES_TASKS: tuple[str, ...] = ("res", "gres", "vp_qa", "vp_mcq", "region_caption", "vt_res", "gcg")
 MCQ_LETTERS = "ABCD"
@@ -143,7 +143,7 @@ def listed_options(options: Sequence[str]) -> str:
 
 
 def mcq_question(stem: str, options: Sequence[str]) -> str:
-    return f"{stem} {listed_options(options)}. Answer with the option's letter."
+    return f"{stem} {listed_options(options)}. {MCQ_INSTRUCTION}"
 
 
 def make_vp_mcq(scene: Scene, rng: np.random.Generator) -> Sample | None:
