@@ -110,7 +110,7 @@ class NoSegModel(FakePixelSail):
 
 def test_a_segment_request_answered_without_a_mask_says_so(runner_with):
     p = Predictor(model=NoSegModel("There: a small orange diamond."), domain="shapes")
-    r = p.segment(SHAPES_SCENE, "the pink hexagon")
+    r = p.segment(SHAPES_SCENE, "the green star")
     assert r.masks == [] and not r.empty
     assert r.notes == ["no mask was produced \u2014 the answer has no [SEG], so nothing was segmented"]
     assert r.to_dict()["notes"] == r.notes
@@ -120,7 +120,7 @@ def test_a_segment_request_answered_without_a_mask_says_so(runner_with):
                             "'Please segment the red star.'"]
     # a question that asks for no mask carries no such note
     assert p.ask(SHAPES_SCENE, "What colour is the circle?").notes == []
-    res = runner_with(NoSegModel("There: a small orange diamond."), SHAPES_SCENE, "the pink hexagon")
+    res = runner_with(NoSegModel("There: a small orange diamond."), SHAPES_SCENE, "the green star")
     assert res.exit_code == 0, res.output
     assert "no mask was produced \u2014 the answer has no [SEG]" in res.stdout
 
@@ -165,3 +165,24 @@ def test_a_multiple_choice_without_the_trained_instruction_is_closed_with_it_and
     assert not trained.instructed and trained.text == r.text
     batch = p.ask_many(SHAPES_SCENE, [typed, close(typed)], prompts=[(10, 10, 40, 40)])
     assert [b.instructed for b in batch] == [True, False] and batch[0].text == r.text
+
+
+def test_words_a_shapes_model_never_read_are_named_in_the_notes(runner_with):
+    from pixelsail.data.shapes import shapes_text_corpus
+    from pixelsail.domain import _words, unknown_words
+    from pixelsail.predictor import DESCRIBE_QUESTION, SEGMENT_TEMPLATE
+
+    assert unknown_words("shapes", "What color is <vp_0>? [SEG]") == ["color"]
+    assert unknown_words("shapes", "Please segment the pink hexagon, the PINK hexagon.") == ["pink", "hexagon"]
+    assert unknown_words(None, "What color is <vp_0>?") == []          # a model without a word list: no check
+    every_word = " ".join(shapes_text_corpus(300) + [SEGMENT_TEMPLATE.format(expression="x"), DESCRIBE_QUESTION])
+    assert _words(every_word) and unknown_words("shapes", every_word) == []
+    p = Predictor(model=NoSegModel("<vp_0>: circle."), domain="shapes")
+    r = p.ask(SHAPES_SCENE, "What color is <vp_0>?", prompts=[(10, 10, 40, 40)])
+    note = "the model never read 'color' in training, so its answer cannot follow that word"
+    assert r.unknown_words == ["color"] and r.notes == [note] and r.to_dict()["notes"] == [note]
+    assert p.ask(SHAPES_SCENE, "What colour is <vp_0>?", prompts=[(10, 10, 40, 40)]).notes == []
+    res = runner_with(NoSegModel("No target."), SHAPES_SCENE, "the pink hexagon")
+    assert res.exit_code == 0, res.output
+    assert "note: the model never read 'pink', 'hexagon' in training, so its answer cannot follow those words" \
+        in res.stdout

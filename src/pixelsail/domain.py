@@ -22,7 +22,9 @@ noise, 250 each). Not covered: JPEG-compressed scenes at quality 85 or lower oft
 from __future__ import annotations
 
 import colorsys
+import re
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -146,3 +148,29 @@ def shapes_world_check(image: np.ndarray) -> DomainCheck:
 def check(domain: str | None, image: np.ndarray) -> DomainCheck | None:
     """The check for a model trained on ``domain``; ``None`` when there is none for it (only the shapes world)."""
     return shapes_world_check(image) if domain == SHAPES_DOMAIN else None
+
+
+_WORD = re.compile(r"<vp_\d+>|\[SEG\]|([A-Za-z]+)")
+
+
+def _words(text: str) -> list[str]:
+    """The lower-cased words of ``text``; ``<vp_k>`` tags and ``[SEG]`` are not words."""
+    return [m.group(1).lower() for m in _WORD.finditer(text) if m.group(1)]
+
+
+@lru_cache(maxsize=1)
+def shapes_vocabulary() -> frozenset[str]:
+    """Every word the shapes generator writes in a question or an answer (lower-cased)."""
+    from pixelsail.data.shapes import vocabulary_sentences
+
+    return frozenset(w for sentence in vocabulary_sentences() for w in _words(sentence))
+
+
+def unknown_words(domain: str | None, text: str) -> list[str]:
+    """The words of ``text`` (in order, once each) that a model trained on ``domain`` never read: a shapes model
+    asked "What color is <vp_0>?" has only ever seen "colour", and its answer ignores the word it does not know.
+    [] for a domain without a word list (only the shapes world has one)."""
+    if domain != SHAPES_DOMAIN:
+        return []
+    known = shapes_vocabulary()
+    return list(dict.fromkeys(w for w in _words(text) if w not in known))

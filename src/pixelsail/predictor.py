@@ -26,7 +26,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from pixelsail.data.export import mask_to_rle
-from pixelsail.domain import DomainCheck, check as check_domain, training_domain
+from pixelsail.domain import DomainCheck, check as check_domain, training_domain, unknown_words
 from pixelsail.imageio import DEFAULT_MAX_PIXELS, ImageInputError, ImageSource, load_image
 from pixelsail.model_check import ModelFileError, ModelFileWarning, check_model_dir
 from pixelsail.prompts import as_prompt_mask, box_to_mask, point_to_mask
@@ -67,6 +67,7 @@ class Result:
     domain: DomainCheck | None = None   # how the image compares with the model's training images (when known)
     restricted: bool = False   # the answer had to be one of the question's "(A) ... (B) ..." options
     instructed: bool = False   # the question's options were closed with MCQ_INSTRUCTION (Predictor.choice_question)
+    unknown_words: list[str] = field(default_factory=list)   # words of the question the model never read in training
 
     @property
     def no_target(self) -> bool:
@@ -97,13 +98,22 @@ class Result:
 
     @property
     def notes(self) -> list[str]:
-        """What a person should know beyond the answer, in words: empty or missing masks, an image unlike the
-        training data."""
-        out = [f"mask {i}: {self.empty_mask_text}" for i in self.empty_masks]
+        """What a person should know beyond the answer, in words: empty or missing masks, an image or words unlike
+        the training data, a question or answer form the model was held to."""
+        return [f"mask {i}: {self.empty_mask_text}" for i in self.empty_masks] + self.answer_notes
+
+    @property
+    def answer_notes(self) -> list[str]:
+        """:attr:`notes` less those about single masks (the CLI prints those on each mask's line)."""
+        out = []
         if self.missing_mask_text is not None:
             out.append(self.missing_mask_text)
         if self.domain is not None and not self.domain.in_domain:
             out.append(self.domain.note())
+        if self.unknown_words:
+            words = ", ".join(repr(w) for w in self.unknown_words)
+            out.append(f"the model never read {words} in training, so its answer cannot follow "
+                       f"{'that word' if len(self.unknown_words) == 1 else 'those words'}")
         if self.instructed:
             out.append(INSTRUCTED_NOTE)
         if self.restricted:
@@ -151,11 +161,13 @@ def _prompt_mask(prompt: Any, h: int, w: int) -> np.ndarray:
 
 
 def _result(resp: Any, image: np.ndarray, question: str, prompts: dict[int, np.ndarray], seconds: float,
-            reused: bool, domain: DomainCheck | None = None, instructed: bool = False) -> Result:
+            reused: bool, domain: DomainCheck | None = None, instructed: bool = False,
+            unknown_words: list[str] | None = None) -> Result:
     masks = [np.asarray(m, dtype=bool) for m in resp.masks]
     return Result(text=resp.text, masks=masks, mask_scores=[float(s) for s in resp.mask_scores], image=image,
                   prompts=prompts, question=question, seconds=seconds, prefix_reused=reused, domain=domain,
-                  restricted=bool(getattr(resp, "restricted", False)), instructed=instructed)
+                  restricted=bool(getattr(resp, "restricted", False)), instructed=instructed,
+                  unknown_words=unknown_words or [])
 
 
 def _digest(image: np.ndarray, prompts: Mapping[int, np.ndarray]) -> str:
@@ -312,7 +324,7 @@ class Predictor:
                                       max_new_tokens=max_new_tokens or self.max_new_tokens)
             seconds = time.perf_counter() - t0
         return _result(resp, image, asked, prompts, seconds, reused, check_domain(self.domain, image),
-                       instructed=asked != question.strip())
+                       instructed=asked != question.strip(), unknown_words=unknown_words(self.domain, asked))
 
     def clear_cache(self) -> None:
         with self._lock:
@@ -409,7 +421,7 @@ class Predictor:
                                           max_new_tokens=self.max_new_tokens)
                 seconds = (time.perf_counter() - t0) / len(chunk)
                 results += [_result(resp, img, q, numbered, seconds, reused, check_domain(self.domain, img),
-                                    instructed=q != typed)
+                                    instructed=q != typed, unknown_words=unknown_words(self.domain, q))
                             for resp, (img, typed, q, numbered), (_, reused) in zip(responses, chunk, prefixes)]
         return results
 

@@ -19,7 +19,7 @@ from PIL import Image
 
 from pixelsail.imageio import ImageInputError, load_image
 from pixelsail.model_check import ModelFileWarning
-from pixelsail.predictor import RESTRICTED_NOTE, InputError, Predictor, Result
+from pixelsail.predictor import InputError, Predictor, Result
 
 ModelOpt = typer.Option(None, "--model", help="model directory (default: the shipped shapes model)")
 DeviceOpt = typer.Option("cpu", "--device", help="torch device, e.g. cpu or cuda")
@@ -89,12 +89,8 @@ def _print_result(result: Result) -> None:
     empty = set(result.empty_masks)
     for i, (m, s) in enumerate(zip(result.masks, result.mask_scores)):
         typer.echo(f"  mask {i}: {result.empty_mask_text if i in empty else f'{int(m.sum())} px'}, score {s:.2f}")
-    if result.missing_mask_text is not None:
-        typer.echo(f"  {result.missing_mask_text}")
-    if result.domain is not None and not result.domain.in_domain:
-        typer.echo(f"  note: {result.domain.note()}")
-    if result.restricted:
-        typer.echo(f"  note: {RESTRICTED_NOTE}")
+    for note in result.answer_notes:
+        typer.echo(f"  note: {note}")
     typer.echo(f"  ({result.seconds:.2f} s{', image prefix reused' if result.prefix_reused else ''})", err=True)
 
 
