@@ -323,8 +323,14 @@ class Predictor:
             resp = self.model.respond(prefix, asked, history=list(history),
                                       max_new_tokens=max_new_tokens or self.max_new_tokens)
             seconds = time.perf_counter() - t0
+        return self._result(resp, image, question, asked, prompts, seconds, reused)
+
+    def _result(self, resp: Any, image: np.ndarray, typed: str, asked: str, prompts: dict[int, np.ndarray],
+                seconds: float, reused: bool) -> Result:
+        """The answer to ``asked`` (what :meth:`check_question` made of the ``typed`` question), with what the
+        person should know about the image and the question's words."""
         return _result(resp, image, asked, prompts, seconds, reused, check_domain(self.domain, image),
-                       instructed=asked != question.strip(), unknown_words=unknown_words(self.domain, asked))
+                       instructed=asked != typed.strip(), unknown_words=unknown_words(self.domain, asked))
 
     def clear_cache(self) -> None:
         with self._lock:
@@ -410,7 +416,7 @@ class Predictor:
             if not isinstance(question, str):
                 raise InputError(f"the question must be text, got {type(question).__name__}")
             numbered = self.number_prompts(img, question, prompts)
-            checked.append((img, question.strip(), self.check_question(question, img), numbered))
+            checked.append((img, question, self.check_question(question, img), numbered))
         results: list[Result] = []
         with self._lock:
             for start in range(0, len(checked), batch_size):
@@ -420,8 +426,7 @@ class Predictor:
                 responses = respond_batch(self.model, [p for p, _ in prefixes], [q for _, _, q, _ in chunk],
                                           max_new_tokens=self.max_new_tokens)
                 seconds = (time.perf_counter() - t0) / len(chunk)
-                results += [_result(resp, img, q, numbered, seconds, reused, check_domain(self.domain, img),
-                                    instructed=q != typed, unknown_words=unknown_words(self.domain, q))
+                results += [self._result(resp, img, typed, q, numbered, seconds, reused)
                             for resp, (img, typed, q, numbered), (_, reused) in zip(responses, chunk, prefixes)]
         return results
 
