@@ -236,17 +236,17 @@ def run_one(rung: Rung, args, seed: int, use_oracle: bool) -> dict:
             counts = np.zeros(len(DESTINATIONS), dtype=np.int64)
             value = evaluate(model, oracle, rung, val, destinations=counts)
             curve.append((step * args.batch, value))
-            option = ""
+            tail = ""  # what the evaluation line adds after the metric
             if counts.sum():
                 shares = [round(float(100.0 * c / counts.sum()), 1) for c in counts]
                 destination_curve.append((step * args.batch, shares))
-                option = ", predicted pixels on " + ", ".join(f"{k} {v:.0f} %" for k, v in zip(DESTINATIONS, shares))
+                tail = ", predicted pixels on " + ", ".join(f"{k} {v:.0f} %" for k, v in zip(DESTINATIONS, shares))
             if rung.scores_letters and oracle is None:
                 option_curve.append((step * args.batch, round(option_accuracy(model, val), 1)))
-                option += f", option {option_curve[-1][1]:.1f}"
+                tail += f", option {option_curve[-1][1]:.1f}"
             print(f"  {rung.name} {'oracle' if oracle else args.label} seed {seed}: {step * args.batch} samples "
                   f"({time.perf_counter() - t0:.0f} s) loss {float(loss.detach()):.3f} {rung.metric} {value:.1f}"
-                  f"{option}", flush=True)
+                  f"{tail}", flush=True)
     variant = args.label if not use_oracle else ("oracle" if args.label == "own" else f"oracle {args.label}")
     extra = {"destination_curve": destination_curve} if destination_curve else {}
     if rung.metric == "accuracy":
