@@ -26,7 +26,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from pixelsail.data.export import mask_to_rle
-from pixelsail.domain import DomainCheck, check as check_domain, training_domain, unknown_words
+from pixelsail.domain import DomainCheck, check as check_domain, trained_casing, training_domain, unknown_words
 from pixelsail.imageio import DEFAULT_MAX_PIXELS, ImageInputError, ImageSource, load_image
 from pixelsail.model_check import ModelFileError, ModelFileWarning, check_model_dir
 from pixelsail.prompts import as_prompt_mask, box_to_mask, point_to_mask
@@ -41,6 +41,7 @@ DEFAULT_MAX_QUESTION_TOKENS = 256
 
 RESTRICTED_NOTE = "answered with one of the question's options (model.option_decoding)"
 INSTRUCTED_NOTE = f"asked as the model was trained to read a multiple choice, closed with {MCQ_INSTRUCTION!r}"
+CAPITALISED_NOTE = "asked with a capital first letter, as every question the model read in training begins"
 
 
 class InputError(ValueError):
@@ -67,6 +68,7 @@ class Result:
     domain: DomainCheck | None = None   # how the image compares with the model's training images (when known)
     restricted: bool = False   # the answer had to be one of the question's "(A) ... (B) ..." options
     instructed: bool = False   # the question's options were closed with MCQ_INSTRUCTION (Predictor.choice_question)
+    capitalised: bool = False  # the question's first letter was made a capital (domain.trained_casing)
     unknown_words: list[str] = field(default_factory=list)   # words of the question the model never read in training
 
     @property
@@ -114,6 +116,8 @@ class Result:
             words = ", ".join(repr(w) for w in self.unknown_words)
             out.append(f"the model never read {words} in training, so its answer cannot follow "
                        f"{'that word' if len(self.unknown_words) == 1 else 'those words'}")
+        if self.capitalised:
+            out.append(CAPITALISED_NOTE)
         if self.instructed:
             out.append(INSTRUCTED_NOTE)
         if self.restricted:
@@ -161,13 +165,13 @@ def _prompt_mask(prompt: Any, h: int, w: int) -> np.ndarray:
 
 
 def _result(resp: Any, image: np.ndarray, question: str, prompts: dict[int, np.ndarray], seconds: float,
-            reused: bool, domain: DomainCheck | None = None, instructed: bool = False,
+            reused: bool, domain: DomainCheck | None = None, instructed: bool = False, capitalised: bool = False,
             unknown_words: list[str] | None = None) -> Result:
     masks = [np.asarray(m, dtype=bool) for m in resp.masks]
     return Result(text=resp.text, masks=masks, mask_scores=[float(s) for s in resp.mask_scores], image=image,
                   prompts=prompts, question=question, seconds=seconds, prefix_reused=reused, domain=domain,
                   restricted=bool(getattr(resp, "restricted", False)), instructed=instructed,
-                  unknown_words=unknown_words or [])
+                  capitalised=capitalised, unknown_words=unknown_words or [])
 
 
 def _digest(image: np.ndarray, prompts: Mapping[int, np.ndarray]) -> str:
@@ -282,7 +286,7 @@ class Predictor:
     def check_question(self, question: str, image: np.ndarray, history: Sequence[tuple[str, str]] = ()) -> str:
         if not isinstance(question, str):
             raise InputError(f"the question must be text, got {type(question).__name__}")
-        question = self.choice_question(question.strip())
+        question = self.choice_question(trained_casing(self.domain, question.strip()))
         if not question:
             raise InputError("the question is empty")
         processor = self.model.processor
@@ -329,8 +333,10 @@ class Predictor:
                 seconds: float, reused: bool) -> Result:
         """The answer to ``asked`` (what :meth:`check_question` made of the ``typed`` question), with what the
         person should know about the image and the question's words."""
+        typed = typed.strip()
         return _result(resp, image, asked, prompts, seconds, reused, check_domain(self.domain, image),
-                       instructed=asked != typed.strip(), unknown_words=unknown_words(self.domain, asked))
+                       instructed=MCQ_INSTRUCTION in asked and MCQ_INSTRUCTION not in typed,
+                       capitalised=asked[:1] != typed[:1], unknown_words=unknown_words(self.domain, asked))
 
     def clear_cache(self) -> None:
         with self._lock:
