@@ -215,3 +215,32 @@ def test_a_lower_case_first_letter_is_asked_capitalised_to_a_shapes_model_and_sa
     as_typed = Predictor(model=tiny_model().eval(), domain=None).ask(SHAPES_SCENE, "what colour is <vp_0>?",
                                                                        prompts=box)
     assert as_typed.question == "what colour is <vp_0>?" and not as_typed.capitalised
+
+
+def test_a_shapes_segment_question_without_an_article_is_asked_with_the_and_says_so():
+    """Every shapes training expression begins with "the" or "all": the shipped model's referring cIoU on 60 test
+    expressions was 82.7 % as generated, 61.8 % without "the" and 6.4 % with "The" in the sentence's middle."""
+    from model_utils import tiny_model
+
+    from pixelsail.domain import with_article
+    from pixelsail.predictor import ARTICLE_NOTE, CAPITALISED_NOTE
+
+    assert with_article("shapes", "Please segment red star.") == "Please segment the red star."
+    assert with_article("shapes", "Can you segment large blue circle?") == "Can you segment the large blue circle?"
+    for unchanged in ("Please segment the red star.", "Segment all red stars.", "Segment a red star.",
+                      "Please describe <vp_0>.", "What colour is <vp_0>?"):
+        assert with_article("shapes", unchanged) == unchanged
+    assert with_article(None, "Please segment red star.") == "Please segment red star."
+    assert Predictor.segment_question("The red star") == "Please segment the red star."
+    assert Predictor.segment_question("All red stars.") == "Please segment all red stars."
+    assert Predictor.segment_question("Theodor") == "Please segment Theodor."      # a name, not a determiner
+    p = Predictor(model=tiny_model().eval(), domain="shapes")
+    r = p.segment(SHAPES_SCENE, "red star")
+    assert r.question == "Please segment the red star." and r.article and r.notes[-1:] == [ARTICLE_NOTE]
+    trained = p.segment(SHAPES_SCENE, "the red star")
+    assert not trained.article and trained.text == r.text and ARTICLE_NOTE not in trained.notes
+    typed = p.ask(SHAPES_SCENE, "segment red star.")
+    assert typed.question == "Segment the red star." and typed.capitalised and typed.article
+    assert [n for n in typed.notes if n in (CAPITALISED_NOTE, ARTICLE_NOTE)] == [CAPITALISED_NOTE, ARTICLE_NOTE]
+    as_typed = Predictor(model=tiny_model().eval(), domain=None).segment(SHAPES_SCENE, "red star")
+    assert as_typed.question == "Please segment red star." and not as_typed.article

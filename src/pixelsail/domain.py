@@ -185,3 +185,22 @@ def trained_casing(domain: str | None, text: str) -> str:
     if domain != SHAPES_DOMAIN or not text[:1].islower():
         return text
     return text[0].upper() + text[1:]
+
+
+# a shapes training question asking for a mask: one of data.shapes_tasks.RES_TEMPLATES around an expression
+_SEGMENT_QUESTION = re.compile(r"(Please segment|Segment|Can you segment) (.+)")
+_DETERMINERS = frozenset({"the", "all", "a", "an", "each", "every", "both", "any", "this", "that", "these", "those",
+                          "it", "everything", "nothing"})
+
+
+def with_article(domain: str | None, question: str) -> str:
+    """A shapes segment question whose expression lacks a determiner given the "the" every training expression
+    begins with ("the red star", "all red stars"): "Please segment red star." -> "Please segment the red star.".
+    Why: the shipped model's referring cIoU on 60 test expressions was 82.7 % as generated and 61.8 % typed without
+    "the" (docs/TRAINING.md, session 23). Other questions and other domains as they are."""
+    if domain != SHAPES_DOMAIN:
+        return question
+    m = _SEGMENT_QUESTION.fullmatch(question)
+    if m is None or m.group(2).split(" ", 1)[0].lower() in _DETERMINERS:
+        return question
+    return f"{m.group(1)} the {m.group(2)}"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.resources
+import re
 import threading
 import time
 import warnings
@@ -26,7 +27,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from pixelsail.data.export import mask_to_rle
-from pixelsail.domain import DomainCheck, check as check_domain, trained_casing, training_domain, unknown_words
+from pixelsail.domain import (DomainCheck, check as check_domain, trained_casing, training_domain, unknown_words,
+                              with_article)
 from pixelsail.imageio import DEFAULT_MAX_PIXELS, ImageInputError, ImageSource, load_image
 from pixelsail.model_check import ModelFileError, ModelFileWarning, check_model_dir
 from pixelsail.prompts import as_prompt_mask, box_to_mask, point_to_mask
@@ -42,6 +44,7 @@ DEFAULT_MAX_QUESTION_TOKENS = 256
 RESTRICTED_NOTE = "answered with one of the question's options (model.option_decoding)"
 INSTRUCTED_NOTE = f"asked as the model was trained to read a multiple choice, closed with {MCQ_INSTRUCTION!r}"
 CAPITALISED_NOTE = "asked with a capital first letter, as every question the model read in training begins"
+ARTICLE_NOTE = "asked with 'the' before the expression, as every expression the model read in training begins"
 
 
 class InputError(ValueError):
@@ -69,6 +72,7 @@ class Result:
     restricted: bool = False   # the answer had to be one of the question's "(A) ... (B) ..." options
     instructed: bool = False   # the question's options were closed with MCQ_INSTRUCTION (Predictor.choice_question)
     capitalised: bool = False  # the question's first letter was made a capital (domain.trained_casing)
+    article: bool = False      # "the" was put before the expression of a segment question (domain.with_article)
     unknown_words: list[str] = field(default_factory=list)   # words of the question the model never read in training
 
     @property
@@ -118,6 +122,8 @@ class Result:
                        f"{'that word' if len(self.unknown_words) == 1 else 'those words'}")
         if self.capitalised:
             out.append(CAPITALISED_NOTE)
+        if self.article:
+            out.append(ARTICLE_NOTE)
         if self.instructed:
             out.append(INSTRUCTED_NOTE)
         if self.restricted:
@@ -166,12 +172,12 @@ def _prompt_mask(prompt: Any, h: int, w: int) -> np.ndarray:
 
 def _result(resp: Any, image: np.ndarray, question: str, prompts: dict[int, np.ndarray], seconds: float,
             reused: bool, domain: DomainCheck | None = None, instructed: bool = False, capitalised: bool = False,
-            unknown_words: list[str] | None = None) -> Result:
+            article: bool = False, unknown_words: list[str] | None = None) -> Result:
     masks = [np.asarray(m, dtype=bool) for m in resp.masks]
     return Result(text=resp.text, masks=masks, mask_scores=[float(s) for s in resp.mask_scores], image=image,
                   prompts=prompts, question=question, seconds=seconds, prefix_reused=reused, domain=domain,
                   restricted=bool(getattr(resp, "restricted", False)), instructed=instructed,
-                  capitalised=capitalised, unknown_words=unknown_words or [])
+                  capitalised=capitalised, article=article, unknown_words=unknown_words or [])
 
 
 def _digest(image: np.ndarray, prompts: Mapping[int, np.ndarray]) -> str:
@@ -286,7 +292,7 @@ class Predictor:
     def check_question(self, question: str, image: np.ndarray, history: Sequence[tuple[str, str]] = ()) -> str:
         if not isinstance(question, str):
             raise InputError(f"the question must be text, got {type(question).__name__}")
-        question = self.choice_question(trained_casing(self.domain, question.strip()))
+        question = self.choice_question(self.trained_form(question.strip()))
         if not question:
             raise InputError("the question is empty")
         processor = self.model.processor
@@ -334,9 +340,17 @@ class Predictor:
         """The answer to ``asked`` (what :meth:`check_question` made of the ``typed`` question), with what the
         person should know about the image and the question's words."""
         typed = typed.strip()
+        cased = trained_casing(self.domain, typed)
         return _result(resp, image, asked, prompts, seconds, reused, check_domain(self.domain, image),
                        instructed=MCQ_INSTRUCTION in asked and MCQ_INSTRUCTION not in typed,
-                       capitalised=asked[:1] != typed[:1], unknown_words=unknown_words(self.domain, asked))
+                       capitalised=cased != typed, article=with_article(self.domain, cased) != cased,
+                       unknown_words=unknown_words(self.domain, asked))
+
+    def trained_form(self, question: str) -> str:
+        """``question`` in the form the model's training questions take, where its domain has one (shapes: a capital
+        first letter, "the" before a segment question's expression); a multiple choice is closed separately
+        (:meth:`choice_question`)."""
+        return with_article(self.domain, trained_casing(self.domain, question))
 
     def clear_cache(self) -> None:
         with self._lock:
@@ -345,7 +359,8 @@ class Predictor:
     # ------------------------------------------------------------------------------------------------ tasks
     @staticmethod
     def segment_question(text: str) -> str:
-        """The instruction for a referring expression: "the red circle" -> "Please segment the red circle."."""
+        """The instruction for a referring expression: "the red circle" (or "The red circle") -> "Please segment the red
+        circle."; a full instruction ("Segment ...", "Please ...") as it is."""
         if not isinstance(text, str) or not text.strip():
             raise InputError("the referring expression is empty")
         expression = text.strip()
@@ -353,6 +368,8 @@ class Predictor:
             raise InputError("segment takes a plain referring expression; ask questions naming <vp_k> instead")
         if expression.lower().startswith(("please", "segment")):
             return expression
+        # a determiner typed first ("The red star") is lower-cased as the sentence's middle writes it
+        expression = re.sub(r"^(The|All|An|A)\b", lambda m: m.group(1).lower(), expression)
         return SEGMENT_TEMPLATE.format(expression=expression.rstrip(".?! "))
 
     @staticmethod
