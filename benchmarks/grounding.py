@@ -221,7 +221,10 @@ def run_one(rung: Rung, args, seed: int, use_oracle: bool) -> dict:
     train = rung_samples(rung, "train", steps * args.batch, args.image_size, start=seed * 1_000_003 % 900_000)
     val = rung_samples(rung, "val", args.eval_samples, args.image_size)
     every = max(1, args.eval_every // args.batch)
-    curve, option_curve, destination_curve, t0 = [], [], [], time.perf_counter()
+    # an exponential moving average of the weights, scored beside the live ones (its own curve in the record)
+    ema = None if args.ema is None else torch.optim.swa_utils.AveragedModel(
+        params, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema), use_buffers=True)
+    curve, ema_curve, option_curve, destination_curve, t0 = [], [], [], [], time.perf_counter()
     for step in range(1, steps + 1):
         chunk = train[(step - 1) * args.batch: step * args.batch]
         batch = _encode(model, chunk)
@@ -232,6 +235,8 @@ def run_one(rung: Rung, args, seed: int, use_oracle: bool) -> dict:
             loss = model(batch["input_ids"], batch["labels"], batch["lengths"], batch["images"], batch["masks"],
                          teacher_features=maps).loss
         optimizer_step(loss, optimizer, scheduler, params, run.train.grad_clip)
+        if ema is not None:
+            ema.update_parameters(params)
         if step % every == 0 or step == steps:
             counts = np.zeros(len(DESTINATIONS), dtype=np.int64)
             value = evaluate(model, oracle, rung, val, destinations=counts)
@@ -241,6 +246,11 @@ def run_one(rung: Rung, args, seed: int, use_oracle: bool) -> dict:
                 shares = [round(float(100.0 * c / counts.sum()), 1) for c in counts]
                 destination_curve.append((step * args.batch, shares))
                 tail = ", predicted pixels on " + ", ".join(f"{k} {v:.0f} %" for k, v in zip(DESTINATIONS, shares))
+            if ema is not None:
+                averaged = ema.module
+                ema_curve.append((step * args.batch, round(evaluate(averaged.model, averaged.get_submodule("oracle")
+                                                                    if oracle is not None else None, rung, val), 1)))
+                tail += f", weight average {ema_curve[-1][1]:.1f}"
             if rung.scores_letters and oracle is None:
                 option_curve.append((step * args.batch, round(option_accuracy(model, val), 1)))
                 tail += f", option {option_curve[-1][1]:.1f}"
@@ -249,6 +259,8 @@ def run_one(rung: Rung, args, seed: int, use_oracle: bool) -> dict:
                   f"{tail}", flush=True)
     variant = args.label if not use_oracle else ("oracle" if args.label == "own" else f"oracle {args.label}")
     extra = {"destination_curve": destination_curve} if destination_curve else {}
+    if ema is not None:
+        extra.update(ema=args.ema, ema_curve=ema_curve)
     if rung.metric == "accuracy":
         extra["position_accuracy"] = position_accuracy(model, val)
         print(f"  answer tokens, teacher-forced accuracy by position: {extra['position_accuracy']}", flush=True)
@@ -325,6 +337,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--one-rate", action="store_true",
                     help="the decoder transformer at --lr too, ignoring the recipe's train.backbone_lr (the ladder's "
                          "runs before session 22)")
+    ap.add_argument("--ema", type=float, default=None,
+                    help="also score an exponential moving average of the weights with this decay per step (e.g. "
+                         "0.995), printed and recorded beside the live weights' curve")
     ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--eval-every", type=int, default=1600, help="samples between evaluations")
     ap.add_argument("--eval-samples", type=int, default=256)

@@ -231,3 +231,15 @@ def test_option_accuracy_scores_the_words_before_the_letter_and_ignores_the_lett
     for corrupt, want in (("nothing", 100.0), ("letter", 100.0), ("word", 0.0)):
         monkeypatch.setattr(grounding, "_next_tokens", forced(corrupt))
         assert grounding.option_accuracy(model, samples) == want
+
+
+def test_ladder_weight_average_with_decay_zero_is_the_live_model_and_is_recorded(tmp_path):
+    """--ema scores an exponential moving average of the weights beside the live ones; at decay 0 the average is the
+    live model, so both curves must agree."""
+    from benchmarks import grounding
+
+    grounding.main(["--rungs", "colour", "--samples", "32", "--eval-every", "16", "--eval-samples", "8",
+                    "--threads", "1", "--ema", "0.0", "--out", str(tmp_path)])
+    run = json.loads((tmp_path / "runs.jsonl").read_text().splitlines()[0])
+    assert run["ema"] == 0.0 and [n for n, _ in run["ema_curve"]] == [n for n, _ in run["curve"]] == [16, 32]
+    assert [v for _, v in run["ema_curve"]] == [round(v, 1) for _, v in run["curve"]]
