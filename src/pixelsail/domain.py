@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from pixelsail.config import inner_dataset
-from pixelsail.data.shapes import BACKGROUND_MAX_SPREAD, COLORS
+from pixelsail.data.shapes import BACKGROUND_MAX_SPREAD, COLORS, RES_TEMPLATES
 
 SHAPES_DOMAIN = "shapes"
 SHAPES_DATASETS = frozenset({"shapes", "shapes_echo"})
@@ -187,8 +187,8 @@ def trained_casing(domain: str | None, text: str) -> str:
     return text[0].upper() + text[1:]
 
 
-# a shapes training question asking for a mask: one of data.shapes_tasks.RES_TEMPLATES around an expression
-_SEGMENT_QUESTION = re.compile(r"(Please segment|Segment|Can you segment) (.+)")
+# a shapes training question asking for a mask: the opening of one of RES_TEMPLATES, then the expression
+_SEGMENT_QUESTION = re.compile("(" + "|".join(re.escape(t.split(" {}")[0]) for t in RES_TEMPLATES) + ") (.+)")
 _DETERMINERS = frozenset({"the", "all", "a", "an", "each", "every", "both", "any", "this", "that", "these", "those",
                           "it", "everything", "nothing"})
 
