@@ -247,9 +247,9 @@ def run_one(rung: Rung, args, seed: int, use_oracle: bool) -> dict:
                 destination_curve.append((step * args.batch, shares))
                 tail = ", predicted pixels on " + ", ".join(f"{k} {v:.0f} %" for k, v in zip(DESTINATIONS, shares))
             if ema is not None:
-                averaged = ema.module
-                ema_curve.append((step * args.batch, round(evaluate(averaged.model, averaged.get_submodule("oracle")
-                                                                    if oracle is not None else None, rung, val), 1)))
+                averaged = ema.module                                   # a copy of params: .model, .oracle
+                averaged_value = evaluate(averaged.model, getattr(averaged, "oracle", None), rung, val)
+                ema_curve.append((step * args.batch, round(averaged_value, 1)))
                 tail += f", weight average {ema_curve[-1][1]:.1f}"
             if rung.scores_letters and oracle is None:
                 option_curve.append((step * args.batch, round(option_accuracy(model, val), 1)))
