@@ -234,6 +234,7 @@ def test_a_shapes_segment_question_without_an_article_is_asked_with_the_and_says
     assert Predictor.segment_question("The red star") == "Please segment the red star."
     assert Predictor.segment_question("All red stars.") == "Please segment all red stars."
     assert Predictor.segment_question("Theodor") == "Please segment Theodor."      # a name, not a determiner
+    assert Predictor.segment_question("Each red star") == "Please segment each red star."   # the domain's list
     p = Predictor(model=tiny_model().eval(), domain="shapes")
     r = p.segment(SHAPES_SCENE, "red star")
     assert r.question == "Please segment the red star." and r.article and r.notes[-1:] == [ARTICLE_NOTE]

@@ -189,7 +189,8 @@ def trained_casing(domain: str | None, text: str) -> str:
 
 # a shapes training question asking for a mask: the opening of one of RES_TEMPLATES, then the expression
 _SEGMENT_QUESTION = re.compile("(" + "|".join(re.escape(t.split(" {}")[0]) for t in RES_TEMPLATES) + ") (.+)")
-_DETERMINERS = frozenset({"the", "all", "a", "an", "each", "every", "both", "any", "this", "that", "these", "those",
+# the words a referring expression may begin with instead of "the" (Predictor.segment_question lower-cases them)
+DETERMINERS = frozenset({"the", "all", "a", "an", "each", "every", "both", "any", "this", "that", "these", "those",
                           "it", "everything", "nothing"})
 
 
@@ -201,6 +202,6 @@ def with_article(domain: str | None, question: str) -> str:
     if domain != SHAPES_DOMAIN:
         return question
     m = _SEGMENT_QUESTION.fullmatch(question)
-    if m is None or m.group(2).split(" ", 1)[0].lower() in _DETERMINERS:
+    if m is None or m.group(2).split(" ", 1)[0].lower() in DETERMINERS:
         return question
     return f"{m.group(1)} the {m.group(2)}"

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.resources
-import re
 import threading
 import time
 import warnings
@@ -27,8 +26,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from pixelsail.data.export import mask_to_rle
-from pixelsail.domain import (DomainCheck, check as check_domain, trained_casing, training_domain, unknown_words,
-                              with_article)
+from pixelsail.domain import (DETERMINERS, DomainCheck, check as check_domain, trained_casing, training_domain,
+                              unknown_words, with_article)
 from pixelsail.imageio import DEFAULT_MAX_PIXELS, ImageInputError, ImageSource, load_image
 from pixelsail.model_check import ModelFileError, ModelFileWarning, check_model_dir
 from pixelsail.prompts import as_prompt_mask, box_to_mask, point_to_mask
@@ -369,7 +368,9 @@ class Predictor:
         if expression.lower().startswith(("please", "segment")):
             return expression
         # a determiner typed first ("The red star") is lower-cased as the sentence's middle writes it
-        expression = re.sub(r"^(The|All|An|A)\b", lambda m: m.group(1).lower(), expression)
+        first, _, rest = expression.partition(" ")
+        if first.lower() in DETERMINERS:
+            expression = f"{first.lower()} {rest}".rstrip()
         return SEGMENT_TEMPLATE.format(expression=expression.rstrip(".?! "))
 
     @staticmethod
