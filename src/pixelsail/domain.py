@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from pixelsail.config import inner_dataset
-from pixelsail.data.shapes import BACKGROUND_MAX_SPREAD, COLORS, RES_TEMPLATES
+from pixelsail.data.shapes import BACKGROUND_MAX_SPREAD, COLORS
 
 SHAPES_DOMAIN = "shapes"
 SHAPES_DATASETS = frozenset({"shapes", "shapes_echo"})
@@ -174,34 +174,3 @@ def unknown_words(domain: str | None, text: str) -> list[str]:
         return []
     known = shapes_vocabulary()
     return list(dict.fromkeys(w for w in _words(text) if w not in known))
-
-
-def trained_casing(domain: str | None, text: str) -> str:
-    """``text`` with a capital first letter when the model was trained on ``domain``'s questions, which all begin with
-    one. Why: the shapes tokenizer knows "What" as one token but splits "what" into pieces it never read in training
-    ('w', 'ha', 't'); the shipped model answered 0 of 60 test visual-prompt questions right with a lower-case first
-    letter and 55 capitalised (docs/TRAINING.md, session 23). Other domains, and text not starting with a letter,
-    as they are."""
-    if domain != SHAPES_DOMAIN or not text[:1].islower():
-        return text
-    return text[0].upper() + text[1:]
-
-
-# a shapes training question asking for a mask: the opening of one of RES_TEMPLATES, then the expression
-_SEGMENT_QUESTION = re.compile("(" + "|".join(re.escape(t.split(" {}")[0]) for t in RES_TEMPLATES) + ") (.+)")
-# the words a referring expression may begin with instead of "the" (Predictor.segment_question lower-cases them)
-DETERMINERS = frozenset({"the", "all", "a", "an", "each", "every", "both", "any", "this", "that", "these", "those",
-                          "it", "everything", "nothing"})
-
-
-def with_article(domain: str | None, question: str) -> str:
-    """A shapes segment question whose expression lacks a determiner given the "the" every training expression
-    begins with ("the red star", "all red stars"): "Please segment red star." -> "Please segment the red star.".
-    Why: the shipped model's referring cIoU on 60 test expressions was 82.7 % as generated and 61.8 % typed without
-    "the" (docs/TRAINING.md, session 23). Other questions and other domains as they are."""
-    if domain != SHAPES_DOMAIN:
-        return question
-    m = _SEGMENT_QUESTION.fullmatch(question)
-    if m is None or m.group(2).split(" ", 1)[0].lower() in DETERMINERS:
-        return question
-    return f"{m.group(1)} the {m.group(2)}"

@@ -26,8 +26,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from pixelsail.data.export import mask_to_rle
-from pixelsail.domain import (DETERMINERS, DomainCheck, check as check_domain, trained_casing, training_domain,
-                              unknown_words, with_article)
+from pixelsail.domain import DomainCheck, check as check_domain, training_domain, unknown_words
+from pixelsail.question_form import DETERMINERS, TrainedForm, trained_form
 from pixelsail.imageio import DEFAULT_MAX_PIXELS, ImageInputError, ImageSource, load_image
 from pixelsail.model_check import ModelFileError, ModelFileWarning, check_model_dir
 from pixelsail.prompts import as_prompt_mask, box_to_mask, point_to_mask
@@ -44,6 +44,7 @@ RESTRICTED_NOTE = "answered with one of the question's options (model.option_dec
 INSTRUCTED_NOTE = f"asked as the model was trained to read a multiple choice, closed with {MCQ_INSTRUCTION!r}"
 CAPITALISED_NOTE = "asked with a capital first letter, as every question the model read in training begins"
 ARTICLE_NOTE = "asked with 'the' before the expression, as every expression the model read in training begins"
+QUESTION_MARK_NOTE = "asked with a final '?', as every question the model read in training ends"
 
 
 class InputError(ValueError):
@@ -70,8 +71,10 @@ class Result:
     domain: DomainCheck | None = None   # how the image compares with the model's training images (when known)
     restricted: bool = False   # the answer had to be one of the question's "(A) ... (B) ..." options
     instructed: bool = False   # the question's options were closed with MCQ_INSTRUCTION (Predictor.choice_question)
-    capitalised: bool = False  # the question's first letter was made a capital (domain.trained_casing)
-    article: bool = False      # "the" was put before the expression of a segment question (domain.with_article)
+    # how the typed question was rewritten into the form of the model's training questions (question_form)
+    capitalised: bool = False     # its first letter was made a capital
+    question_mark: bool = False   # a final "?" was added
+    article: bool = False         # "the" was put before the expression of a segment question
     unknown_words: list[str] = field(default_factory=list)   # words of the question the model never read in training
 
     @property
@@ -121,6 +124,8 @@ class Result:
                        f"{'that word' if len(self.unknown_words) == 1 else 'those words'}")
         if self.capitalised:
             out.append(CAPITALISED_NOTE)
+        if self.question_mark:
+            out.append(QUESTION_MARK_NOTE)
         if self.article:
             out.append(ARTICLE_NOTE)
         if self.instructed:
@@ -170,13 +175,14 @@ def _prompt_mask(prompt: Any, h: int, w: int) -> np.ndarray:
 
 
 def _result(resp: Any, image: np.ndarray, question: str, prompts: dict[int, np.ndarray], seconds: float,
-            reused: bool, domain: DomainCheck | None = None, instructed: bool = False, capitalised: bool = False,
-            article: bool = False, unknown_words: list[str] | None = None) -> Result:
+            reused: bool, domain: DomainCheck | None = None, instructed: bool = False,
+            form: TrainedForm | None = None, unknown_words: list[str] | None = None) -> Result:
     masks = [np.asarray(m, dtype=bool) for m in resp.masks]
     return Result(text=resp.text, masks=masks, mask_scores=[float(s) for s in resp.mask_scores], image=image,
                   prompts=prompts, question=question, seconds=seconds, prefix_reused=reused, domain=domain,
                   restricted=bool(getattr(resp, "restricted", False)), instructed=instructed,
-                  capitalised=capitalised, article=article, unknown_words=unknown_words or [])
+                  capitalised=bool(form and form.capitalised), question_mark=bool(form and form.question_mark),
+                  article=bool(form and form.article), unknown_words=unknown_words or [])
 
 
 def _digest(image: np.ndarray, prompts: Mapping[int, np.ndarray]) -> str:
@@ -289,9 +295,17 @@ class Predictor:
         return out
 
     def check_question(self, question: str, image: np.ndarray, history: Sequence[tuple[str, str]] = ()) -> str:
+        """The question the model will be asked for the typed ``question`` (its training form, a multiple choice
+        closed with its instruction); an :class:`InputError` when it cannot be asked."""
+        return self._checked(question, image, history)[0]
+
+    def _checked(self, question: str, image: np.ndarray,
+                 history: Sequence[tuple[str, str]] = ()) -> tuple[str, TrainedForm]:
+        """:meth:`check_question`, and the training-form rewrites it made (for the answer's notes)."""
         if not isinstance(question, str):
             raise InputError(f"the question must be text, got {type(question).__name__}")
-        question = self.choice_question(self.trained_form(question.strip()))
+        form = trained_form(self.domain, question.strip())
+        question = self.choice_question(form.text)
         if not question:
             raise InputError("the question is empty")
         processor = self.model.processor
@@ -309,7 +323,7 @@ class Predictor:
             raise InputError(f"the conversation is too long: {n_vision} image + {n_text} text + "
                              f"{self.max_new_tokens} answer tokens = {total}, the model's limit is "
                              f"{cfg.max_position_embeddings} (start a new chat or shorten the question)")
-        return question
+        return question, form
 
     # ------------------------------------------------------------------------------------------------ core
     def _prefix(self, image: np.ndarray, prompts: dict[int, np.ndarray]) -> tuple[Any, bool]:
@@ -326,30 +340,28 @@ class Predictor:
     def _answer(self, image: np.ndarray, question: str, prompts: dict[int, np.ndarray],
                 history: Sequence[tuple[str, str]] = (), max_new_tokens: int | None = None) -> Result:
         with self._lock:  # the tokenizer and the cached prefixes are not safe to share between threads
-            asked = self.check_question(question, image, history)
+            asked, form = self._checked(question, image, history)
             t0 = time.perf_counter()
             prefix, reused = self._prefix(image, prompts)
             resp = self.model.respond(prefix, asked, history=list(history),
                                       max_new_tokens=max_new_tokens or self.max_new_tokens)
             seconds = time.perf_counter() - t0
-        return self._result(resp, image, question, asked, prompts, seconds, reused)
+        return self._result(resp, image, question, asked, form, prompts, seconds, reused)
 
-    def _result(self, resp: Any, image: np.ndarray, typed: str, asked: str, prompts: dict[int, np.ndarray],
-                seconds: float, reused: bool) -> Result:
-        """The answer to ``asked`` (what :meth:`check_question` made of the ``typed`` question), with what the
-        person should know about the image and the question's words."""
-        typed = typed.strip()
-        cased = trained_casing(self.domain, typed)
+    def _result(self, resp: Any, image: np.ndarray, typed: str, asked: str, form: TrainedForm,
+                prompts: dict[int, np.ndarray], seconds: float, reused: bool) -> Result:
+        """The answer to ``asked`` (what :meth:`check_question` made of the ``typed`` question, by the rewrites in
+        ``form`` and perhaps a multiple choice's instruction), with what the person should know about the image and
+        the question's words."""
         return _result(resp, image, asked, prompts, seconds, reused, check_domain(self.domain, image),
-                       instructed=MCQ_INSTRUCTION in asked and MCQ_INSTRUCTION not in typed,
-                       capitalised=cased != typed, article=with_article(self.domain, cased) != cased,
+                       instructed=MCQ_INSTRUCTION in asked and MCQ_INSTRUCTION not in typed, form=form,
                        unknown_words=unknown_words(self.domain, asked))
 
     def trained_form(self, question: str) -> str:
         """``question`` in the form the model's training questions take, where its domain has one (shapes: a capital
-        first letter, "the" before a segment question's expression); a multiple choice is closed separately
-        (:meth:`choice_question`)."""
-        return with_article(self.domain, trained_casing(self.domain, question))
+        first letter, a final "?" on a question, "the" before a segment question's expression); a multiple choice is
+        closed separately (:meth:`choice_question`)."""
+        return trained_form(self.domain, question).text
 
     def clear_cache(self) -> None:
         with self._lock:
@@ -440,18 +452,18 @@ class Predictor:
             if not isinstance(question, str):
                 raise InputError(f"the question must be text, got {type(question).__name__}")
             numbered = self.number_prompts(img, question, prompts)
-            checked.append((img, question, self.check_question(question, img), numbered))
+            checked.append((img, question, *self._checked(question, img), numbered))
         results: list[Result] = []
         with self._lock:
             for start in range(0, len(checked), batch_size):
                 chunk = checked[start:start + batch_size]
                 t0 = time.perf_counter()
-                prefixes = [self._prefix(img, numbered) for img, _, _, numbered in chunk]
-                responses = respond_batch(self.model, [p for p, _ in prefixes], [q for _, _, q, _ in chunk],
+                prefixes = [self._prefix(img, numbered) for img, _, _, _, numbered in chunk]
+                responses = respond_batch(self.model, [p for p, _ in prefixes], [q for _, _, q, _, _ in chunk],
                                           max_new_tokens=self.max_new_tokens)
                 seconds = (time.perf_counter() - t0) / len(chunk)
-                results += [self._result(resp, img, typed, q, numbered, seconds, reused)
-                            for resp, (img, typed, q, numbered), (_, reused) in zip(responses, chunk, prefixes)]
+                results += [self._result(resp, img, typed, q, form, numbered, seconds, reused)
+                            for resp, (img, typed, q, form, numbered), (_, reused) in zip(responses, chunk, prefixes)]
         return results
 
 
