@@ -128,7 +128,7 @@ def test_a_segment_request_answered_without_a_mask_says_so(runner_with):
 def test_an_answer_restricted_to_the_options_says_so(monkeypatch, tmp_path):
     from model_utils import tiny_model
 
-    from pixelsail.predictor import RESTRICTED_NOTE
+    from pixelsail.result import RESTRICTED_NOTE
 
     p = Predictor(model=tiny_model(option_decoding=True).eval())
     question = "What colour is <vp_0>? (A) red (B) blue. Answer with the option's letter."
@@ -147,7 +147,7 @@ def test_an_answer_restricted_to_the_options_says_so(monkeypatch, tmp_path):
 def test_a_multiple_choice_without_the_trained_instruction_is_closed_with_it_and_says_so():
     from model_utils import tiny_model
 
-    from pixelsail.predictor import INSTRUCTED_NOTE, RESTRICTED_NOTE
+    from pixelsail.result import INSTRUCTED_NOTE, RESTRICTED_NOTE
     from pixelsail.tokens import MCQ_INSTRUCTION
 
     close = Predictor.choice_question
@@ -194,7 +194,7 @@ def test_a_lower_case_first_letter_is_asked_capitalised_to_a_shapes_model_and_sa
     from model_utils import tiny_model
 
     from pixelsail.question_form import trained_casing
-    from pixelsail.predictor import CAPITALISED_NOTE, INSTRUCTED_NOTE
+    from pixelsail.result import CAPITALISED_NOTE, INSTRUCTED_NOTE
     from pixelsail.tokens import MCQ_INSTRUCTION
 
     assert trained_casing("shapes", "what colour is <vp_0>?") == "What colour is <vp_0>?"
@@ -223,7 +223,7 @@ def test_a_shapes_segment_question_without_an_article_is_asked_with_the_and_says
     from model_utils import tiny_model
 
     from pixelsail.question_form import with_article
-    from pixelsail.predictor import ARTICLE_NOTE, CAPITALISED_NOTE
+    from pixelsail.result import ARTICLE_NOTE, CAPITALISED_NOTE
 
     assert with_article("shapes", "Please segment red star.") == "Please segment the red star."
     assert with_article("shapes", "Can you segment large blue circle?") == "Can you segment the large blue circle?"
@@ -253,7 +253,8 @@ def test_a_shapes_question_typed_without_its_question_mark_is_asked_with_one_and
     choice the mark closes the question before its options, where training puts it."""
     from model_utils import tiny_model
 
-    from pixelsail.predictor import CAPITALISED_NOTE, INSTRUCTED_NOTE, MCQ_INSTRUCTION, QUESTION_MARK_NOTE
+    from pixelsail.result import CAPITALISED_NOTE, INSTRUCTED_NOTE, QUESTION_MARK_NOTE
+    from pixelsail.tokens import MCQ_INSTRUCTION
     from pixelsail.question_form import trained_form, with_question_mark
 
     assert with_question_mark("shapes", "Is <vp_0> small or large") == "Is <vp_0> small or large?"
@@ -277,3 +278,27 @@ def test_a_shapes_question_typed_without_its_question_mark_is_asked_with_one_and
                                                                                        INSTRUCTED_NOTE]
     batch = p.ask_many(SHAPES_SCENE, ["What colour is <vp_0>", "What colour is <vp_0>?"], prompts=box)
     assert [b.question_mark for b in batch] == [True, False] and batch[0].text == r.text
+
+
+def test_a_visual_prompt_on_plain_background_is_said_to_mark_no_object():
+    """Every training prompt marks an object; asked to describe a point on empty background, the shipped model
+    described "a small orange star in the top left" (test scene 4242, point 30,30). The answer says the prompt marks
+    nothing; a prompt on an object, a photo (already said to be unlike the training images) and a model without a
+    known domain get no such note."""
+    from model_utils import tiny_model
+    from scipy.ndimage import binary_dilation
+
+    scene = generate_scene("test", 0)
+    near = binary_dilation(np.any([o.mask for o in scene.objects], axis=0), iterations=4)
+    ys, xs = np.nonzero(~near)
+    empty = (int(xs[0]), int(ys[0]))
+    on_object = tuple(int(v) for v in np.argwhere(scene.visible_objects[0].mask)[0][::-1])
+    p = Predictor(model=tiny_model().eval(), domain="shapes")
+    r = p.describe(scene.image, empty)
+    assert r.background_prompts == [0] and any(n.startswith("<vp_0> marks no object") for n in r.notes)
+    assert any("marks no object" in n for n in r.to_dict()["notes"])
+    two = p.ask(scene.image, "Is <vp_0> left or right of <vp_1>?", prompts=[on_object, empty])
+    assert two.background_prompts == [1]
+    assert p.describe(scene.image, on_object).background_prompts == []
+    assert p.describe(PHOTO, (10, 10)).background_prompts == []
+    assert Predictor(model=tiny_model().eval(), domain=None).describe(scene.image, empty).background_prompts == []

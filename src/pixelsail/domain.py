@@ -46,6 +46,7 @@ MIN_EXPLAINED = 0.85
 BACKGROUND_MEDIAN = (45.0, 235.0)  # its median grey level (measured on 800 scenes: 61-220)
 MIN_BACKGROUND_SHARE = 0.4     # objects cover under half of a scene (measured: background >= 53 %)
 MIN_SHAPE_SHARE = 0.004         # the topmost object alone, fully visible, covers more than 0.6 % of a scene
+PROMPT_REACH = 2                # pixels around a visual prompt searched for a shape
 
 
 @dataclass(frozen=True)
@@ -117,8 +118,9 @@ def _hue_deg(img: np.ndarray, mx: np.ndarray, chroma: np.ndarray) -> np.ndarray:
     return 60.0 * hue
 
 
-def shapes_world_check(image: np.ndarray) -> DomainCheck:
-    """Score an (H, W, 3) uint8 image against the shapes world (see the module docstring)."""
+def _pixel_kinds(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(background, shape, grey level) maps of an (H, W, 3) uint8 image reduced to at most :data:`CHECK_SIZE` on its
+    longer side (see the module docstring for what each kind of pixel is)."""
     h, w = image.shape[:2]
     if max(h, w) > CHECK_SIZE:
         scale = CHECK_SIZE / max(h, w)
@@ -135,7 +137,12 @@ def shapes_world_check(image: np.ndarray) -> DomainCheck:
     hues, chromas = _palette()
     gap = np.abs(hue[..., None] - hues) % 360.0
     near = (np.minimum(gap, 360.0 - gap) <= HUE_TOLERANCE_DEG) & (chroma[..., None] >= CHROMA_SHARE * chromas)
-    shape = flat & near.any(axis=-1) & ~background
+    return background, flat & near.any(axis=-1) & ~background, grey_level
+
+
+def shapes_world_check(image: np.ndarray) -> DomainCheck:
+    """Score an (H, W, 3) uint8 image against the shapes world (see the module docstring)."""
+    background, shape, grey_level = _pixel_kinds(image)
     explained, shape_share, background_share = (float(x.mean()) for x in (background | shape, shape, background))
     level = float(np.median(grey_level[background])) if background.any() else 0.0
     return DomainCheck(explained=round(explained, 4), shape_share=round(shape_share, 4),
@@ -143,6 +150,20 @@ def shapes_world_check(image: np.ndarray) -> DomainCheck:
                        in_domain=(explained >= MIN_EXPLAINED and shape_share >= MIN_SHAPE_SHARE
                                   and background_share >= MIN_BACKGROUND_SHARE
                                   and BACKGROUND_MEDIAN[0] <= level <= BACKGROUND_MEDIAN[1]))
+
+
+def prompts_on_background(image: np.ndarray, prompts: dict[int, np.ndarray]) -> list[int]:
+    """The visual prompts (k -> (H, W) bool region) of a shapes scene under which no shape lies, only background:
+    every training prompt marks an object, so a model asked about one of these describes an object that is not
+    there. A prompt is counted as on an object when a shape pixel is within :data:`PROMPT_REACH` of it (a point
+    clicked on an object's antialiased rim still counts)."""
+    if not prompts:
+        return []
+    _, shape, _ = _pixel_kinds(image)
+    near_shape = np.asarray(Image.fromarray(shape).resize(image.shape[1::-1], Image.NEAREST))
+    for _ in range(PROMPT_REACH):
+        near_shape = _box3(near_shape, "max")
+    return [k for k, region in sorted(prompts.items()) if not (region & near_shape).any()]
 
 
 def check(domain: str | None, image: np.ndarray) -> DomainCheck | None:
