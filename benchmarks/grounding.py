@@ -56,14 +56,17 @@ def _next_tokens(model, batch: dict, hidden: torch.Tensor) -> tuple[torch.Tensor
     return model.backbone.logits(hidden[:, :-1]).argmax(-1), batch["labels"][:, 1:]
 
 
-def _queries(model, oracle: AttributeOracle | None, batch: dict, samples: list, hidden, text_start) -> list:
-    """Per sample, its [SEG] queries (k_i, mask_dim): the model's own, or the oracle's."""
+def _queries(model, oracle: AttributeOracle | None, batch: dict, samples: list, hidden, text_start,
+             features) -> list:
+    """Per sample, its [SEG] queries (k_i, mask_dim): the model's own, or the oracle's (``features``: each sample's
+    mask features (mask_dim, h, w), which a query with ``seg_query_image_read`` reads)."""
     if oracle is not None:
         return [oracle(torch.tensor(s.meta["oracle"], dtype=torch.long).reshape(-1, 3)) for s in samples]
     ids, labels = batch["input_ids"], batch["labels"]
     seg = (ids == model.processor.ids["seg"]) & (labels != IGNORE_INDEX)
     seg_b, seg_t = seg.nonzero(as_tuple=True)
-    queries = model.seg_queries(hidden, ids, text_start, seg_b, seg_t)
+    seen = torch.stack([features[int(b)] for b in seg_b]) if model.image_readout is not None and len(seg_b) else None
+    queries = model.seg_queries(hidden, ids, text_start, seg_b, seg_t, features=seen)
     return list(queries.split(seg.sum(1).tolist()))
 
 
@@ -82,7 +85,7 @@ def evaluate(model, oracle: AttributeOracle | None, rung: Rung, samples: list, b
             pred, labels = _next_tokens(model, batch, hidden)
             correct += int(((pred == labels) | (labels == IGNORE_INDEX)).all(dim=1).sum())
             continue
-        for i, (s, q) in enumerate(zip(chunk, _queries(model, oracle, batch, chunk, hidden, text_start))):
+        for i, (s, q) in enumerate(zip(chunk, _queries(model, oracle, batch, chunk, hidden, text_start, features))):
             h, w = s.image.shape[:2]
             pred = np.zeros((0, h, w), dtype=bool)
             if q.shape[0]:
@@ -178,7 +181,7 @@ def oracle_loss(model, oracle: AttributeOracle, batch: dict, samples: list,
     cfg = model.config
     num = sum(len(s.masks) for s in samples)
     total = hidden.sum() * 0.0
-    for i, q in enumerate(_queries(model, oracle, batch, samples, hidden, text_start)):
+    for i, q in enumerate(_queries(model, oracle, batch, samples, hidden, text_start, features)):
         if q.shape[0]:
             logits = mask_logits(q, features[i][None].expand(q.shape[0], -1, -1, -1))
             bce, dice = mask_losses(logits, batch["masks"][i], num_points=cfg.mask_num_points,

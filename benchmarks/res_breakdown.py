@@ -61,7 +61,7 @@ def teacher_forced(model, split: str, count: int, batch_size: int = 32) -> dict[
         chunk = samples[start:start + batch_size]
         batch = _encode(model, chunk)
         hidden, features, text_start = _hidden(model, batch)
-        for i, (s, q) in enumerate(zip(chunk, _queries(model, None, batch, chunk, hidden, text_start))):
+        for i, (s, q) in enumerate(zip(chunk, _queries(model, None, batch, chunk, hidden, text_start, features))):
             h, w = s.image.shape[:2]
             probs = mask_probabilities(mask_logits(q, features[i][None].expand(q.shape[0], -1, -1, -1)), (h, w))
             scene = generate_scene(split, s.meta["index"], s.meta["seed"], h, s.meta["attempt"])

@@ -1,5 +1,5 @@
-"""The grounding switches: the question read-out of the [SEG] query, the stop-gradient, the bag-of-words auxiliary
-and the text-only heads."""
+"""The grounding switches: the question and image read-outs of the [SEG] query, the stop-gradient, the bag-of-words
+auxiliary and the text-only heads."""
 from __future__ import annotations
 
 import json
@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from model_utils import box_mask, random_image, res_sample, tiny_model
+from pixelsail.model.image_readout import MaskFeatureReadout
 from pixelsail.model.question_pool import QuestionPool, question_key_mask
 
 
@@ -112,6 +113,55 @@ def test_the_hidden_pool_lets_the_mask_loss_train_the_question_states_but_not_th
     assert float(per_token[seg_t[0]]) == 0.0
     assert bool((per_token[question] > 0).all()) and float(per_token[~question].sum()) == 0.0
     assert model.hidden_pool.v.weight.grad.abs().sum() > 0 and model.question_pool.v.weight.grad.abs().sum() > 0
+
+
+def test_the_image_read_out_starts_as_the_mean_of_the_features():
+    torch.manual_seed(0)
+    readout = MaskFeatureReadout(hidden_size=8, mask_dim=4, num_heads=2)
+    features = torch.randn(1, 4, 3, 5)
+    out = readout(torch.randn(1, 8), features)
+    assert torch.allclose(out, readout.v(features.flatten(2).transpose(1, 2)).mean(1), atol=1e-6)
+    torch.nn.init.normal_(readout.q.weight)                 # once it has learned where to look, the asker matters
+    assert not torch.allclose(readout(torch.randn(1, 8), features), readout(torch.randn(1, 8), features))
+
+
+def test_only_the_image_read_query_sees_the_mask_features():
+    """Same hidden states and question, different mask features: only with seg_query_image_read do the queries
+    differ; without features the switch is a clear error."""
+    proc = tiny_model().processor
+    ids = torch.tensor([proc.conversation_ids([("Please segment the red circle.", "Sure, [SEG].")])[0]]).expand(2, -1)
+    seg_t = (ids[0] == proc.ids["seg"]).nonzero().flatten().repeat(2)
+    hidden = torch.randn(1, ids.shape[1], 64).expand(2, -1, -1)
+    b, start = torch.tensor([0, 1]), torch.zeros(2, dtype=torch.long)
+    for on in (False, True):
+        model = tiny_model(seg_query_pool="embedding", seg_query_image_read=on).eval()
+        features = torch.randn(2, model.config.mask_dim, 8, 8)
+        q = model.seg_queries(hidden, ids, start, b, seg_t, features=features)
+        assert torch.allclose(q[0], q[1], atol=1e-6) != on
+    with pytest.raises(ValueError, match="mask features"):
+        model.seg_queries(hidden, ids, start, b, seg_t)
+
+
+def test_image_read_trains_on_images_of_two_sizes_and_cached_masks_equal_uncached(tmp_path):
+    model = tiny_model(seg_query_pool="embedding", seg_query_norm=True, seg_query_stop_grad=True,
+                       seg_query_image_read=True).train()
+    samples = [res_sample(random_image(64, 64), box_mask(64, 64, 8, 30, 8, 30)),
+               res_sample(random_image(64, 96, seed=1), box_mask(64, 96, 20, 40, 50, 90))]
+    out = model(**model.processor.collate([model.processor(s) for s in samples]))
+    out.loss.backward()
+    # where to look (q) and what to read (v) learn from the first step; k once q is no longer zero
+    assert model.image_readout.q.weight.grad.abs().sum() > 0 and model.image_readout.v.weight.grad.abs().sum() > 0
+    model.eval().save_pretrained(tmp_path)
+    loaded = type(model).from_pretrained(tmp_path).eval()
+    prefix = model.prefill_image(random_image(64, 96))
+    a = model.respond(prefix, "Please segment the red circle.", max_new_tokens=0, answer_prefix="Sure, [SEG]")
+    b = model.respond(prefix, "Please segment the red circle.", max_new_tokens=0, answer_prefix="Sure, [SEG]",
+                      use_cache=False)
+    c = loaded.respond(loaded.prefill_image(random_image(64, 96)), "Please segment the red circle.",
+                       max_new_tokens=0, answer_prefix="Sure, [SEG]")
+    assert len(a.masks) == 1 and np.array_equal(a.masks[0], b.masks[0])
+    assert a.mask_scores == pytest.approx(b.mask_scores, abs=1e-5) and a.mask_scores == pytest.approx(c.mask_scores,
+                                                                                                     abs=1e-5)
 
 
 def test_bow_loss_is_logged_weighted_and_reaches_the_question_embeddings():

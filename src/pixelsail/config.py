@@ -89,6 +89,10 @@ class PixelSailConfig:
     # with seg_query_pool: the pool also reads the answer's own words since the previous [SEG] (grounded conversation:
     # each mask belongs to the phrase before it); False = the user turn only (not in the paper either way)
     seg_query_reads_answer: bool = False
+    # the [SEG] query also attends over its image's mask features (not in the paper; see model/image_readout.py):
+    # what only the image tells ("left of the blue square": where the square is), which the question's words cannot
+    # give and, with seg_query_stop_grad, the [SEG] state is not trained to carry
+    seg_query_image_read: bool = False
     # the mask loss trains the query layers but not the [SEG] state they read, which only the language-model loss
     # shapes (not in the paper). Why: with seg_query_norm and seg_query_pool the question pool carries the expression,
     # and the mask loss, amplified by the standardisation, squeezed the [SEG] state to one constant vector; the

@@ -139,9 +139,10 @@ class Generation:
         dev = text_hidden.device
         n = text_hidden.shape[0]
         seg_t = torch.tensor(seg_at, device=dev)
-        queries = self.seg_queries(text_hidden[None], torch.tensor(ids[:n], device=dev)[None],
-                                   torch.zeros(1, dtype=torch.long, device=dev), torch.zeros_like(seg_t), seg_t)
         feats = prefix.features.expand(len(seg_at), -1, -1, -1)
+        queries = self.seg_queries(text_hidden[None], torch.tensor(ids[:n], device=dev)[None],
+                                   torch.zeros(1, dtype=torch.long, device=dev), torch.zeros_like(seg_t), seg_t,
+                                   features=feats)
         logits = mask_logits(queries, feats).float()
         probs = mask_probabilities(logits, (h, w))
         masks = probs > MASK_THRESHOLD                                                   # (S, H, W)

@@ -20,6 +20,7 @@ from pixelsail.model.patch_embed import PATCH_STEMS, ConvPatchEmbed, PatchEmbed,
 from pixelsail.model.patch_position import PatchPosition
 from pixelsail.model.prompt_geometry import VP_GEOMETRY, PromptGeometry
 from pixelsail.model.pretrained import CONFIG_FILE, WEIGHTS_FILE, PretrainedIO
+from pixelsail.model.image_readout import MaskFeatureReadout
 from pixelsail.model.question_pool import QuestionPool, pool_sources, question_key_mask
 from pixelsail.model.upsampler import MaskFeatures
 from pixelsail.model.visual_prompts import PromptInputs
@@ -97,8 +98,11 @@ class PixelSail(PretrainedIO, PromptInputs, Generation, nn.Module):
         # "embedding+hidden": a second pool over the question's final states, which the mask loss may train (an
         # image-aware route for relations) while the first keeps the words themselves
         self.hidden_pool = QuestionPool(hidden_size=hidden) if len(self.pool_sources) == 2 else None
-        self.seg_query = SegQuery(hidden_size=hidden * (1 + len(self.pool_sources)), mask_dim=config.mask_dim,
-                                  standardize=config.seg_query_norm)
+        self.image_readout = (MaskFeatureReadout(hidden_size=hidden, mask_dim=config.mask_dim)
+                              if config.seg_query_image_read else None)
+        self.seg_query = SegQuery(hidden_size=hidden * (1 + len(self.pool_sources))
+                                  + (config.mask_dim if self.image_readout is not None else 0),
+                                  mask_dim=config.mask_dim, standardize=config.seg_query_norm)
         self.seg_bow = nn.Linear(hidden, hidden, bias=False) if config.seg_bow_weight > 0 else None
         self.distill = (DistillAdapters(teachers=config.distill.teachers, mask_dim=config.mask_dim, hidden_size=hidden)
                         if config.distill.enabled else None)
@@ -201,7 +205,8 @@ class PixelSail(PretrainedIO, PromptInputs, Generation, nn.Module):
             seg_b, seg_t = seg.nonzero(as_tuple=True)
             text_start = layout.vision_lens.to(dev)
             # (M, mask_dim), ordered by sample then position
-            queries = self.seg_queries(hidden, input_ids, text_start, seg_b, seg_t)
+            queries = self.seg_queries(hidden, input_ids, text_start, seg_b, seg_t,
+                                       features=self._query_features(seg_b, grouped))
             if self.seg_bow is not None:
                 losses["seg_bow"] = self.seg_bow_loss(hidden, input_ids, text_start, seg_b, seg_t)
             losses["mask_bce"], losses["mask_dice"] = self._mask_losses(queries, seg_b, grouped, masks, num_masks)
@@ -222,24 +227,54 @@ class PixelSail(PretrainedIO, PromptInputs, Generation, nn.Module):
         return PixelSailOutput(loss=total, losses={k: torch.as_tensor(v).detach() for k, v in losses.items()})
 
     def seg_queries(self, hidden: torch.Tensor, input_ids: torch.Tensor, text_start: torch.Tensor,
-                    seg_b: torch.Tensor, seg_t: torch.Tensor) -> torch.Tensor:
+                    seg_b: torch.Tensor, seg_t: torch.Tensor,
+                    features: torch.Tensor | list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
         """Mask queries (M, mask_dim) of the [SEG] tokens at (seg_b, seg_t) of hidden (B, L, C) / input_ids (B, L).
 
         The paper's query is an MLP of the [SEG] state; with ``seg_query_pool`` the MLP also sees an attention
-        read-out of the question that [SEG] answers (text_start (B,): where each sequence's text begins).
+        read-out of the question that [SEG] answers (text_start (B,): where each sequence's text begins), and with
+        ``seg_query_image_read`` one of the mask features of its image: ``features`` (M, mask_dim, h, w), one map per
+        query, or [(query indices, their maps)] when the batch's images differ in size (:meth:`_query_features`).
         With ``seg_query_stop_grad`` the mask loss does not reach the [SEG] states themselves.
         """
         states = hidden[seg_b, seg_t]
         if self.config.seg_query_stop_grad:
             states = states.detach()
+        inputs, asker = [states], states
         if self.question_pool is not None:
             seg_id = self.processor.ids["seg"] if self.config.seg_query_reads_answer else None
             keys = question_key_mask(input_ids, self.processor.ids["turn_end"], text_start, seg_b, seg_t, seg_id)
             pools = (self.question_pool, self.hidden_pool)
             reads = [pool(states, hidden[seg_b] if source == "hidden" else self.backbone.embed(input_ids[seg_b]), keys)
                      for pool, source in zip(pools, self.pool_sources)]
-            states = torch.cat([states, *reads], dim=-1)
-        return self.seg_query(states)
+            inputs += reads
+            asker = states + sum(reads)
+        if self.image_readout is not None:
+            if features is None:
+                raise ValueError("seg_query_image_read: the queries need their images' mask features")
+            if isinstance(features, torch.Tensor):
+                features = [(torch.arange(len(seg_b), device=seg_b.device), features)]
+            seen = asker.new_zeros(len(seg_b), self.config.mask_dim)
+            for rows, maps in features:
+                seen[rows] = self.image_readout(asker[rows], maps)
+            inputs.append(seen)
+        return self.seg_query(torch.cat(inputs, dim=-1))
+
+    def _query_features(self, seg_b: torch.Tensor, grouped: list[tuple[ImageGroup, torch.Tensor]]
+                        ) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        """For ``seg_query_image_read``: per patch grid, the queries (indices into seg_b) whose images have it and
+        each one's image mask features (M_g, mask_dim, h, w); None when the switch is off."""
+        if self.image_readout is None:
+            return None
+        out = []
+        for group, feats in grouped:
+            rows = torch.tensor(group.rows, device=seg_b.device)
+            picked = torch.isin(seg_b, rows).nonzero(as_tuple=True)[0]
+            if len(picked):
+                slot = {r: i for i, r in enumerate(group.rows)}
+                index = torch.tensor([slot[int(b)] for b in seg_b[picked]], device=seg_b.device)
+                out.append((picked, feats.index_select(0, index)))
+        return out
 
     def seg_bow_loss(self, hidden: torch.Tensor, input_ids: torch.Tensor, text_start: torch.Tensor,
                      seg_b: torch.Tensor, seg_t: torch.Tensor) -> torch.Tensor:
