@@ -91,7 +91,8 @@ class PixelSailConfig:
     seg_query_reads_answer: bool = False
     # the [SEG] query also attends over its image's mask features (not in the paper; see model/image_readout.py):
     # what only the image tells ("left of the blue square": where the square is), which the question's words cannot
-    # give and, with seg_query_stop_grad, the [SEG] state is not trained to carry
+    # give and, with seg_query_stop_grad, the [SEG] state is not trained to carry. Measured on the ladder (session 24):
+    # relation no better in 19,200 samples, multi-target within the seed spread; off in every recipe
     seg_query_image_read: bool = False
     # the mask loss trains the query layers but not the [SEG] state they read, which only the language-model loss
     # shapes (not in the paper). Why: with seg_query_norm and seg_query_pool the question pool carries the expression,
