@@ -204,12 +204,13 @@ class PixelSail(PretrainedIO, PromptInputs, Generation, nn.Module):
                     raise ValueError(f"sample {i}: {counts[i]} [SEG] tokens in the answer but {m.shape[0]} masks")
             seg_b, seg_t = seg.nonzero(as_tuple=True)
             text_start = layout.vision_lens.to(dev)
+            per_grid = self._features_per_query(seg_b, grouped, len(masks))
             # (M, mask_dim), ordered by sample then position
             queries = self.seg_queries(hidden, input_ids, text_start, seg_b, seg_t,
-                                       features=self._query_features(seg_b, grouped))
+                                       features=[(picked, feats) for _, picked, feats in per_grid])
             if self.seg_bow is not None:
                 losses["seg_bow"] = self.seg_bow_loss(hidden, input_ids, text_start, seg_b, seg_t)
-            losses["mask_bce"], losses["mask_dice"] = self._mask_losses(queries, seg_b, grouped, masks, num_masks)
+            losses["mask_bce"], losses["mask_dice"] = self._mask_losses(queries, per_grid, masks, num_masks)
             lm_weight = self.config.lm_weight_with_masks
         else:
             lm_weight = self.config.lm_weight_without_masks
@@ -234,7 +235,7 @@ class PixelSail(PretrainedIO, PromptInputs, Generation, nn.Module):
         The paper's query is an MLP of the [SEG] state; with ``seg_query_pool`` the MLP also sees an attention
         read-out of the question that [SEG] answers (text_start (B,): where each sequence's text begins), and with
         ``seg_query_image_read`` one of the mask features of its image: ``features`` (M, mask_dim, h, w), one map per
-        query, or [(query indices, their maps)] when the batch's images differ in size (:meth:`_query_features`).
+        query, or [(query indices, their maps)] when the batch's images differ in size (:meth:`_features_per_query`).
         With ``seg_query_stop_grad`` the mask loss does not reach the [SEG] states themselves.
         """
         states = hidden[seg_b, seg_t]
@@ -259,22 +260,6 @@ class PixelSail(PretrainedIO, PromptInputs, Generation, nn.Module):
                 seen[rows] = self.image_readout(asker[rows], maps)
             inputs.append(seen)
         return self.seg_query(torch.cat(inputs, dim=-1))
-
-    def _query_features(self, seg_b: torch.Tensor, grouped: list[tuple[ImageGroup, torch.Tensor]]
-                        ) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
-        """For ``seg_query_image_read``: per patch grid, the queries (indices into seg_b) whose images have it and
-        each one's image mask features (M_g, mask_dim, h, w); None when the switch is off."""
-        if self.image_readout is None:
-            return None
-        out = []
-        for group, feats in grouped:
-            rows = torch.tensor(group.rows, device=seg_b.device)
-            picked = torch.isin(seg_b, rows).nonzero(as_tuple=True)[0]
-            if len(picked):
-                slot = {r: i for i, r in enumerate(group.rows)}
-                index = torch.tensor([slot[int(b)] for b in seg_b[picked]], device=seg_b.device)
-                out.append((picked, feats.index_select(0, index)))
-        return out
 
     def seg_bow_loss(self, hidden: torch.Tensor, input_ids: torch.Tensor, text_start: torch.Tensor,
                      seg_b: torch.Tensor, seg_t: torch.Tensor) -> torch.Tensor:
@@ -322,24 +307,32 @@ class PixelSail(PretrainedIO, PromptInputs, Generation, nn.Module):
             return 0.0
         return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
 
-    def _mask_losses(self, queries: torch.Tensor, seg_b: torch.Tensor,
-                     grouped: list[tuple[ImageGroup, torch.Tensor]], masks: list[torch.Tensor],
-                     num_masks: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Point-sampled BCE and Dice of every query (M, mask_dim) against its target, one call per patch grid.
-
-        seg_b (M,): the batch row of each query (sorted); grouped: :meth:`_grouped_mask_features`.
-        """
-        dev = queries.device
-        bce, dice = queries.new_zeros((), dtype=torch.float32), queries.new_zeros((), dtype=torch.float32)
-        slot = torch.full((len(masks),), -1, dtype=torch.long, device=dev)  # batch row -> index in its grid group
+    @staticmethod
+    def _features_per_query(seg_b: torch.Tensor, grouped: list[tuple[ImageGroup, torch.Tensor]], batch_size: int
+                            ) -> list[tuple[ImageGroup, torch.Tensor, torch.Tensor]]:
+        """Per patch grid with queries: (its group, the indices into seg_b (M,) of the queries whose images have it,
+        each such query's image mask features (M_g, mask_dim, h, w)). seg_b: the batch row of each query (sorted);
+        grouped: :meth:`_grouped_mask_features`."""
+        dev = seg_b.device
+        slot = torch.full((batch_size,), -1, dtype=torch.long, device=dev)  # batch row -> index in its grid group
+        out = []
         for group, feats in grouped:
             rows = torch.tensor(group.rows, device=dev)
             slot[rows] = torch.arange(len(group.rows), device=dev)
-            in_group = torch.isin(seg_b, rows)
-            if not bool(in_group.any()):
-                continue
+            picked = torch.isin(seg_b, rows).nonzero(as_tuple=True)[0]
+            if len(picked):
+                out.append((group, picked, feats.index_select(0, slot[seg_b[picked]])))
+        return out
+
+    def _mask_losses(self, queries: torch.Tensor, per_grid: list[tuple[ImageGroup, torch.Tensor, torch.Tensor]],
+                     masks: list[torch.Tensor], num_masks: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Point-sampled BCE and Dice of every query (M, mask_dim) against its target, one call per patch grid
+        (per_grid: :meth:`_features_per_query`)."""
+        dev = queries.device
+        bce, dice = queries.new_zeros((), dtype=torch.float32), queries.new_zeros((), dtype=torch.float32)
+        for group, picked, feats in per_grid:
             # (M_g, mask_dim) . (M_g, mask_dim, h, w): each query against its own image's features
-            logits = mask_logits(queries[in_group], feats.index_select(0, slot[seg_b[in_group]]))
+            logits = mask_logits(queries[picked], feats)
             targets = torch.cat([masks[i] for i in group.rows]).to(dev)                     # (M_g, H, W)
             b, d = mask_losses(logits, targets, num_points=self.config.mask_num_points,
                                oversample=self.config.mask_oversample_ratio,
