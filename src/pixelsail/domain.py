@@ -57,6 +57,8 @@ class DomainCheck:
     shape_share: float      # share of pixels that are flat palette colour
     background_share: float  # share of pixels that are smooth grey background
     in_domain: bool
+    # the visual prompts (their k) under which no shape lies, in an image in the domain (:func:`prompts_on_background`)
+    background_prompts: tuple[int, ...] = ()
 
     def note(self) -> str:
         """One sentence for a person; empty when the image is in the domain."""
@@ -140,16 +142,17 @@ def _pixel_kinds(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return background, flat & near.any(axis=-1) & ~background, grey_level
 
 
-def shapes_world_check(image: np.ndarray) -> DomainCheck:
-    """Score an (H, W, 3) uint8 image against the shapes world (see the module docstring)."""
+def shapes_world_check(image: np.ndarray, prompts: dict[int, np.ndarray] | None = None) -> DomainCheck:
+    """Score an (H, W, 3) uint8 image against the shapes world (see the module docstring); with its visual
+    ``prompts`` (k -> (H, W) bool region), also which of them lie on background only, when the image is in it."""
     background, shape, grey_level = _pixel_kinds(image)
     explained, shape_share, background_share = (float(x.mean()) for x in (background | shape, shape, background))
     level = float(np.median(grey_level[background])) if background.any() else 0.0
+    in_domain = (explained >= MIN_EXPLAINED and shape_share >= MIN_SHAPE_SHARE
+                 and background_share >= MIN_BACKGROUND_SHARE and BACKGROUND_MEDIAN[0] <= level <= BACKGROUND_MEDIAN[1])
     return DomainCheck(explained=round(explained, 4), shape_share=round(shape_share, 4),
-                       background_share=round(background_share, 4),
-                       in_domain=(explained >= MIN_EXPLAINED and shape_share >= MIN_SHAPE_SHARE
-                                  and background_share >= MIN_BACKGROUND_SHARE
-                                  and BACKGROUND_MEDIAN[0] <= level <= BACKGROUND_MEDIAN[1]))
+                       background_share=round(background_share, 4), in_domain=in_domain,
+                       background_prompts=tuple(_off_shapes(shape, image, prompts)) if in_domain and prompts else ())
 
 
 def prompts_on_background(image: np.ndarray, prompts: dict[int, np.ndarray]) -> list[int]:
@@ -157,18 +160,21 @@ def prompts_on_background(image: np.ndarray, prompts: dict[int, np.ndarray]) -> 
     every training prompt marks an object, so a model asked about one of these describes an object that is not
     there. A prompt is counted as on an object when a shape pixel is within :data:`PROMPT_REACH` of it (a point
     clicked on an object's antialiased rim still counts)."""
-    if not prompts:
-        return []
-    _, shape, _ = _pixel_kinds(image)
+    return _off_shapes(_pixel_kinds(image)[1], image, prompts) if prompts else []
+
+
+def _off_shapes(shape: np.ndarray, image: np.ndarray, prompts: dict[int, np.ndarray]) -> list[int]:
+    """:func:`prompts_on_background` from the shape map of :func:`_pixel_kinds`."""
     near_shape = np.asarray(Image.fromarray(shape).resize(image.shape[1::-1], Image.NEAREST))
     for _ in range(PROMPT_REACH):
         near_shape = _box3(near_shape, "max")
     return [k for k, region in sorted(prompts.items()) if not (region & near_shape).any()]
 
 
-def check(domain: str | None, image: np.ndarray) -> DomainCheck | None:
-    """The check for a model trained on ``domain``; ``None`` when there is none for it (only the shapes world)."""
-    return shapes_world_check(image) if domain == SHAPES_DOMAIN else None
+def check(domain: str | None, image: np.ndarray, prompts: dict[int, np.ndarray] | None = None) -> DomainCheck | None:
+    """The check for a model trained on ``domain`` (with ``prompts``: which lie on background only, see
+    :func:`shapes_world_check`); ``None`` when there is none for it (only the shapes world)."""
+    return shapes_world_check(image, prompts) if domain == SHAPES_DOMAIN else None
 
 
 _WORD = re.compile(r"<vp_\d+>|\[SEG\]|([A-Za-z]+)")

@@ -24,7 +24,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from pixelsail.domain import check as check_domain, prompts_on_background, training_domain, unknown_words
+from pixelsail.domain import check as check_domain, training_domain, unknown_words
 from pixelsail.imageio import DEFAULT_MAX_PIXELS, ImageInputError, ImageSource, load_image
 from pixelsail.model_check import ModelFileError, ModelFileWarning, check_model_dir
 from pixelsail.prompts import as_prompt_mask, box_to_mask, point_to_mask
@@ -227,11 +227,9 @@ class Predictor:
         """The answer to ``asked`` (what :meth:`check_question` made of the ``typed`` question, by the rewrites in
         ``form`` and perhaps a multiple choice's instruction), with what the person should know about the image and
         the question's words."""
-        domain = check_domain(self.domain, image)
-        on_background = prompts_on_background(image, prompts) if domain is not None and domain.in_domain else []
-        return make_result(resp, image, asked, prompts, seconds, reused, domain,
-                       instructed=MCQ_INSTRUCTION in asked and MCQ_INSTRUCTION not in typed, form=form,
-                       unknown_words=unknown_words(self.domain, asked), background_prompts=on_background)
+        return make_result(resp, image, asked, prompts, seconds, reused, check_domain(self.domain, image, prompts),
+                           instructed=MCQ_INSTRUCTION in asked and MCQ_INSTRUCTION not in typed, form=form,
+                           unknown_words=unknown_words(self.domain, asked))
 
     def trained_form(self, question: str) -> str:
         """``question`` in the form the model's training questions take, where its domain has one (shapes: a capital

@@ -41,7 +41,11 @@ class Result:
     question_mark: bool = False   # a final "?" was added
     article: bool = False         # "the" was put before the expression of a segment question
     unknown_words: list[str] = field(default_factory=list)   # words of the question the model never read in training
-    background_prompts: list[int] = field(default_factory=list)  # k of each <vp_k> that marks no object (shapes)
+
+    @property
+    def background_prompts(self) -> list[int]:
+        """k of each <vp_k> that marks no object, only background (shapes models; :attr:`domain`)."""
+        return [] if self.domain is None else list(self.domain.background_prompts)
 
     @property
     def no_target(self) -> bool:
@@ -135,13 +139,11 @@ class Result:
 
 
 def make_result(resp: Any, image: np.ndarray, question: str, prompts: dict[int, np.ndarray], seconds: float,
-            reused: bool, domain: DomainCheck | None = None, instructed: bool = False,
-            form: TrainedForm | None = None, unknown_words: list[str] | None = None,
-            background_prompts: list[int] | None = None) -> Result:
+                reused: bool, domain: DomainCheck | None = None, instructed: bool = False,
+                form: TrainedForm | None = None, unknown_words: list[str] | None = None) -> Result:
     masks = [np.asarray(m, dtype=bool) for m in resp.masks]
     return Result(text=resp.text, masks=masks, mask_scores=[float(s) for s in resp.mask_scores], image=image,
                   prompts=prompts, question=question, seconds=seconds, prefix_reused=reused, domain=domain,
                   restricted=bool(getattr(resp, "restricted", False)), instructed=instructed,
                   capitalised=bool(form and form.capitalised), question_mark=bool(form and form.question_mark),
-                  article=bool(form and form.article), unknown_words=unknown_words or [],
-                  background_prompts=background_prompts or [])
+                  article=bool(form and form.article), unknown_words=unknown_words or [])
