@@ -99,6 +99,10 @@ class PixelSailConfig:
     # and the mask loss, amplified by the standardisation, squeezed the [SEG] state to one constant vector; the
     # token after [SEG] then never depended on context (docs/TRAINING.md, session 10)
     seg_query_stop_grad: bool = False
+    # the [SEG]s of one list ("Sure, [SEG], [SEG] and [SEG]." for "all red objects") are matched to their targets
+    # by the cheapest one-to-one assignment instead of taking them in the data's reading order (not in the paper;
+    # see model/set_matching.py). Training only: the masks' union, which every evaluation scores, is unchanged
+    mask_set_matching: bool = False
     # auxiliary loss: a linear read-out of each [SEG] state predicts its question's words (not in the paper)
     seg_bow_weight: float = 0.0
     # improvement 2: visual-prompt injection (False: the baseline's pooled patch embeddings)

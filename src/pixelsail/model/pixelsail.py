@@ -22,6 +22,7 @@ from pixelsail.model.prompt_geometry import VP_GEOMETRY, PromptGeometry
 from pixelsail.model.pretrained import CONFIG_FILE, WEIGHTS_FILE, PretrainedIO
 from pixelsail.model.image_readout import MaskFeatureReadout
 from pixelsail.model.question_pool import QuestionPool, pool_sources, question_key_mask
+from pixelsail.model.set_matching import list_joiner_ids, matched_targets, seg_lists
 from pixelsail.model.upsampler import MaskFeatures
 from pixelsail.model.visual_prompts import PromptInputs
 from pixelsail.processing import IGNORE_INDEX, ImageInputs, Processor
@@ -104,6 +105,9 @@ class PixelSail(PretrainedIO, PromptInputs, Generation, nn.Module):
                                   + (config.mask_dim if self.image_readout is not None else 0),
                                   mask_dim=config.mask_dim, standardize=config.seg_query_norm)
         self.seg_bow = nn.Linear(hidden, hidden, bias=False) if config.seg_bow_weight > 0 else None
+        # the tokens that join the [SEG]s of one list ("Sure, [SEG], [SEG] and [SEG]."), whose targets are matched
+        self.list_joiners = (list_joiner_ids(self.processor.encode, self.processor.ids["seg"])
+                             if config.mask_set_matching else frozenset())
         self.distill = (DistillAdapters(teachers=config.distill.teachers, mask_dim=config.mask_dim, hidden_size=hidden)
                         if config.distill.enabled else None)
         self.vision_prefill_count = 0
@@ -210,7 +214,8 @@ class PixelSail(PretrainedIO, PromptInputs, Generation, nn.Module):
                                        features=[(picked, feats) for _, picked, feats in per_grid])
             if self.seg_bow is not None:
                 losses["seg_bow"] = self.seg_bow_loss(hidden, input_ids, text_start, seg_b, seg_t)
-            losses["mask_bce"], losses["mask_dice"] = self._mask_losses(queries, per_grid, masks, num_masks)
+            lists = seg_lists(input_ids, seg_b, seg_t, self.list_joiners) if self.list_joiners else []
+            losses["mask_bce"], losses["mask_dice"] = self._mask_losses(queries, per_grid, masks, num_masks, lists)
             lm_weight = self.config.lm_weight_with_masks
         else:
             lm_weight = self.config.lm_weight_without_masks
@@ -325,15 +330,21 @@ class PixelSail(PretrainedIO, PromptInputs, Generation, nn.Module):
         return out
 
     def _mask_losses(self, queries: torch.Tensor, per_grid: list[tuple[ImageGroup, torch.Tensor, torch.Tensor]],
-                     masks: list[torch.Tensor], num_masks: int) -> tuple[torch.Tensor, torch.Tensor]:
+                     masks: list[torch.Tensor], num_masks: int, lists: list[list[int]] = ()
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Point-sampled BCE and Dice of every query (M, mask_dim) against its target, one call per patch grid
-        (per_grid: :meth:`_features_per_query`)."""
+        (per_grid: :meth:`_features_per_query`); within each list of ``lists`` (query indices, ``mask_set_matching``)
+        the targets are assigned by :func:`matched_targets` instead of in the data's order."""
         dev = queries.device
         bce, dice = queries.new_zeros((), dtype=torch.float32), queries.new_zeros((), dtype=torch.float32)
         for group, picked, feats in per_grid:
             # (M_g, mask_dim) . (M_g, mask_dim, h, w): each query against its own image's features
             logits = mask_logits(queries[picked], feats)
             targets = torch.cat([masks[i] for i in group.rows]).to(dev)                     # (M_g, H, W)
+            if lists:
+                local = {q: j for j, q in enumerate(picked.tolist())}
+                mine = [[local[q] for q in members] for members in lists if members[0] in local]
+                targets = targets[matched_targets(logits, targets, mine)]
             b, d = mask_losses(logits, targets, num_points=self.config.mask_num_points,
                                oversample=self.config.mask_oversample_ratio,
                                importance=self.config.mask_importance_ratio, num_masks=num_masks)
