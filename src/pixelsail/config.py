@@ -101,7 +101,8 @@ class PixelSailConfig:
     seg_query_stop_grad: bool = False
     # the [SEG]s of one list ("Sure, [SEG], [SEG] and [SEG]." for "all red objects") are matched to their targets
     # by the cheapest one-to-one assignment instead of taking them in the data's reading order (not in the paper;
-    # see model/set_matching.py). Training only: the masks' union, which every evaluation scores, is unchanged
+    # see model/set_matching.py). Training only: the masks' union, which every evaluation scores, is unchanged.
+    # Measured on the ladder (session 25): multi-target +1.1 / +3.4 points at 21,600 samples on two seeds; off
     mask_set_matching: bool = False
     # auxiliary loss: a linear read-out of each [SEG] state predicts its question's words (not in the paper)
     seg_bow_weight: float = 0.0
