@@ -32,6 +32,16 @@ MCQ_INSTRUCTION = "Answer with the option's letter."
 _VP_RE = re.compile(r"<vp_(\d+)>")
 
 
+def seg_answer(n_targets: int) -> str:
+    """The answer of a referring question with ``n_targets`` target masks, one ``[SEG]`` each: "Sure, [SEG]." /
+    "Sure, [SEG] and [SEG]." / "Sure, [SEG], [SEG] and [SEG]."; "No target." for none."""
+    if n_targets == 0:
+        return NO_TARGET_ANSWER
+    if n_targets == 1:
+        return f"Sure, {SEG}."
+    return f"Sure, {', '.join([SEG] * (n_targets - 1))} and {SEG}."
+
+
 def vp_token(k: int) -> str:
     return f"<vp_{k}>"
 

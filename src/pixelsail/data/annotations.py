@@ -16,7 +16,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from pixelsail.imageio import ImageInputError, load_image
-from pixelsail.tokens import NO_TARGET_ANSWER, SEG, vp_token
+from pixelsail.tokens import seg_answer, vp_token  # noqa: F401 (seg_answer: re-exported)
 
 
 class FormatError(ValueError):
@@ -152,15 +152,6 @@ def union(masks: Sequence[np.ndarray], h: int, w: int) -> np.ndarray:
     for m in masks:
         out |= m
     return out
-
-
-def seg_answer(n_targets: int) -> str:
-    """The answer of a referring question with ``n_targets`` target masks (one ``[SEG]`` each)."""
-    if n_targets == 0:
-        return NO_TARGET_ANSWER
-    if n_targets == 1:
-        return f"Sure, {SEG}."
-    return f"Sure, {', '.join([SEG] * (n_targets - 1))} and {SEG}."
 
 
 def sample_rng(seed: int, index: int, salt: str = "") -> np.random.Generator:

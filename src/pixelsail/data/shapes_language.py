@@ -16,7 +16,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from pixelsail.data.shapes_scene import COLORS, RELATIONS, SHAPES, SIZES, Scene, ShapeObject
-from pixelsail.tokens import NO_TARGET_ANSWER, SEG
+from pixelsail.tokens import seg_answer  # noqa: F401 (seg_answer: re-exported)
 
 # a relation or left/right question is only asked when every compared centroid differs by this share of the image
 RELATION_MARGIN = 0.06
@@ -58,15 +58,6 @@ def _relation_gap(a: ShapeObject, b: ShapeObject, relation: str) -> float:
 def reading_order(objects: Sequence[ShapeObject]) -> list[ShapeObject]:
     """Top-to-bottom, then left-to-right, by visible centroid."""
     return sorted(objects, key=lambda o: (o.centroid[1], o.centroid[0]))
-
-
-def seg_answer(n: int) -> str:
-    """"Sure, [SEG]." / "Sure, [SEG] and [SEG]." / "Sure, [SEG], [SEG] and [SEG]."; "No target." for n = 0."""
-    if n == 0:
-        return NO_TARGET_ANSWER
-    segs = [SEG] * n
-    listed = segs[0] if n == 1 else ", ".join(segs[:-1]) + " and " + segs[-1]
-    return f"Sure, {listed}."
 
 
 def unique_descriptions(target: ShapeObject, visible: Sequence[ShapeObject]) -> list[dict[str, str]]:
