@@ -29,7 +29,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmarks.ladder import DESTINATIONS, RUNGS, AttributeOracle, Rung, chance_level, rung_samples
+from benchmarks.ladder import (
+    DESTINATIONS, LIST_OUTCOMES, RUNGS, AttributeOracle, Rung, chance_level, list_outcomes, list_shares, rung_samples,
+)
 from benchmarks.oracle_query import dense_features, optimizer_step
 from pixelsail.config import apply_overrides, load_yaml
 from pixelsail.metrics import LisaMaskMetric
@@ -72,9 +74,10 @@ def _queries(model, oracle: AttributeOracle | None, batch: dict, samples: list, 
 
 @torch.no_grad()
 def evaluate(model, oracle: AttributeOracle | None, rung: Rung, samples: list, batch_size: int = 32,
-             destinations: np.ndarray | None = None) -> float:
+             destinations: np.ndarray | None = None, lists: np.ndarray | None = None) -> float:
     """The rung's metric in percent on ``samples`` (teacher forcing). ``destinations`` (len(DESTINATIONS),), when
-    given, gains the predicted pixels on each kind of place of the single-target samples (:func:`destination_map`)."""
+    given, gains the predicted pixels on each kind of place of the single-target samples (:func:`destination_map`);
+    ``lists`` (6,) the :func:`list_outcomes` counts of the samples with two targets or more."""
     model.eval()
     metric, correct = LisaMaskMetric(), 0
     for start in range(0, len(samples), batch_size):
@@ -95,6 +98,8 @@ def evaluate(model, oracle: AttributeOracle | None, rung: Rung, samples: list, b
                 for k, target in enumerate(s.masks):
                     metric.update([pred[k]], [target], (h, w))
                 continue
+            if lists is not None and len(s.masks) >= 2 and len(pred) == len(s.masks):
+                lists += list_outcomes(pred, s.masks)
             target = np.any(np.stack(s.masks), axis=0) if s.masks else np.zeros((h, w), dtype=bool)
             union = pred.any(0) if len(pred) else np.zeros((h, w), dtype=bool)
             metric.update([union], [target], (h, w))
@@ -228,6 +233,7 @@ def run_one(rung: Rung, args, seed: int, use_oracle: bool) -> dict:
     ema = None if args.ema is None else torch.optim.swa_utils.AveragedModel(
         params, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema), use_buffers=True)
     curve, ema_curve, option_curve, destination_curve, t0 = [], [], [], [], time.perf_counter()
+    list_curve = []
     for step in range(1, steps + 1):
         chunk = train[(step - 1) * args.batch: step * args.batch]
         batch = _encode(model, chunk)
@@ -242,9 +248,13 @@ def run_one(rung: Rung, args, seed: int, use_oracle: bool) -> dict:
             ema.update_parameters(params)
         if step % every == 0 or step == steps:
             counts = np.zeros(len(DESTINATIONS), dtype=np.int64)
-            value = evaluate(model, oracle, rung, val, destinations=counts)
+            outcomes = np.zeros(6, dtype=np.int64)
+            value = evaluate(model, oracle, rung, val, destinations=counts, lists=outcomes)
             curve.append((step * args.batch, value))
             tail = ""  # what the evaluation line adds after the metric
+            if outcomes[5]:
+                list_curve.append((step * args.batch, list_shares(outcomes)))
+                tail = ", " + ", ".join(f"{k} {v:.0f} %" for k, v in zip(LIST_OUTCOMES, list_curve[-1][1]))
             if counts.sum():
                 shares = [round(float(100.0 * c / counts.sum()), 1) for c in counts]
                 destination_curve.append((step * args.batch, shares))
@@ -262,6 +272,8 @@ def run_one(rung: Rung, args, seed: int, use_oracle: bool) -> dict:
                   f"{tail}", flush=True)
     variant = args.label if not use_oracle else ("oracle" if args.label == "own" else f"oracle {args.label}")
     extra = {"destination_curve": destination_curve} if destination_curve else {}
+    if list_curve:
+        extra["list_curve"] = list_curve
     if ema is not None:
         extra.update(ema=args.ema, ema_curve=ema_curve)
     if rung.metric == "accuracy":

@@ -67,6 +67,42 @@ def destination_map(scene: Scene, target: ShapeObject) -> np.ndarray:
     return out
 
 
+# what became of a list of [SEG]s ("Sure, [SEG], [SEG] and [SEG].") against its targets (:func:`list_outcomes`)
+LIST_OUTCOMES = ("targets found", "masks empty", "masks over two targets", "masks repeating another")
+
+
+def list_outcomes(pred: np.ndarray, targets: list[np.ndarray], found_iou: float = 0.5) -> np.ndarray:
+    """Counts (6,) for one multi-target sample, ``pred`` (k, H, W) bool its [SEG]s' masks: targets found (one-to-one
+    assignment of masks to targets by IoU, the pair at ``found_iou`` or above), targets, empty masks, masks holding
+    at least half of each of two targets or more, masks at ``found_iou`` IoU or above with an earlier mask, masks.
+    A union cIoU below the oracle's says only that pixels are missing or extra; these say whether a list lost an
+    object to an empty mask, to one mask spread over several objects, or to two masks on the same object."""
+    from scipy.optimize import linear_sum_assignment
+
+    flat_p = pred.reshape(len(pred), -1).astype(np.int64)                      # (k, H*W)
+    flat_t = np.stack(targets).reshape(len(targets), -1).astype(np.int64)     # (n, H*W)
+    inter = flat_p @ flat_t.T                                                 # (k, n)
+    union = flat_p.sum(1)[:, None] + flat_t.sum(1)[None] - inter
+    iou = inter / np.maximum(union, 1)
+    rows, cols = linear_sum_assignment(-iou)
+    found = int((iou[rows, cols] >= found_iou).sum())
+    empty = int((flat_p.sum(1) == 0).sum())
+    holds_half = inter / np.maximum(flat_t.sum(1)[None], 1) >= 0.5           # (k, n): mask k holds half of target n
+    spanning = int((holds_half.sum(1) >= 2).sum())
+    pair_inter = flat_p @ flat_p.T
+    pair_iou = pair_inter / np.maximum(flat_p.sum(1)[:, None] + flat_p.sum(1)[None] - pair_inter, 1)
+    repeating = int(sum((pair_iou[k, :k] >= found_iou).any() for k in range(len(pred)) if flat_p[k].any()))
+    return np.array([found, len(targets), empty, spanning, repeating, len(pred)], dtype=np.int64)
+
+
+def list_shares(counts: np.ndarray) -> list[float]:
+    """:data:`LIST_OUTCOMES` in percent from summed :func:`list_outcomes` counts (targets found per target, the
+    rest per mask)."""
+    found, targets, empty, spanning, repeating, masks = (int(c) for c in counts)
+    return [round(100.0 * found / max(targets, 1), 1)] + [round(100.0 * c / max(masks, 1), 1)
+                                                          for c in (empty, spanning, repeating)]
+
+
 def _seg_sample(scene: Scene, rung: str, question: str, targets: list[ShapeObject], answer: str | None = None,
                 task: str | None = None) -> Sample:
     """A mask sample; the answer defaults to "Sure, [SEG] ..." (one [SEG] per target), the task to res / gres."""

@@ -53,6 +53,28 @@ def test_destination_map_labels_each_pixel_by_what_its_object_shares_with_the_ta
     assert "destinations" not in rung_samples(RUNGS["colour_shape"], "train", 1, 64)[0].meta
 
 
+def test_list_outcomes_tell_an_empty_mask_a_mask_over_two_objects_and_two_masks_on_one_object_apart():
+    """Three targets (three 4x4 squares of an 8 x 16 image); each case's counts worked out by hand:
+    [found, targets, empty, over two, repeating, masks]."""
+    from benchmarks.ladder import list_outcomes, list_shares
+
+    targets = [np.zeros((8, 16), dtype=bool) for _ in range(3)]
+    for k, t in enumerate(targets):
+        t[2:6, 5 * k:5 * k + 4] = True
+    empty = np.zeros((8, 16), dtype=bool)
+    assert list_outcomes(np.stack(targets[::-1]), targets).tolist() == [3, 3, 0, 0, 0, 3]   # any order: all found
+    assert list_outcomes(np.stack([targets[0], targets[1], empty]), targets).tolist() == [2, 3, 1, 0, 0, 3]
+    both = targets[0] | targets[1]
+    both[6, :9] = True                                      # IoU 16 / 41 with either target: found by neither
+    assert list_outcomes(np.stack([both, targets[2], empty]), targets).tolist() == [1, 3, 1, 1, 0, 3]
+    assert list_outcomes(np.stack([targets[0], targets[0], targets[2]]), targets).tolist() == [2, 3, 0, 0, 1, 3]
+    half = targets[1].copy()
+    half[:, 5:7] = False                                    # IoU 0.5 with its target: still found
+    assert list_outcomes(np.stack([targets[0], half, targets[2]]), targets)[0] == 3
+    summed = list_outcomes(np.stack([both, targets[2], empty]), targets) + list_outcomes(np.stack(targets), targets)
+    assert list_shares(summed) == [66.7, 16.7, 16.7, 0.0]
+
+
 def test_gcg_rung_pairs_each_seg_with_its_phrase_object_and_its_blind_level_is_per_mask():
     from benchmarks.ladder import RUNGS, chance_level, rung_samples
 
