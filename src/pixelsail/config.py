@@ -104,6 +104,10 @@ class PixelSailConfig:
     # see model/set_matching.py). Training only: the masks' union, which every evaluation scores, is unchanged.
     # Measured on the ladder (session 25): multi-target +1.1 / +3.4 points at 21,600 samples on two seeds; off
     mask_set_matching: bool = False
+    # each [SEG] of a list gets a learned vector for its place in the list (first, second, ...) added to its input
+    # embedding, as DETR's object queries each have their own (not in the paper; model/seg_ordinal.py). Zero at the
+    # start; off
+    seg_list_ordinal: bool = False
     # auxiliary loss: a linear read-out of each [SEG] state predicts its question's words (not in the paper)
     seg_bow_weight: float = 0.0
     # improvement 2: visual-prompt injection (False: the baseline's pooled patch embeddings)

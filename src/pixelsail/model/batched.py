@@ -62,7 +62,7 @@ def respond_batch(model, prefixes: Sequence, questions: Sequence[str],
             ids[i, :len(p)] = torch.tensor(p, device=dev)
         embeds = torch.stack([model._add_pooled_prompts(backbone.embed(ids[i]), ids[i], prefixes[i].pooled)
                               for i in range(b)])
-        embeds = model._add_option_marks(embeds, ids.tolist())
+        embeds = model._add_token_marks(embeds, ids.tolist())
         positions = torch.stack([text_positions(int(s), longest, dev) for s in starts], dim=1)
         valid = torch.cat([valid, torch.arange(longest, device=dev)[None] < lengths[:, None]], dim=1)
         hidden = backbone(embeds, positions, AttentionLayout(vision_lens, len(cache), valid), cache)
@@ -88,8 +88,8 @@ def respond_batch(model, prefixes: Sequence, questions: Sequence[str],
             tokens = torch.tensor([[t] for t in nxt], device=dev)  # (B, 1)
             embeds = torch.stack([model._add_pooled_prompts(backbone.embed(tokens[i]), tokens[i], prefixes[i].pooled,
                                                             prompts[i].count(end_id)) for i in range(b)])
-            if model.option_embed is not None:   # each new token's mark depends on its whole sequence so far
-                embeds = torch.stack([model._add_option_marks(embeds[i], [prompts[i] + answers[i]],
+            if model.marks_tokens:   # each new token's marks depend on its whole sequence so far
+                embeds = torch.stack([model._add_token_marks(embeds[i], [prompts[i] + answers[i]],
                                                               len(prompts[i]) + len(answers[i]) - 1) for i in range(b)])
             positions = (starts + fed)[None, :, None].expand(3, b, 1)
             valid = torch.cat([valid, torch.ones(b, 1, dtype=torch.bool, device=dev)], dim=1)

@@ -119,7 +119,7 @@ class Generation:
         ids_t = torch.tensor(ids[start:], device=dev)
         ends_before = ids[:start].count(self.processor.ids["turn_end"])
         embeds = self._add_pooled_prompts(self.backbone.embed(ids_t), ids_t, prefix.pooled, ends_before)
-        embeds = self._add_option_marks(embeds, [ids], start)
+        embeds = self._add_token_marks(embeds, [ids], start)
         pos = text_positions(prefix.next_position + start, len(ids_t), dev)
         if use_cache:
             layout = AttentionLayout(torch.tensor([prefix.length]), past_len=len(prefix.cache))

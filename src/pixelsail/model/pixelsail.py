@@ -23,6 +23,7 @@ from pixelsail.model.pretrained import CONFIG_FILE, WEIGHTS_FILE, PretrainedIO
 from pixelsail.model.image_readout import MaskFeatureReadout
 from pixelsail.model.question_pool import QuestionPool, pool_sources, question_key_mask
 from pixelsail.model.set_matching import list_joiner_ids, matched_targets, seg_lists
+from pixelsail.model.seg_ordinal import SegOrdinalEmbedding, seg_ordinals
 from pixelsail.model.upsampler import MaskFeatures
 from pixelsail.model.visual_prompts import PromptInputs
 from pixelsail.processing import IGNORE_INDEX, ImageInputs, Processor
@@ -107,7 +108,8 @@ class PixelSail(PretrainedIO, PromptInputs, Generation, nn.Module):
         self.seg_bow = nn.Linear(hidden, hidden, bias=False) if config.seg_bow_weight > 0 else None
         # the tokens that join the [SEG]s of one list ("Sure, [SEG], [SEG] and [SEG]."), whose targets are matched
         self.list_joiners = (list_joiner_ids(self.processor.encode, self.processor.ids["seg"])
-                             if config.mask_set_matching else frozenset())
+                             if config.mask_set_matching or config.seg_list_ordinal else frozenset())
+        self.seg_ordinal = SegOrdinalEmbedding(hidden_size=hidden) if config.seg_list_ordinal else None
         self.distill = (DistillAdapters(teachers=config.distill.teachers, mask_dim=config.mask_dim, hidden_size=hidden)
                         if config.distill.enabled else None)
         self.vision_prefill_count = 0
@@ -153,6 +155,23 @@ class PixelSail(PretrainedIO, PromptInputs, Generation, nn.Module):
         states = hidden[torch.tensor(rows, device=hidden.device), 1:1 + gh * gw]
         return states.transpose(1, 2).reshape(len(rows), -1, gh, gw)
 
+    def _add_token_marks(self, embeds: torch.Tensor, rows: list[list[int]], start: int = 0) -> torch.Tensor:
+        """The vectors that depend on a token's text before it: option letters (``option_marks``) and a ``[SEG]``'s
+        place in its list (``seg_list_ordinal``). ``rows``: each sequence's token ids from its start; ``embeds``
+        (B, L, C) or (L, C) hold the tokens ``start:start + L`` of them."""
+        embeds = self._add_option_marks(embeds, rows, start)
+        if self.seg_ordinal is None:
+            return embeds
+        length = embeds.shape[-2]
+        ordinals = torch.tensor([seg_ordinals(r, self.processor.ids["seg"], self.list_joiners)[start:start + length]
+                                 for r in rows], device=embeds.device)
+        return self.seg_ordinal(embeds, ordinals.reshape(embeds.shape[:-1]))
+
+    @property
+    def marks_tokens(self) -> bool:
+        """Whether a generated token's embedding depends on the text before it (:meth:`_add_token_marks`)."""
+        return self.option_embed is not None or self.seg_ordinal is not None
+
     # ----------------------------------------------------------------------------------------------- training
     def embed_batch(self, input_ids: torch.Tensor, images: list) -> tuple[torch.Tensor, torch.Tensor, AttentionLayout]:
         """Token embeddings with patches (and prompts) added, 3-axis positions (3, B, L) and the attention layout.
@@ -177,7 +196,7 @@ class PixelSail(PretrainedIO, PromptInputs, Generation, nn.Module):
         if values:
             embeds = embeds.index_put((torch.cat(rows), torch.cat(cols)), torch.cat(values).to(embeds.dtype),
                                       accumulate=True)
-        embeds = self._add_option_marks(self._add_pooled_prompts(embeds, input_ids, pooled), input_ids.tolist())
+        embeds = self._add_token_marks(self._add_pooled_prompts(embeds, input_ids, pooled), input_ids.tolist())
         return embeds, batch_positions(images, seq_len, dev), AttentionLayout(vision_lengths(images))
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, lengths: torch.Tensor, images: list,
