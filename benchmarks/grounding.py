@@ -72,6 +72,33 @@ def _queries(model, oracle: AttributeOracle | None, batch: dict, samples: list, 
     return list(queries.split(seg.sum(1).tolist()))
 
 
+def _masks(model, oracle, batch: dict, chunk: list, hidden, text_start, features) -> list[np.ndarray]:
+    """Per sample of ``chunk``, its [SEG]s' masks (k, H, W) bool at the image's size."""
+    out = []
+    for i, (s, q) in enumerate(zip(chunk, _queries(model, oracle, batch, chunk, hidden, text_start, features))):
+        h, w = s.image.shape[:2]
+        pred = np.zeros((0, h, w), dtype=bool)
+        if q.shape[0]:
+            probs = mask_probabilities(mask_logits(q, features[i][None].expand(q.shape[0], -1, -1, -1)), (h, w))
+            pred = (probs > MASK_THRESHOLD).numpy()
+        out.append(pred)
+    return out
+
+
+@torch.no_grad()
+def teacher_forced_masks(model, samples: list, batch_size: int = 32):
+    """(sample, its [SEG]s' masks (k, H, W) bool) for each of ``samples``, the answers teacher-forced."""
+    model.eval()
+    try:
+        for start in range(0, len(samples), batch_size):
+            chunk = samples[start:start + batch_size]
+            batch = _encode(model, chunk)
+            hidden, features, text_start = _hidden(model, batch)
+            yield from zip(chunk, _masks(model, None, batch, chunk, hidden, text_start, features))
+    finally:
+        model.train()
+
+
 @torch.no_grad()
 def evaluate(model, oracle: AttributeOracle | None, rung: Rung, samples: list, batch_size: int = 32,
              destinations: np.ndarray | None = None, lists: np.ndarray | None = None) -> float:
@@ -88,12 +115,8 @@ def evaluate(model, oracle: AttributeOracle | None, rung: Rung, samples: list, b
             pred, labels = _next_tokens(model, batch, hidden)
             correct += int(((pred == labels) | (labels == IGNORE_INDEX)).all(dim=1).sum())
             continue
-        for i, (s, q) in enumerate(zip(chunk, _queries(model, oracle, batch, chunk, hidden, text_start, features))):
+        for s, pred in zip(chunk, _masks(model, oracle, batch, chunk, hidden, text_start, features)):
             h, w = s.image.shape[:2]
-            pred = np.zeros((0, h, w), dtype=bool)
-            if q.shape[0]:
-                probs = mask_probabilities(mask_logits(q, features[i][None].expand(q.shape[0], -1, -1, -1)), (h, w))
-                pred = (probs > MASK_THRESHOLD).numpy()
             if rung.per_mask:  # each [SEG] against its own object
                 for k, target in enumerate(s.masks):
                     metric.update([pred[k]], [target], (h, w))
@@ -271,6 +294,10 @@ def run_one(rung: Rung, args, seed: int, use_oracle: bool) -> dict:
                   f"({time.perf_counter() - t0:.0f} s) loss {float(loss.detach()):.3f} {rung.metric} {value:.1f}"
                   f"{tail}", flush=True)
     variant = args.label if not use_oracle else ("oracle" if args.label == "own" else f"oracle {args.label}")
+    if args.save_model and oracle is None:   # the trained model, for a look at its masks (benchmarks.list_gallery)
+        where = Path(args.save_model) / f"{rung.name}-{args.label}-seed{seed}"
+        model.save_pretrained(where)
+        print(f"  model saved to {where}", flush=True)
     extra = {"destination_curve": destination_curve} if destination_curve else {}
     if list_curve:
         extra["list_curve"] = list_curve
@@ -361,6 +388,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="the colour rung, 4,800 samples, 128 val samples")
     ap.add_argument("--out", default="runs/ladder")
+    ap.add_argument("--save-model", default=None, metavar="DIR",
+                    help="save each own-path run's final model under DIR/<rung>-<label>-seed<seed>")
     args = ap.parse_args(argv)
     out = Path(args.out_dir or args.out)
     if args.command == "report":

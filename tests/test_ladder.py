@@ -75,6 +75,28 @@ def test_list_outcomes_tell_an_empty_mask_a_mask_over_two_objects_and_two_masks_
     assert list_shares(summed) == [66.7, 16.7, 16.7, 0.0]
 
 
+def test_list_gallery_sorts_each_lost_target_by_what_covered_it_and_names_the_question_s_words():
+    """Same three 4x4 squares as above; per target: found, shared (its mask also holds another target), partly
+    (a mask holds half of it but is too large for IoU 0.5), missed (no mask holds half of it)."""
+    from benchmarks.list_gallery import named_by, target_covers
+
+    targets = [np.zeros((8, 16), dtype=bool) for _ in range(3)]
+    for k, t in enumerate(targets):
+        t[2:6, 5 * k:5 * k + 4] = True
+    empty = np.zeros((8, 16), dtype=bool)
+    assert target_covers(np.stack(targets[::-1]), targets) == ["found"] * 3
+    both = targets[0] | targets[1]
+    both[6, :9] = True                                       # IoU 16 / 41 with either target
+    assert target_covers(np.stack([both, empty, empty]), targets) == ["shared", "shared", "missed"]
+    assert target_covers(np.stack([targets[0] | targets[1], empty, empty]), targets)[0] == "found"   # IoU 16 / 32
+    grown = targets[2].copy()
+    grown[:, 10:16] = True                                   # IoU 16 / 48 with its target, no other target in it
+    assert target_covers(np.stack([targets[0], empty, grown]), targets) == ["found", "missed", "partly"]
+    assert target_covers(np.zeros((0, 8, 16), dtype=bool), targets) == ["missed"] * 3
+    assert named_by("Please segment all small red objects.") == "size + colour"
+    assert named_by("Please segment all circles.") == "shape"
+
+
 def test_gcg_rung_pairs_each_seg_with_its_phrase_object_and_its_blind_level_is_per_mask():
     from benchmarks.ladder import RUNGS, chance_level, rung_samples
 
