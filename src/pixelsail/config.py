@@ -106,7 +106,7 @@ class PixelSailConfig:
     mask_set_matching: bool = False
     # each [SEG] of a list gets a learned vector for its place in the list (first, second, ...) added to its input
     # embedding, as DETR's object queries each have their own (not in the paper; model/seg_ordinal.py). Zero at the
-    # start; off
+    # start. Ladder, session 27: multi-target +1.4 / +0.9 at 21,600 samples on two seeds (78.9 / 79.4); off
     seg_list_ordinal: bool = False
     # auxiliary loss: a linear read-out of each [SEG] state predicts its question's words (not in the paper)
     seg_bow_weight: float = 0.0
