@@ -71,23 +71,33 @@ def destination_map(scene: Scene, target: ShapeObject) -> np.ndarray:
 LIST_OUTCOMES = ("targets found", "masks empty", "masks over two targets", "masks repeating another")
 
 
+def list_overlaps(pred: np.ndarray, targets: list[np.ndarray], found_iou: float = 0.5
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For a list's masks ``pred`` (k, H, W) bool and its targets: the masks flattened (k, H*W) int, which targets
+    are found (n,) (one-to-one assignment of masks to targets by IoU, the pair at ``found_iou`` or above) and which
+    mask holds at least half of which target (k, n)."""
+    from scipy.optimize import linear_sum_assignment
+
+    flat_t = np.stack(targets).reshape(len(targets), -1).astype(np.int64)     # (n, H*W)
+    flat_p = pred.reshape(len(pred), flat_t.shape[1]).astype(np.int64)        # (k, H*W)
+    inter = flat_p @ flat_t.T                                                 # (k, n)
+    iou = inter / np.maximum(flat_p.sum(1)[:, None] + flat_t.sum(1)[None] - inter, 1)
+    found = np.zeros(len(targets), dtype=bool)
+    if len(pred):
+        rows, cols = linear_sum_assignment(-iou)
+        found[cols[iou[rows, cols] >= found_iou]] = True
+    return flat_p, found, inter / np.maximum(flat_t.sum(1)[None], 1) >= 0.5
+
+
 def list_outcomes(pred: np.ndarray, targets: list[np.ndarray], found_iou: float = 0.5) -> np.ndarray:
     """Counts (6,) for one multi-target sample, ``pred`` (k, H, W) bool its [SEG]s' masks: targets found (one-to-one
     assignment of masks to targets by IoU, the pair at ``found_iou`` or above), targets, empty masks, masks holding
     at least half of each of two targets or more, masks at ``found_iou`` IoU or above with an earlier mask, masks.
     A union cIoU below the oracle's says only that pixels are missing or extra; these say whether a list lost an
     object to an empty mask, to one mask spread over several objects, or to two masks on the same object."""
-    from scipy.optimize import linear_sum_assignment
-
-    flat_p = pred.reshape(len(pred), -1).astype(np.int64)                      # (k, H*W)
-    flat_t = np.stack(targets).reshape(len(targets), -1).astype(np.int64)     # (n, H*W)
-    inter = flat_p @ flat_t.T                                                 # (k, n)
-    union = flat_p.sum(1)[:, None] + flat_t.sum(1)[None] - inter
-    iou = inter / np.maximum(union, 1)
-    rows, cols = linear_sum_assignment(-iou)
-    found = int((iou[rows, cols] >= found_iou).sum())
+    flat_p, found_targets, holds_half = list_overlaps(pred, targets, found_iou)
+    found = int(found_targets.sum())
     empty = int((flat_p.sum(1) == 0).sum())
-    holds_half = inter / np.maximum(flat_t.sum(1)[None], 1) >= 0.5           # (k, n): mask k holds half of target n
     spanning = int((holds_half.sum(1) >= 2).sum())
     pair_inter = flat_p @ flat_p.T
     pair_iou = pair_inter / np.maximum(flat_p.sum(1)[:, None] + flat_p.sum(1)[None] - pair_inter, 1)

@@ -22,24 +22,14 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.grounding import teacher_forced_masks
-from benchmarks.ladder import RUNGS, list_outcomes, rung_samples
+from benchmarks.ladder import RUNGS, list_outcomes, list_overlaps, rung_samples
 
 COVERS = ("found", "shared", "partly", "missed")
 
 
 def target_covers(pred: np.ndarray, targets: list[np.ndarray], found_iou: float = 0.5) -> list[str]:
     """Per target, one of :data:`COVERS` (``pred`` (k, H, W) bool; see the module's docstring)."""
-    from scipy.optimize import linear_sum_assignment
-
-    flat_t = np.stack(targets).reshape(len(targets), -1).astype(np.int64)     # (n, H*W)
-    flat_p = pred.reshape(len(pred), flat_t.shape[1]).astype(np.int64)        # (k, H*W)
-    inter = flat_p @ flat_t.T                                                 # (k, n)
-    iou = inter / np.maximum(flat_p.sum(1)[:, None] + flat_t.sum(1)[None] - inter, 1)
-    found = np.zeros(len(targets), dtype=bool)
-    if len(pred):
-        rows, cols = linear_sum_assignment(-iou)
-        found[cols[iou[rows, cols] >= found_iou]] = True
-    holds = inter / np.maximum(flat_t.sum(1)[None], 1) >= 0.5                # (k, n): mask k holds half of target n
+    _, found, holds = list_overlaps(pred, targets, found_iou)   # holds (k, n): mask k holds half of target n
     spread = holds.sum(1) >= 2                                                # (k,) masks over two targets or more
     out = []
     for n in range(len(targets)):
