@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> None:
         if failed:
             failing.append((sample, pred, got))
     total = sum(covers.values())
-    print(f"{len(samples)} lists, {total} targets: " + ", ".join(f"{k} {100 * covers[k] / total:.1f} %" for k in COVERS))
+    shares = ", ".join(f"{k} {100 * covers[k] / total:.1f} %" for k in COVERS)
+    print(f"{len(samples)} lists, {total} targets: {shares}")
     for name, table in (("targets", by_count), ("named by", by_words)):
         for key in sorted({k for k, _ in table}):
             n = table[(key, True)] + table[(key, False)]
