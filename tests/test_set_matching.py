@@ -5,6 +5,7 @@ import torch
 
 from model_utils import box_mask, random_image, tiny_model
 from pixelsail.data.sample import Sample
+from pixelsail.model.seg_ordinal import seg_ordinals
 from pixelsail.model.set_matching import list_joiner_ids, matched_targets, seg_lists
 
 
@@ -25,7 +26,20 @@ def test_lists_are_the_segs_joined_only_by_commas_and_and():
         "Sure, [SEG].",                                                       # 3: alone
         "<p> A red circle </p> [SEG] and <p> a red star </p> [SEG].",         # 4, 5: phrases keep their masks
         "Sure, [SEG] and [SEG]."])                                            # 6, 7: a list of its own row
-    assert seg_lists(ids, seg_b, seg_t, joiners) == [[0, 1, 2], [6, 7]]
+    assert seg_lists(ids, seg_b, seg_t, proc.ids["seg"], joiners) == [[0, 1, 2], [6, 7]]
+
+
+def test_lists_are_the_runs_the_ordinals_number():
+    """One definition of a list: a [SEG] that is not a query (here the middle one) still links its neighbours, as
+    seg_list_ordinal counts it; a list's queries are those whose ordinals run 0, 1, 2, ... in one row."""
+    proc = tiny_model().processor
+    seg, joiners = proc.ids["seg"], list_joiner_ids(proc.encode, proc.ids["seg"])
+    ids, seg_b, seg_t = _seg_positions(proc, ["Sure, [SEG], [SEG] and [SEG].", "Sure, [SEG] and [SEG]."])
+    assert seg_lists(ids, seg_b, seg_t, seg, joiners) == [[0, 1, 2], [3, 4]]
+    keep = torch.tensor([0, 2, 3, 4])
+    assert seg_lists(ids, seg_b[keep], seg_t[keep], seg, joiners) == [[0, 1], [2, 3]]
+    ordinals = [seg_ordinals(row.tolist(), seg, joiners) for row in ids]
+    assert [ordinals[b][t] for b, t in zip(seg_b.tolist(), seg_t.tolist())] == [0, 1, 2, 0, 1]
 
 
 def test_matched_targets_follow_the_predictions_within_a_list_only():

@@ -233,7 +233,8 @@ class PixelSail(PretrainedIO, PromptInputs, Generation, nn.Module):
                                        features=[(picked, feats) for _, picked, feats in per_grid])
             if self.seg_bow is not None:
                 losses["seg_bow"] = self.seg_bow_loss(hidden, input_ids, text_start, seg_b, seg_t)
-            lists = seg_lists(input_ids, seg_b, seg_t, self.list_joiners) if self.list_joiners else []
+            seg_id = self.processor.ids["seg"]
+            lists = seg_lists(input_ids, seg_b, seg_t, seg_id, self.list_joiners) if self.list_joiners else []
             losses["mask_bce"], losses["mask_dice"] = self._mask_losses(queries, per_grid, masks, num_masks, lists)
             lm_weight = self.config.lm_weight_with_masks
         else:

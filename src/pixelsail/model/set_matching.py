@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
+from pixelsail.model.seg_ordinal import seg_ordinals
+
 
 def list_joiner_ids(encode, seg_id: int) -> frozenset[int]:
     """The token ids a referring answer puts between the ``[SEG]``s of one list ("," " " "and" for the shapes BPE),
@@ -30,21 +32,20 @@ def list_joiner_ids(encode, seg_id: int) -> frozenset[int]:
     return frozenset(ids[where[0] + 1:where[1]]) | frozenset(ids[where[1] + 1:where[2]])
 
 
-def seg_lists(input_ids: torch.Tensor, seg_b: torch.Tensor, seg_t: torch.Tensor,
+def seg_lists(input_ids: torch.Tensor, seg_b: torch.Tensor, seg_t: torch.Tensor, seg_id: int,
               joiners: frozenset[int]) -> list[list[int]]:
-    """Lists of two or more queries (indices into seg_b / seg_t, sorted by row then position) whose ``[SEG]``s sit
-    in one row with nothing but ``joiners`` between them."""
+    """Lists of two or more queries (indices into seg_b / seg_t, sorted by row then position): the runs of
+    ``[SEG]``s that :func:`~pixelsail.model.seg_ordinal.seg_ordinals` numbers 0, 1, 2, ... (nothing but ``joiners``
+    between them), so that matching and ``seg_list_ordinal`` share one definition of a list."""
     rows, cols = seg_b.tolist(), seg_t.tolist()
-    lists, current = [], [0] if rows else []
-    for q in range(1, len(rows)):
-        between = input_ids[rows[q], cols[q - 1] + 1:cols[q]].tolist() if rows[q] == rows[q - 1] else None
-        if between is not None and all(t in joiners for t in between):
-            current.append(q)
+    ordinals = {r: seg_ordinals(input_ids[r].tolist(), seg_id, joiners) for r in set(rows)}
+    lists: list[list[int]] = []
+    for q, (row, col) in enumerate(zip(rows, cols)):
+        if q and rows[q - 1] == row and ordinals[row][col] > 0:
+            lists[-1].append(q)
         else:
-            lists.append(current)
-            current = [q]
-    lists.append(current)
-    return [s for s in lists if len(s) > 1]
+            lists.append([q])
+    return [members for members in lists if len(members) > 1]
 
 
 @torch.no_grad()
