@@ -46,3 +46,39 @@ def box_mask(h: int, w: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
 
 def res_sample(image: np.ndarray, mask: np.ndarray) -> Sample:
     return Sample(image=image, turns=[("Please segment the red circle.", "Sure, [SEG].")], masks=[mask], task="res")
+
+
+def switched_on_as_papers(**switch) -> tuple[PixelSail, list[str]]:
+    """A model with a zero-initialised mask-feature switch on, loaded with the plain model's weights: asserts that it
+    draws the paper's mask features, then runs one referring sample's loss backward (train mode). Returns the model
+    and the weight names the plain model lacked."""
+    plain = tiny_model().eval()
+    model = tiny_model(**switch).eval()
+    missing, unexpected = model.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected
+    image = random_image(48, 64)
+    with torch.no_grad():
+        assert torch.equal(plain.prefill_image(image).features, model.prefill_image(image).features)
+    batch = model.processor.collate([model.processor(res_sample(image, box_mask(48, 64, 0, 16, 0, 16)))])
+    model.train()
+    model(batch["input_ids"], batch["labels"], batch["lengths"], batch["images"], batch["masks"]).loss.backward()
+    return model, sorted(missing)
+
+
+def assert_paths_agree_and_round_trip(model: PixelSail, tmp_path) -> None:
+    """The training path (whole sequence) and the inference path (image prefill) give one image the same mask
+    features, and so does the model saved and loaded again."""
+    model.eval()
+    image = random_image(48, 64)
+    batch = model.processor.collate([model.processor(res_sample(image, box_mask(48, 64, 0, 16, 0, 16)))])
+    with torch.no_grad():
+        embeds, positions, layout = model.embed_batch(batch["input_ids"], batch["images"])
+        hidden = model.backbone(embeds, positions, layout)
+        trained_path = model._mask_features_batch(hidden, batch["images"], [0])[0]
+        prefix = model.prefill_image(image)
+    assert torch.allclose(prefix.features[0], trained_path, atol=1e-4)
+    model.save_pretrained(tmp_path)
+    loaded = PixelSail.from_pretrained(tmp_path).eval()
+    assert loaded.config == model.config
+    with torch.no_grad():
+        assert torch.allclose(loaded.prefill_image(image).features, prefix.features, atol=1e-5)

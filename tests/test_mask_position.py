@@ -3,9 +3,8 @@ initialisation, a query that can select a place, the same features in the traini
 import math
 
 import torch
-from model_utils import box_mask, random_image, res_sample, tiny_model
+from model_utils import assert_paths_agree_and_round_trip, box_mask, switched_on_as_papers, tiny_model
 
-from pixelsail.model import PixelSail
 from pixelsail.model.mask_head import mask_logits, mask_losses
 from pixelsail.model.mask_position import MaskPosition
 
@@ -49,35 +48,12 @@ def test_a_query_learns_to_select_one_place_from_place_features_alone():
 
 
 def test_switched_on_the_model_starts_as_the_papers_and_trains_the_projection():
-    plain = tiny_model().eval()
-    model = tiny_model(mask_position=True).eval()
-    missing, unexpected = model.load_state_dict(plain.state_dict(), strict=False)
-    assert missing == ["mask_features.position.proj.weight"] and not unexpected
-    image = random_image(48, 64)
-    with torch.no_grad():
-        assert torch.equal(plain.prefill_image(image).features, model.prefill_image(image).features)
-    sample = res_sample(image, box_mask(48, 64, 0, 16, 0, 16))
-    batch = model.processor.collate([model.processor(sample)])
-    model.train()
-    out = model(batch["input_ids"], batch["labels"], batch["lengths"], batch["images"], batch["masks"])
-    out.loss.backward()
+    model, missing = switched_on_as_papers(mask_position=True)
+    assert missing == ["mask_features.position.proj.weight"]
     assert model.mask_features.position.proj.weight.grad.abs().sum() > 0
 
 
 def test_training_and_inference_paths_add_the_same_place_and_it_round_trips(tmp_path):
-    model = tiny_model(mask_position=True).eval()
+    model = tiny_model(mask_position=True)
     torch.nn.init.normal_(model.mask_features.position.proj.weight, std=0.5)
-    image = random_image(48, 64)
-    sample = res_sample(image, box_mask(48, 64, 0, 16, 0, 16))
-    batch = model.processor.collate([model.processor(sample)])
-    with torch.no_grad():
-        embeds, positions, layout = model.embed_batch(batch["input_ids"], batch["images"])
-        hidden = model.backbone(embeds, positions, layout)
-        trained_path = model._mask_features_batch(hidden, batch["images"], [0])[0]
-        prefix = model.prefill_image(image)
-    assert torch.allclose(prefix.features[0], trained_path, atol=1e-4)
-    model.save_pretrained(tmp_path)
-    loaded = PixelSail.from_pretrained(tmp_path).eval()
-    assert loaded.config.mask_position
-    with torch.no_grad():
-        assert torch.allclose(loaded.prefill_image(image).features, prefix.features, atol=1e-5)
+    assert_paths_agree_and_round_trip(model, tmp_path)

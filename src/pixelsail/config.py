@@ -67,6 +67,10 @@ class PixelSailConfig:
     # every pixel's mask feature also gets a learned vector per visual prompt covering its patch (zero-initialised;
     # not in the paper: lets "the other red object" leave the marked one out; see model/mask_prompts.py)
     mask_prompts: bool = False
+    # every mask-feature cell also gets a learned function of the raw pixels it covers (zero-initialised; not in the
+    # paper, whose mask features come from the 16 x 16 patch tokens alone: edges of small and touching objects;
+    # see model/image_skip.py)
+    mask_image_skip: bool = False
     # at inference a predicted mask covering less than this share of the image comes back empty (0 = off; not in the
     # paper, a post-processing floor like SAM's minimum region area). A decoder that finds nothing often leaves a few
     # stray pixels, and an answer that keeps them reads as "found it" (the shapes recipe's 25 / 128^2 is the world's

@@ -14,6 +14,7 @@ from pixelsail.model.batch_inputs import ImageGroup, batch_positions, grid_group
 from pixelsail.model.distill import DistillAdapters
 from pixelsail.model.generation import Generation, ImagePrefix, Response
 from pixelsail.model.mask_head import SegQuery, mask_logits, mask_losses
+from pixelsail.model.image_skip import ImageSkip
 from pixelsail.model.mask_prompts import PromptMaps
 from pixelsail.model.option_marks import OptionEmbedding, OptionMarker
 from pixelsail.model.patch_embed import PATCH_STEMS, ConvPatchEmbed, PatchEmbed, PromptInjector
@@ -93,6 +94,8 @@ class PixelSail(PretrainedIO, PromptInputs, Generation, nn.Module):
                                           max_width=config.upsample_max_width, position=config.mask_position)
         self.mask_prompts = (PromptMaps(num_vp_tokens=config.num_vp_tokens, mask_dim=config.mask_dim)
                              if config.mask_prompts else None)
+        self.image_skip = (ImageSkip(patch_size=config.patch_size, stride=self.mask_features.stride,
+                                     mask_dim=config.mask_dim) if config.mask_image_skip else None)
         self.option_embed = OptionEmbedding(hidden_size=hidden) if config.option_marks else None
         self._option_marker: OptionMarker | None = None   # built on first use (decodes every token id once)
         self.pool_sources = pool_sources(config.seg_query_pool)
@@ -381,8 +384,10 @@ class PixelSail(PretrainedIO, PromptInputs, Generation, nn.Module):
 
     def _mask_maps(self, maps: torch.Tensor, images: list[ImageInputs]) -> torch.Tensor:
         """(G, hidden, gh, gw) patch-state maps of G images sharing a grid -> (G, mask_dim, h, w) mask features
-        (with ``mask_prompts``, plus each pixel's prompt vectors)."""
+        (with ``mask_prompts``, plus each pixel's prompt vectors; with ``mask_image_skip``, plus its pixels')."""
         features = self.mask_features(maps)
+        if self.image_skip is not None:
+            features = features + self.image_skip(images).to(features.dtype)
         if self.mask_prompts is not None:
             features = features + self.mask_prompts(images, maps.shape[-2:], features.shape[-2:]).to(features.dtype)
         return features
