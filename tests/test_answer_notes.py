@@ -26,6 +26,24 @@ class EmptyMaskModel(FakePixelSail):
         return FakeResponse(f"Sure, {SEG}.", [np.zeros(prefix.image.shape[:2], bool)], [0.12])
 
 
+class OneOfTwoEmptyModel(FakePixelSail):
+    """Answers a list of two [SEG]s whose first mask marks nothing (the shipped model on "all red objects" with one
+    red object in the image)."""
+
+    def respond(self, prefix, question, history=(), max_new_tokens=64, answer_prefix=""):
+        h, w = prefix.image.shape[:2]
+        found = np.zeros((h, w), bool)
+        found[:8, :8] = True
+        return FakeResponse(f"Sure, {SEG} and {SEG}.", [np.zeros((h, w), bool), found], [0.0, 0.9])
+
+
+def test_an_empty_mask_beside_found_ones_does_not_say_nothing_matched():
+    r = Predictor(model=OneOfTwoEmptyModel(), domain="shapes").segment(SHAPES_SCENE, "all red objects")
+    assert r.empty_masks == [0] and not r.empty
+    assert r.notes == ["mask 0: empty \u2014 this [SEG] found nothing more; the answer's other mask holds what "
+                       "matched 'Please segment all red objects.'"]
+
+
 def test_api_result_says_empty_and_out_of_domain(monkeypatch):
     p = Predictor(model=EmptyMaskModel(), domain="shapes")
     r = p.segment(SHAPES_SCENE, "the red circle")

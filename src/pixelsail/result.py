@@ -63,6 +63,11 @@ class Result:
 
     @property
     def empty_mask_text(self) -> str:
+        """What an empty mask means: nothing matched, or (beside masks that found something) one ``[SEG]`` too many."""
+        found = len(self.masks) - len(self.empty_masks)
+        if found:
+            other = "mask holds" if found == 1 else f"{found} masks hold"
+            return f"empty — this [SEG] found nothing more; the answer's other {other} what matched {self.question!r}"
         return f"empty — nothing in the image matched {self.question!r}"
 
     @property
