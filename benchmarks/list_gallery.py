@@ -9,7 +9,7 @@ the mask the one-to-one assignment gave it) by what covered it instead:
 - *partly*: a mask holds at least half of it, but that mask is too large or too small for IoU 0.5;
 - *missed*: no mask holds half of it.
 
-It prints those shares, how often the lists fail by the number of targets and by the words that name them
+It prints those shares, where the union of the list's masks misses or adds pixels (the union cIoU's losses), how often the lists fail by the number of targets and by the words that name them
 ("all red objects": colour; "all large objects": size; ...), and draws the failing lists: the scene with its
 targets, then each ``[SEG]``'s mask in its own colour.
 """
@@ -42,6 +42,26 @@ def target_covers(pred: np.ndarray, targets: list[np.ndarray], found_iou: float 
         else:
             out.append("missed")
     return out
+
+
+UNION_LOSSES = ("missed, in targets mostly covered", "missed, whole targets", "extra on other objects",
+                "extra on the background")
+
+
+def union_losses(pred: np.ndarray, targets: list[np.ndarray], objects: np.ndarray) -> np.ndarray:
+    """Where the list's union misses or adds pixels, counts (5,): the union of prediction and targets, then the
+    :data:`UNION_LOSSES` (target pixels no mask covers, in targets whose masks cover at least half of them or less;
+    predicted pixels on non-target objects, on the background). ``objects`` (H, W): every visible object."""
+    truth = np.any(np.stack(targets), 0)
+    mine = pred.any(0) if len(pred) else np.zeros_like(truth)
+    missed = truth & ~mine
+    mostly = np.zeros_like(truth)
+    for t in targets:
+        if (mine & t).sum() >= 0.5 * t.sum():
+            mostly |= t
+    extra = mine & ~truth
+    return np.array([(mine | truth).sum(), (missed & mostly).sum(), (missed & ~mostly).sum(),
+                     (extra & objects).sum(), (extra & ~objects).sum()], dtype=np.int64)
 
 
 def named_by(question: str) -> str:
@@ -82,6 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     if not samples:
         raise SystemExit("no validation scene with two targets or more: nothing to look at")
     covers, outcomes, failing = Counter(), np.zeros(6, dtype=np.int64), []
+    losses = np.zeros(5, dtype=np.int64)
     by_count, by_words = Counter(), Counter()
     for sample, pred in teacher_forced_masks(model, samples):
         if len(pred) != len(sample.masks):
@@ -89,6 +110,7 @@ def main(argv: list[str] | None = None) -> None:
         got = target_covers(pred, list(sample.masks))
         covers.update(got)
         outcomes += list_outcomes(pred, list(sample.masks))
+        losses += union_losses(pred, list(sample.masks), sample.meta["all_objects"])
         failed = any(c != "found" for c in got)
         by_count[(len(sample.masks), failed)] += 1
         by_words[(named_by(sample.turns[0][0]), failed)] += 1
@@ -97,6 +119,8 @@ def main(argv: list[str] | None = None) -> None:
     total = sum(covers.values())
     shares = ", ".join(f"{k} {100 * covers[k] / total:.1f} %" for k in COVERS)
     print(f"{len(samples)} lists, {total} targets: {shares}")
+    where = ", ".join(f"{name} {100 * c / losses[0]:.1f} %" for name, c in zip(UNION_LOSSES, losses[1:]))
+    print(f"  of the union of masks and targets: {where}")
     for name, table in (("targets", by_count), ("named by", by_words)):
         for key in sorted({k for k, _ in table}):
             n = table[(key, True)] + table[(key, False)]

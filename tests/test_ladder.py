@@ -78,7 +78,7 @@ def test_list_outcomes_tell_an_empty_mask_a_mask_over_two_objects_and_two_masks_
 def test_list_gallery_sorts_each_lost_target_by_what_covered_it_and_names_the_question_s_words():
     """Same three 4x4 squares as above; per target: found, shared (its mask also holds another target), partly
     (a mask holds half of it but is too large for IoU 0.5), missed (no mask holds half of it)."""
-    from benchmarks.list_gallery import named_by, target_covers
+    from benchmarks.list_gallery import named_by, target_covers, union_losses
 
     targets = [np.zeros((8, 16), dtype=bool) for _ in range(3)]
     for k, t in enumerate(targets):
@@ -93,6 +93,13 @@ def test_list_gallery_sorts_each_lost_target_by_what_covered_it_and_names_the_qu
     grown[:, 10:16] = True                                   # IoU 16 / 48 with its target, no other target in it
     assert target_covers(np.stack([targets[0], empty, grown]), targets) == ["found", "missed", "partly"]
     assert target_covers(np.zeros((0, 8, 16), dtype=bool), targets) == ["missed"] * 3
+    # union losses: target 0 three quarters covered (4 pixels missed), target 1 wholly missed, target 2 inside
+    # grown (rows 0-7, columns 10-15: 32 pixels beyond it, 4 of them on a fourth object that is not a target)
+    objects = targets[0] | targets[1] | targets[2]
+    objects[7, 12:] = True
+    partial = targets[0].copy()
+    partial[2, :4] = False
+    assert union_losses(np.stack([partial, empty, grown]), targets, objects).tolist() == [48 + 32, 4, 16, 4, 28]
     assert named_by("Please segment all small red objects.") == "size + colour"
     assert named_by("Please segment all circles.") == "shape"
 
