@@ -9,8 +9,9 @@ the mask the one-to-one assignment gave it) by what covered it instead:
 - *partly*: a mask holds at least half of it, but that mask is too large or too small for IoU 0.5;
 - *missed*: no mask holds half of it.
 
-It prints those shares, where the union of the list's masks misses or adds pixels (the union cIoU's losses), how often the lists fail by the number of targets and by the words that name them
-("all red objects": colour; "all large objects": size; ...), and draws the failing lists: the scene with its
+It prints those shares, where the union of the list's masks misses or adds pixels (the union cIoU's losses), how
+often the lists fail by the number of targets and by the words that name them ("all red objects": colour; "all
+large objects": size; ...), and draws the failing lists: the scene with its
 targets, then each ``[SEG]``'s mask in its own colour.
 """
 from __future__ import annotations

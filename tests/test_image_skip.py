@@ -15,7 +15,7 @@ def test_each_cell_reads_exactly_its_own_pixels():
     torch.nn.init.normal_(skip.mlp[-1].weight, std=0.5)
     stride = skip.stride
     image = random_image(48, 64)
-    y, x = 37, 29                      # patch (2, 1) of 16 px; within it row 5, column 13: different cell row and column
+    y, x = 37, 29                      # patch (2, 1) of 16 px; within it row 5, column 13 (cell row 1, cell column 3)
     edited = image.copy()
     edited[y, x] = 255 - edited[y, x]
     with torch.no_grad():
