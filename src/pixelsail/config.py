@@ -52,6 +52,10 @@ class PixelSailConfig:
     # projection; not in the paper, whose vision tokens know place only through relative rotary offsets; see
     # model/patch_position.py)
     patch_position: bool = False
+    # the vision block's tokens also attend to the first question after them (not in the paper, where the patches
+    # come first and never see the text): the patch features, which the masks are read from, can then depend on the
+    # expression. Each question then runs its own image prefill (no image cache shared between questions).
+    vision_reads_question: bool = False
     max_image_size: int = 1024
     image_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     image_std: tuple[float, float, float] = (0.229, 0.224, 0.225)

@@ -25,23 +25,28 @@ class AttentionLayout:
     past_len:    tokens already in the cache before the current queries (all earlier tokens are visible).
     key_valid:   optional (B, past_len + Q) bool, False for padding slots no query may see (batched generation
                  over sequences of different lengths keeps them in one rectangular cache).
+    vision_sees: optional (B,) keys the vision block's queries may see, from the start (>= vision_lens): with
+                 ``vision_reads_question`` the block plus the first question, so patches read the expression.
     """
 
     vision_lens: torch.Tensor
     past_len: int = 0
     key_valid: torch.Tensor | None = None
+    vision_sees: torch.Tensor | None = None
 
     def uniform_vision_len(self) -> int | None:
         v = self.vision_lens
         return int(v[0]) if bool((v == v[0]).all()) else None
 
     def allowed(self, q_len: int, kv_len: int, device: torch.device) -> torch.Tensor:
-        """(B, 1, Q, K) bool: causal everywhere, plus all-to-all inside each sequence's vision block."""
+        """(B, 1, Q, K) bool: causal everywhere, plus all-to-all inside each sequence's vision block (its queries
+        also see the keys up to ``vision_sees`` where that is given)."""
         q_pos = torch.arange(self.past_len, self.past_len + q_len, device=device)[:, None]
         k_pos = torch.arange(kv_len, device=device)[None, :]
         causal = k_pos <= q_pos  # (Q, K)
         v = self.vision_lens.to(device)[:, None, None]
-        block = (q_pos[None] < v) & (k_pos[None] < v)  # (B, Q, K)
+        seen = v if self.vision_sees is None else self.vision_sees.to(device)[:, None, None]
+        block = (q_pos[None] < v) & (k_pos[None] < seen)  # (B, Q, K)
         allowed = causal[None] | block
         if self.key_valid is not None:
             allowed = allowed & self.key_valid.to(device)[:, None, :]
@@ -114,7 +119,7 @@ def prefix_sdpa_attention(query: torch.Tensor, key: torch.Tensor, value: torch.T
         return torch.ones(t, k, dtype=torch.bool, device=query.device).tril(diagonal=k - t)
 
     v_len = layout.uniform_vision_len()
-    if v_len is None or layout.key_valid is not None:
+    if v_len is None or layout.key_valid is not None or (layout.vision_sees is not None and layout.past_len == 0):
         return sdpa(query, key, value, mask=layout.allowed(q_len, kv_len, query.device))
     if layout.past_len > 0 or v_len == 0:
         if q_len == 1:

@@ -74,11 +74,22 @@ def batch_positions(images: list, seq_len: int, device: torch.device | None = No
     return torch.where(t[None, None] < lens[None, :, None], vision, text).to(device)
 
 
+def first_question_ends(input_ids: torch.Tensor, vision_lens: torch.Tensor, turn_end_id: int) -> torch.Tensor:
+    """(B,) one past the first end-of-turn after each row's vision block: the block and the first question, what
+    ``vision_reads_question`` lets the patches see (0 for a text-only row; the whole row when no turn ends)."""
+    b, seq_len = input_ids.shape
+    lens = vision_lens.to(input_ids.device)
+    t = torch.arange(seq_len, device=input_ids.device)[None]
+    ends = (input_ids == turn_end_id) & (t >= lens[:, None])                        # (B, L)
+    first = torch.where(ends.any(1), ends.long().argmax(1) + 1, torch.full_like(lens, seq_len))
+    return torch.where(lens > 0, first, torch.zeros_like(lens))
+
+
 def vp_token_index(input_ids: torch.Tensor, vp_ids: torch.Tensor) -> torch.Tensor:
     """input_ids (B, L), vp_ids (num_vp,) the ids of <vp_0>.. -> (B, L) the k of each <vp_k> token, -1 elsewhere."""
     hit = input_ids[..., None] == vp_ids                                        # (B, L, num_vp)
     return torch.where(hit.any(-1), hit.long().argmax(-1), torch.full_like(input_ids, -1))
 
 
-__all__ = ["ImageGroup", "batch_positions", "grid_groups", "text_positions", "vision_lengths", "vision_positions",
-           "vp_token_index"]
+__all__ = ["ImageGroup", "batch_positions", "first_question_ends", "grid_groups", "text_positions", "vision_lengths",
+           "vision_positions", "vp_token_index"]

@@ -45,6 +45,8 @@ def respond_batch(model, prefixes: Sequence, questions: Sequence[str],
     if not questions:
         return []
     histories = histories if histories is not None else [()] * len(questions)
+    if model.config.vision_reads_question:   # every question needs its own image pass: no shared prefix to batch
+        return [model.respond(p, q, list(h), max_new_tokens) for p, q, h in zip(prefixes, questions, histories)]
     proc, backbone, dev = model.processor, model.backbone, model.device
     seg_id, end_id, pad_id = proc.ids["seg"], proc.ids["turn_end"], proc.ids["pad"]
     prompts = [proc.prompt_ids(q, list(h)) for q, h in zip(questions, histories)]

@@ -5,7 +5,7 @@ models): it holds the inference path and uses the model's own embedding, backbon
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -87,15 +87,20 @@ class Generation:
         try:
             with self._autocast():
                 fed_from, new = 0, ids
+                # with vision_reads_question the image is run again beside this question (its own cache)
+                hidden = None
+                if self.config.vision_reads_question:
+                    prefix, hidden = self._read_question(prefix, ids)
                 for step in range(max_new_tokens + 1):
-                    hidden = self._run_text(prefix, ids, fed_from, use_cache)  # (len(new), C)
+                    if hidden is None:
+                        hidden = self._run_text(prefix, ids, fed_from, use_cache)  # (len(new), C)
                     chunks.append(hidden)
                     seg_at += [fed_from + j for j, tok in enumerate(new) if tok == seg_id and fed_from + j >= answer_start]
                     logits = self.backbone.logits(hidden[-1:])[0]   # (V,)
                     nxt = choice.pick(logits, ids[answer_start:]) if choice else int(logits.argmax())
                     if nxt == end_id or step == max_new_tokens:
                         break
-                    fed_from, new = len(ids), [nxt]
+                    fed_from, new, hidden = len(ids), [nxt], None
                     ids = ids + new
                 masks, scores = self._masks_from(torch.cat(chunks), ids, seg_at, prefix)
         finally:
@@ -108,27 +113,46 @@ class Generation:
         """With ``option_decoding``: the answers a multiple-choice ``question`` allows (None: answer freely)."""
         return OptionConstraint.from_question(self.processor, question) if self.config.option_decoding else None
 
+    def _text_inputs(self, prefix: ImagePrefix, ids: list[int], start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings (T, C) and 3-axis positions (3, T) of the text tokens ``ids[start:]`` after the image."""
+        dev = self.device
+        ids_t = torch.tensor(ids[start:], device=dev)
+        ends_before = ids[:start].count(self.processor.ids["turn_end"])
+        embeds = self._add_pooled_prompts(self.backbone.embed(ids_t), ids_t, prefix.pooled, ends_before)
+        embeds = self._add_token_marks(embeds, [ids], start)
+        return embeds, text_positions(prefix.next_position + start, len(ids_t), dev)
+
+    def _whole_sequence(self, prefix: ImagePrefix, ids: list[int], cache: KVCache | None = None) -> torch.Tensor:
+        """Hidden states (V + T, C) of the image followed by the text ``ids``, computed in one pass."""
+        embeds, pos = self._text_inputs(prefix, ids, 0)
+        v_embeds, v_pos, _, _ = self._vision_inputs(prefix.image)
+        full = torch.cat([v_embeds, embeds])[None]
+        full_pos = torch.cat([v_pos, pos], dim=1)[:, None]
+        full_ids = torch.tensor(self.processor.vision_block_ids(prefix.image.grid) + ids, device=self.device)[None]
+        return self.backbone(full, full_pos, self.layout(full_ids, torch.tensor([prefix.length])), cache)[0]
+
+    def _read_question(self, prefix: ImagePrefix, ids: list[int]) -> tuple[ImagePrefix, torch.Tensor]:
+        """With ``vision_reads_question``: the image and the prompt ``ids`` in one pass, so that the patches see the
+        question; returns this question's prefix (own cache and mask features) and the prompt's states (T, C)."""
+        cache = KVCache()
+        hidden = self._whole_sequence(prefix, ids, cache)
+        features = self._mask_maps(self._vision_grid(hidden, prefix.image.grid)[None], [prefix.image])
+        if self.inference_dtype is not None:
+            features = features.to(self.inference_dtype)
+        self.vision_prefill_count += 1
+        return replace(prefix, cache=cache, features=features), hidden[prefix.length:]
+
     def _run_text(self, prefix: ImagePrefix, ids: list[int], fed_from: int, use_cache: bool) -> torch.Tensor:
         """Hidden states (T, C) of the text tokens ``ids[fed_from:]`` that follow the image.
 
         With the cache only those tokens are computed; without it the whole sequence, image included, is recomputed
         (the reference the cached path must match).
         """
-        dev = self.device
-        start = fed_from if use_cache else 0
-        ids_t = torch.tensor(ids[start:], device=dev)
-        ends_before = ids[:start].count(self.processor.ids["turn_end"])
-        embeds = self._add_pooled_prompts(self.backbone.embed(ids_t), ids_t, prefix.pooled, ends_before)
-        embeds = self._add_token_marks(embeds, [ids], start)
-        pos = text_positions(prefix.next_position + start, len(ids_t), dev)
         if use_cache:
+            embeds, pos = self._text_inputs(prefix, ids, fed_from)
             layout = AttentionLayout(torch.tensor([prefix.length]), past_len=len(prefix.cache))
             return self.backbone(embeds[None], pos[:, None], layout, prefix.cache)[0]
-        v_embeds, v_pos, _, _ = self._vision_inputs(prefix.image)
-        full = torch.cat([v_embeds, embeds])[None]
-        full_pos = torch.cat([v_pos, pos], dim=1)[:, None]
-        hidden = self.backbone(full, full_pos, AttentionLayout(torch.tensor([prefix.length])))[0]
-        return hidden[prefix.length + fed_from:]
+        return self._whole_sequence(prefix, ids)[prefix.length + fed_from:]
 
     def _masks_from(self, text_hidden: torch.Tensor, ids: list[int], seg_at: list[int],
                     prefix: ImagePrefix) -> tuple[list[np.ndarray], list[float]]:

@@ -10,7 +10,8 @@ from transformers import PreTrainedTokenizerBase, Qwen2Config, Qwen2ForCausalLM
 
 from pixelsail.config import DistillConfig, PixelSailConfig
 from pixelsail.model.backbone import AttentionLayout, Backbone
-from pixelsail.model.batch_inputs import ImageGroup, batch_positions, grid_groups, vision_lengths
+from pixelsail.model.batch_inputs import (ImageGroup, batch_positions, first_question_ends, grid_groups,
+                                          vision_lengths)
 from pixelsail.model.distill import DistillAdapters
 from pixelsail.model.generation import Generation, ImagePrefix, Response
 from pixelsail.model.mask_head import SegQuery, mask_logits, mask_losses
@@ -200,7 +201,14 @@ class PixelSail(PretrainedIO, PromptInputs, Generation, nn.Module):
             embeds = embeds.index_put((torch.cat(rows), torch.cat(cols)), torch.cat(values).to(embeds.dtype),
                                       accumulate=True)
         embeds = self._add_token_marks(self._add_pooled_prompts(embeds, input_ids, pooled), input_ids.tolist())
-        return embeds, batch_positions(images, seq_len, dev), AttentionLayout(vision_lengths(images))
+        return embeds, batch_positions(images, seq_len, dev), self.layout(input_ids, vision_lengths(images))
+
+    def layout(self, input_ids: torch.Tensor, vision_lens: torch.Tensor) -> AttentionLayout:
+        """Who attends to whom in whole sequences (B, L) that start with their vision blocks."""
+        if not self.config.vision_reads_question:
+            return AttentionLayout(vision_lens)
+        sees = first_question_ends(input_ids, vision_lens, self.processor.ids["turn_end"])
+        return AttentionLayout(vision_lens, vision_sees=sees.cpu())
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, lengths: torch.Tensor, images: list,
                 masks: list[torch.Tensor], teacher_features: list[dict] | None = None) -> PixelSailOutput:
