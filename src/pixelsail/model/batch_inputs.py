@@ -77,7 +77,7 @@ def batch_positions(images: list, seq_len: int, device: torch.device | None = No
 def first_question_ends(input_ids: torch.Tensor, vision_lens: torch.Tensor, turn_end_id: int) -> torch.Tensor:
     """(B,) one past the first end-of-turn after each row's vision block: the block and the first question, what
     ``vision_reads_question`` lets the patches see (0 for a text-only row; the whole row when no turn ends)."""
-    b, seq_len = input_ids.shape
+    seq_len = input_ids.shape[1]
     lens = vision_lens.to(input_ids.device)
     t = torch.arange(seq_len, device=input_ids.device)[None]
     ends = (input_ids == turn_end_id) & (t >= lens[:, None])                        # (B, L)

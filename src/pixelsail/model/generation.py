@@ -67,11 +67,16 @@ class Generation:
             cache = KVCache()
             v = embeds.shape[0]
             hidden = self.backbone(embeds[None], pos[:, None], AttentionLayout(torch.tensor([v])), cache)
-            features = self._mask_maps(self._vision_grid(hidden[0], inputs.grid)[None], [inputs])
+            features = self._prefix_features(hidden[0], inputs)
+        return ImagePrefix(inputs, tuple(sorted((prompts or {}).keys())), cache, features, pooled, next_pos, v)
+
+    def _prefix_features(self, hidden: torch.Tensor, image: ImageInputs) -> torch.Tensor:
+        """The mask features (1, mask_dim, h, w) of one image pass, hidden (L, C) starting with its vision block."""
+        features = self._mask_maps(self._vision_grid(hidden, image.grid)[None], [image])
+        self.vision_prefill_count += 1
         if self.inference_dtype is not None:  # cast once here, not on every question's mask product
             features = features.to(self.inference_dtype)
-        self.vision_prefill_count += 1
-        return ImagePrefix(inputs, tuple(sorted((prompts or {}).keys())), cache, features, pooled, next_pos, v)
+        return features
 
     @torch.no_grad()
     def respond(self, prefix: ImagePrefix, question: str, history: list[tuple[str, str]] = (),
@@ -136,10 +141,7 @@ class Generation:
         question; returns this question's prefix (own cache and mask features) and the prompt's states (T, C)."""
         cache = KVCache()
         hidden = self._whole_sequence(prefix, ids, cache)
-        features = self._mask_maps(self._vision_grid(hidden, prefix.image.grid)[None], [prefix.image])
-        if self.inference_dtype is not None:
-            features = features.to(self.inference_dtype)
-        self.vision_prefill_count += 1
+        features = self._prefix_features(hidden, prefix.image)
         return replace(prefix, cache=cache, features=features), hidden[prefix.length:]
 
     def _run_text(self, prefix: ImagePrefix, ids: list[int], fed_from: int, use_cache: bool) -> torch.Tensor:
