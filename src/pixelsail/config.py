@@ -118,6 +118,10 @@ class PixelSailConfig:
     seg_list_ordinal: bool = False
     # auxiliary loss: a linear read-out of each [SEG] state predicts its question's words (not in the paper)
     seg_bow_weight: float = 0.0
+    # auxiliary loss: a small head reads each [SEG] state and predicts its target's box, L1 + generalised IoU as
+    # DETR's (not in the paper; model/seg_box.py): a direct signal of where the target is, for relations, whose
+    # [SEG] state must carry the place of "left of the blue square"; training only; 0 = off
+    seg_box_weight: float = 0.0
     # improvement 2: visual-prompt injection (False: the baseline's pooled patch embeddings)
     vp_injection: bool = True
     # with vp_injection, <vp_k> text tokens also get their region's pooled patch embedding (through a zero-initialised

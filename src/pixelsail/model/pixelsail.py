@@ -25,6 +25,7 @@ from pixelsail.model.pretrained import CONFIG_FILE, WEIGHTS_FILE, PretrainedIO
 from pixelsail.model.image_readout import MaskFeatureReadout
 from pixelsail.model.question_pool import QuestionPool, pool_sources, question_key_mask
 from pixelsail.model.set_matching import list_joiner_ids, matched_targets, seg_lists
+from pixelsail.model.seg_box import SegBoxHead, seg_box_loss
 from pixelsail.model.seg_ordinal import SegOrdinalEmbedding, seg_ordinals
 from pixelsail.model.upsampler import MaskFeatures
 from pixelsail.model.visual_prompts import PromptInputs
@@ -110,6 +111,9 @@ class PixelSail(PretrainedIO, PromptInputs, Generation, nn.Module):
                                   + (config.mask_dim if self.image_readout is not None else 0),
                                   mask_dim=config.mask_dim, standardize=config.seg_query_norm)
         self.seg_bow = nn.Linear(hidden, hidden, bias=False) if config.seg_bow_weight > 0 else None
+        if config.seg_box_weight < 0:
+            raise ValueError(f"seg_box_weight is a loss weight (>= 0), got {config.seg_box_weight}")
+        self.seg_box = SegBoxHead(hidden_size=hidden) if config.seg_box_weight > 0 else None
         # the tokens that join the [SEG]s of one list ("Sure, [SEG], [SEG] and [SEG]."), whose targets are matched
         self.list_joiners = (list_joiner_ids(self.processor.encode, self.processor.ids["seg"])
                              if config.mask_set_matching or config.seg_list_ordinal else frozenset())
@@ -246,7 +250,10 @@ class PixelSail(PretrainedIO, PromptInputs, Generation, nn.Module):
                 losses["seg_bow"] = self.seg_bow_loss(hidden, input_ids, text_start, seg_b, seg_t)
             seg_id = self.processor.ids["seg"]
             lists = seg_lists(input_ids, seg_b, seg_t, seg_id, self.list_joiners) if self.list_joiners else []
-            losses["mask_bce"], losses["mask_dice"] = self._mask_losses(queries, per_grid, masks, num_masks, lists)
+            losses["mask_bce"], losses["mask_dice"], assigned = self._mask_losses(queries, per_grid, masks, num_masks,
+                                                                                  lists)
+            if self.seg_box is not None:
+                losses["seg_box"] = seg_box_loss(self.seg_box(hidden[seg_b, seg_t]), masks, assigned)
             lm_weight = self.config.lm_weight_with_masks
         else:
             lm_weight = self.config.lm_weight_without_masks
@@ -256,6 +263,8 @@ class PixelSail(PretrainedIO, PromptInputs, Generation, nn.Module):
             total = total + self.config.mask_bce_weight * losses["mask_bce"] + self.config.mask_dice_weight * losses["mask_dice"]
         if "seg_bow" in losses:
             total = total + self.config.seg_bow_weight * losses["seg_bow"]
+        if "seg_box" in losses:
+            total = total + self.config.seg_box_weight * losses["seg_box"]
         if self.distill is not None and teacher_features:
             features = {i: f for group, feats in grouped for i, f in zip(group.rows, feats.unbind(0))}
             distill = self.distill_losses(hidden, images, features, teacher_features)
@@ -362,12 +371,14 @@ class PixelSail(PretrainedIO, PromptInputs, Generation, nn.Module):
 
     def _mask_losses(self, queries: torch.Tensor, per_grid: list[tuple[ImageGroup, torch.Tensor, torch.Tensor]],
                      masks: list[torch.Tensor], num_masks: int, lists: list[list[int]] = ()
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Point-sampled BCE and Dice of every query (M, mask_dim) against its target, one call per patch grid
         (per_grid: :meth:`_features_per_query`); within each list of ``lists`` (query indices, ``mask_set_matching``)
-        the targets are assigned by :func:`matched_targets` instead of in the data's order."""
+        the targets are assigned by :func:`matched_targets` instead of in the data's order. Also returns, per query,
+        the index of the target it was scored against (M,) in the order of ``torch.cat(masks)``."""
         dev = queries.device
         bce, dice = queries.new_zeros((), dtype=torch.float32), queries.new_zeros((), dtype=torch.float32)
+        assigned = torch.arange(len(queries), device=dev)
         for group, picked, feats in per_grid:
             # (M_g, mask_dim) . (M_g, mask_dim, h, w): each query against its own image's features
             logits = mask_logits(queries[picked], feats)
@@ -375,12 +386,14 @@ class PixelSail(PretrainedIO, PromptInputs, Generation, nn.Module):
             if lists:
                 local = {q: j for j, q in enumerate(picked.tolist())}
                 mine = [[local[q] for q in members] for members in lists if members[0] in local]
-                targets = targets[matched_targets(logits, targets, mine)]
+                order = matched_targets(logits, targets, mine)
+                targets = targets[order]
+                assigned[picked] = picked[order.to(dev)]
             b, d = mask_losses(logits, targets, num_points=self.config.mask_num_points,
                                oversample=self.config.mask_oversample_ratio,
                                importance=self.config.mask_importance_ratio, num_masks=num_masks)
             bce, dice = bce + b, dice + d
-        return bce, dice
+        return bce, dice, assigned
 
     def _grouped_mask_features(self, hidden: torch.Tensor, images: list) -> list[tuple[ImageGroup, torch.Tensor]]:
         """Per patch grid: its rows and their upsampled features (G, mask_dim, h, w), one upsampler call each."""
