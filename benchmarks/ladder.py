@@ -342,8 +342,10 @@ def chance_level(rung: Rung, samples: list[Sample]) -> float:
     return 100.0 * inter / max(union, 1)
 
 
-def rung_samples(rung: Rung, split: str, count: int, image_size: int, start: int = 0) -> list[Sample]:
-    """``count`` samples of ``rung`` from consecutive scenes of ``split`` (scenes that cannot serve are redrawn)."""
+def rung_samples(rung: Rung, split: str, count: int, image_size: int, start: int = 0,
+                 keep_scene: bool = False) -> list[Sample]:
+    """``count`` samples of ``rung`` from consecutive scenes of ``split`` (scenes that cannot serve are redrawn);
+    ``keep_scene`` puts each sample's :class:`Scene` in ``meta["scene"]`` (for tools that read its objects)."""
     out = []
     index = start
     while len(out) < count:
@@ -353,6 +355,8 @@ def rung_samples(rung: Rung, split: str, count: int, image_size: int, start: int
             if sample is not None:
                 if split != "train" and len(sample.meta.get("target_index", ())) == 1:  # (kept off the train set's memory)
                     sample.meta["destinations"] = destination_map(scene, scene.objects[sample.meta["target_index"][0]])
+                if keep_scene:
+                    sample.meta["scene"] = scene
                 out.append(sample)
                 break
         index += 1

@@ -88,14 +88,19 @@ def draw(rows: list[tuple], path: Path, per_row: int = 4) -> None:
     image_grid(panels, captions, ncols=2 * per_row).save(path)
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def gallery_arguments(doc: str, what: str, argv: list[str] | None) -> argparse.Namespace:
+    """The command line a ladder-model gallery takes (``what``: "lists", "samples", what it draws)."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
     ap.add_argument("model", help="a model directory saved by benchmarks.grounding --save-model")
     ap.add_argument("--image-size", type=int, default=128)
     ap.add_argument("--samples", type=int, default=256, help="validation scenes (the ladder's own, in its order)")
-    ap.add_argument("--draw", type=int, default=16, help="failing lists drawn")
-    ap.add_argument("--out", default=None, help="PNG of the failing lists (default: beside the model)")
-    args = ap.parse_args(argv)
+    ap.add_argument("--draw", type=int, default=16, help=f"failing {what} drawn")
+    ap.add_argument("--out", default=None, help=f"PNG of the failing {what} (default: beside the model)")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = gallery_arguments(__doc__, "lists", argv)
     from pixelsail.model import PixelSail
 
     model = PixelSail.from_pretrained(args.model)
@@ -126,12 +131,19 @@ def main(argv: list[str] | None = None) -> None:
         for key in sorted({k for k, _ in table}):
             n = table[(key, True)] + table[(key, False)]
             print(f"  {name} {key}: {n} lists, {100 * table[(key, True)] / n:.0f} % with a target not found")
-    out = Path(args.out) if args.out else Path(args.model).with_suffix(".lists.png")
-    if failing:
-        draw(failing[:args.draw], out)
-        print(f"{len(failing)} lists with a target not found; the first {min(args.draw, len(failing))} drawn: {out}")
-    else:
-        print("every target of every list found: nothing to draw")
+    save_failures(failing, args, draw, ".lists.png", "lists with a target not found",
+                  "every target of every list found: nothing to draw")
+
+
+def save_failures(failing: list, args: argparse.Namespace, draw_rows, suffix: str, what: str, none: str) -> None:
+    """Draw the first ``args.draw`` of ``failing`` with ``draw_rows`` to ``args.out`` (default: the model's path
+    with ``suffix``) and say so, or print ``none``."""
+    if not failing:
+        print(none)
+        return
+    out = Path(args.out) if args.out else Path(args.model).with_suffix(suffix)
+    draw_rows(failing[:args.draw], out)
+    print(f"{len(failing)} {what}; the first {min(args.draw, len(failing))} drawn: {out}")
 
 
 if __name__ == "__main__":

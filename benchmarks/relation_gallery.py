@@ -1,0 +1,206 @@
+"""What a ladder model's relation masks get wrong: chose the wrong candidate, or drew the right one badly.
+
+``python -m benchmarks.grounding --rungs relation ... --save-model runs/x/models`` keeps a run's final model;
+``python -m benchmarks.relation_gallery runs/x/models/relation-own-seed0`` then scores its teacher-forced masks on
+the rung's validation scenes ("the triangle left of the blue square") and sorts each sample by what its mask is:
+
+- *found*: IoU >= 0.5 with the target;
+- *other candidate*: IoU >= 0.5 with another object of the target's description (the relation was not followed);
+- *anchor*: IoU >= 0.5 with the anchor ("the blue square");
+- *spread*: it holds half of the target and half of another object;
+- *partly*: it holds half of the target but is too large or too small for IoU 0.5;
+- *elsewhere*, *empty*: the rest.
+
+On this rung every other candidate lies on the far side of the anchor (the generator asks only such relations), so
+the target is always the candidate furthest in the relation's direction: choosing it needs the candidates' places,
+not only the words. The tool prints the shares, the cIoU and the outcomes by relation word, by the words naming
+the target, by the number of candidates and by how far the nearest wrong candidate is from the target; where the
+model has a box head (``seg_box_weight``) also how often the predicted box's centre lies nearest the target among
+the candidates. It draws the failing samples: the scene with target (and anchor), then the mask.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.grounding import _encode, _hidden, _masks
+from benchmarks.ladder import RUNGS, rung_samples
+from benchmarks.list_gallery import gallery_arguments, save_failures
+from pixelsail.data.shapes_scene import COLOR_NAMES, RELATIONS, SHAPES, SIZES, Scene, ShapeObject
+from pixelsail.metrics import LisaMaskMetric
+from pixelsail.processing import IGNORE_INDEX
+
+OUTCOMES = ("found", "other candidate", "anchor", "spread", "partly", "elsewhere", "empty")
+
+
+@dataclass
+class RelationParts:
+    relation: str
+    target: ShapeObject
+    anchor: ShapeObject
+    others: list[ShapeObject]     # the target's description also fits these (the wrong choices)
+    target_words: str             # "shape", "colour + shape", ...
+
+
+def _attrs(words: list[str]) -> dict[str, str]:
+    out = {}
+    for w in words:
+        if w in SIZES:
+            out["size"] = w
+        elif w in COLOR_NAMES:
+            out["color"] = w
+        elif w in SHAPES:
+            out["shape"] = w
+    return out
+
+
+def relation_parts(expression: str, scene: Scene, target_index: int) -> RelationParts:
+    """Read "the small triangle left of the blue square" against its scene (the generator's wording)."""
+    text = expression.removeprefix("Please segment ").rstrip(".")
+    for rel in RELATIONS:
+        head, sep, tail = text.partition(f" {rel} the ")
+        if sep:
+            break
+    else:
+        raise ValueError(f"no relation word in {expression!r}")
+    want, where = _attrs(head.split()), _attrs(tail.split())
+    vis = scene.visible_objects
+    anchors = [o for o in vis if all(getattr(o, k) == v for k, v in where.items())]
+    if len(anchors) != 1:
+        raise ValueError(f"the anchor of {expression!r} is not unique in its scene ({len(anchors)} match)")
+    target = next(o for o in vis if o.index == target_index)
+    others = [o for o in vis if o is not target and o is not anchors[0]
+              and all(getattr(o, k) == v for k, v in want.items())]
+    names = {"size": "size", "color": "colour", "shape": "shape"}
+    words = " + ".join(names[k] for k in ("size", "color", "shape") if k in want)
+    return RelationParts(rel, target, anchors[0], others, words)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.count_nonzero(a | b)
+    return np.count_nonzero(a & b) / union if union else 0.0
+
+
+def relation_outcome(pred: np.ndarray, parts: RelationParts) -> str:
+    """One of :data:`OUTCOMES` for a (H, W) bool mask (see the module's docstring)."""
+    if not pred.any():
+        return "empty"
+    if _iou(pred, parts.target.mask) >= 0.5:
+        return "found"
+    if any(_iou(pred, o.mask) >= 0.5 for o in parts.others):
+        return "other candidate"
+    if _iou(pred, parts.anchor.mask) >= 0.5:
+        return "anchor"
+
+    def holds(o: ShapeObject) -> bool:
+        return np.count_nonzero(pred & o.mask) >= 0.5 * np.count_nonzero(o.mask)
+
+    if holds(parts.target):
+        others = parts.others + [parts.anchor]
+        return "spread" if any(holds(o) for o in others) else "partly"
+    return "elsewhere"
+
+
+def nearest_gap(parts: RelationParts) -> float:
+    """Distance (share of the image) between the target's and the nearest wrong candidate's centroids along the
+    relation's axis; inf without a wrong candidate."""
+    axis = 0 if parts.relation in ("left of", "right of") else 1
+    size = parts.target.mask.shape[1 - axis]
+    gaps = [abs(parts.target.centroid[axis] - o.centroid[axis]) / size for o in parts.others]
+    return min(gaps, default=float("inf"))
+
+
+def gap_bin(gap: float) -> str:
+    return "< 0.2" if gap < 0.2 else "0.2-0.4" if gap < 0.4 else ">= 0.4"
+
+
+@torch.no_grad()
+def masks_and_boxes(model, samples: list, batch_size: int = 32):
+    """(sample, masks (k, H, W) bool, predicted boxes (k, 4) or None) per sample, teacher-forced."""
+    model.eval()
+    for start in range(0, len(samples), batch_size):
+        chunk = samples[start:start + batch_size]
+        batch = _encode(model, chunk)
+        hidden, features, text_start = _hidden(model, batch)
+        masks = _masks(model, None, batch, chunk, hidden, text_start, features)
+        boxes = [None] * len(chunk)
+        if getattr(model, "seg_box", None) is not None:
+            seg = (batch["input_ids"] == model.processor.ids["seg"]) & (batch["labels"] != IGNORE_INDEX)
+            seg_b, seg_t = seg.nonzero(as_tuple=True)
+            boxes = list(model.seg_box(hidden[seg_b, seg_t]).split(seg.sum(1).tolist()))
+        yield from zip(chunk, masks, boxes)
+
+
+def box_picks_target(box: torch.Tensor, parts: RelationParts) -> bool:
+    """Whether the predicted box's centre is nearer the target's centroid than any wrong candidate's."""
+    h, w = parts.target.mask.shape
+    centre = np.array([float(box[0]) * w, float(box[1]) * h])
+
+    def dist(o: ShapeObject) -> float:
+        return float(np.hypot(*(np.array(o.centroid) - centre)))
+
+    return all(dist(parts.target) < dist(o) for o in parts.others)
+
+
+def draw(rows: list[tuple], path: Path, per_row: int = 4) -> None:
+    from pixelsail.viz import image_grid, overlay_masks
+
+    panels, captions = [], []
+    for sample, pred, parts, outcome in rows:
+        panels.append(overlay_masks(sample.image, [parts.target.mask, parts.anchor.mask]))
+        captions.append(sample.turns[0][0].removeprefix("Please segment ")[:38])
+        panels.append(overlay_masks(sample.image, [pred]))
+        captions.append(outcome)
+    image_grid(panels, captions, ncols=2 * per_row).save(path)
+
+
+def _table(name: str, counts: Counter, keys) -> None:
+    for key in keys:
+        n = sum(counts[(key, o)] for o in OUTCOMES)
+        if n:
+            shares = ", ".join(f"{o} {100 * counts[(key, o)] / n:.0f}" for o in OUTCOMES if counts[(key, o)])
+            print(f"  {name} {key}: {n} samples; % {shares}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = gallery_arguments(__doc__, "samples", argv)
+    from pixelsail.model import PixelSail
+
+    model = PixelSail.from_pretrained(args.model)
+    samples = rung_samples(RUNGS["relation"], "val", args.samples, args.image_size, keep_scene=True)
+    outcomes, by_rel, by_words, by_count, by_gap = Counter(), Counter(), Counter(), Counter(), Counter()
+    box_right, box_n, metric, failing = 0, 0, LisaMaskMetric(), []
+    for sample, pred, box in masks_and_boxes(model, samples):
+        if len(pred) != 1:
+            raise SystemExit(f"{len(pred)} masks for one target: not a teacher-forced relation sample")
+        parts = relation_parts(sample.turns[0][0], sample.meta["scene"], sample.meta["target_index"][0])
+        got = relation_outcome(pred[0], parts)
+        metric.update([pred[0]], [sample.masks[0]], pred[0].shape)
+        outcomes[got] += 1
+        by_rel[(parts.relation, got)] += 1
+        by_words[(parts.target_words, got)] += 1
+        by_count[(min(len(parts.others) + 1, 4), got)] += 1
+        by_gap[(gap_bin(nearest_gap(parts)), got)] += 1
+        if box is not None:
+            box_n += 1
+            box_right += box_picks_target(box[0], parts)
+        if got != "found":
+            failing.append((sample, pred[0], parts, got))
+    n = sum(outcomes.values())
+    print(f"{n} relation samples, cIoU {metric.compute()['cIoU (LISA)']:.1f} %; outcomes: "
+          + ", ".join(f"{o} {100 * outcomes[o] / n:.1f} %" for o in OUTCOMES))
+    _table("relation", by_rel, RELATIONS)
+    _table("target named by", by_words, sorted({k for k, _ in by_words}))
+    _table("candidates", by_count, (2, 3, 4))
+    _table("nearest wrong candidate's gap", by_gap, ("< 0.2", "0.2-0.4", ">= 0.4"))
+    if box_n:
+        print(f"  the box head's centre is nearest the target in {100 * box_right / box_n:.1f} % of samples")
+    save_failures(failing, args, draw, ".relations.png", "samples not found", "every target found: nothing to draw")
+
+
+if __name__ == "__main__":
+    main()
