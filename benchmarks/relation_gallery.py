@@ -16,7 +16,10 @@ the target is always the candidate furthest in the relation's direction: choosin
 not only the words. The tool prints the shares, the cIoU and the outcomes by relation word, by the words naming
 the target, by the number of candidates and by how far the nearest wrong candidate is from the target; where the
 model has a box head (``seg_box_weight``) also how often the predicted box's centre lies nearest the target among
-the candidates. It draws the failing samples: the scene with target (and anchor), then the mask.
+the candidates. Where the pixels go wrong: target pixels missed and predicted pixels on the anchor, the other
+candidates, other objects and the background (shares of the union), and the cIoU where the target stands alone
+against where another object touches or hides part of it. It draws the failing samples: the scene with target
+(and anchor), then the mask.
 """
 from __future__ import annotations
 
@@ -105,6 +108,39 @@ def relation_outcome(pred: np.ndarray, parts: RelationParts) -> str:
     return "elsewhere"
 
 
+PIXEL_LOSSES = ("target missed", "on the anchor", "on other candidates", "on other objects", "on the background")
+
+
+def pixel_losses(pred: np.ndarray, parts: RelationParts, scene: Scene) -> np.ndarray:
+    """Counts (6,): the union of mask and target, then its :data:`PIXEL_LOSSES` (target pixels the mask misses,
+    predicted pixels on the anchor, on the other candidates, on the remaining objects, on the background)."""
+    target, anchor = parts.target.mask, parts.anchor.mask
+    others = np.zeros_like(target)
+    for o in parts.others:
+        others |= o.mask
+    objects = np.zeros_like(target)
+    for o in scene.visible_objects:
+        objects |= o.mask
+    extra = pred & ~target
+    return np.array([np.count_nonzero(pred | target), np.count_nonzero(target & ~pred),
+                     np.count_nonzero(extra & anchor), np.count_nonzero(extra & others & ~anchor),
+                     np.count_nonzero(extra & objects & ~anchor & ~others), np.count_nonzero(extra & ~objects)])
+
+
+def target_touched(parts: RelationParts, scene: Scene) -> bool:
+    """Whether another object hides part of the target or borders it (4-neighbours): where a mask must stop at an
+    edge between two objects rather than at the background."""
+    target = parts.target.mask
+    if np.count_nonzero(parts.target.full_mask & ~target):
+        return True
+    grown = target.copy()
+    grown[1:] |= target[:-1]
+    grown[:-1] |= target[1:]
+    grown[:, 1:] |= target[:, :-1]
+    grown[:, :-1] |= target[:, 1:]
+    return any(np.count_nonzero(grown & o.mask) for o in scene.visible_objects if o is not parts.target)
+
+
 def nearest_gap(parts: RelationParts) -> float:
     """Distance (share of the image) between the target's and the nearest wrong candidate's centroids along the
     relation's axis; inf without a wrong candidate."""
@@ -174,12 +210,15 @@ def main(argv: list[str] | None = None) -> None:
     samples = rung_samples(RUNGS["relation"], "val", args.samples, args.image_size, keep_scene=True)
     outcomes, by_rel, by_words, by_count, by_gap = Counter(), Counter(), Counter(), Counter(), Counter()
     box_right, box_n, metric, failing = 0, 0, LisaMaskMetric(), []
+    losses, touched = np.zeros(6, dtype=np.int64), {True: LisaMaskMetric(), False: LisaMaskMetric()}
     for sample, pred, box in masks_and_boxes(model, samples):
         if len(pred) != 1:
             raise SystemExit(f"{len(pred)} masks for one target: not a teacher-forced relation sample")
         parts = relation_parts(sample.turns[0][0], sample.meta["scene"], sample.meta["target_index"][0])
         got = relation_outcome(pred[0], parts)
         metric.update([pred[0]], [sample.masks[0]], pred[0].shape)
+        touched[target_touched(parts, sample.meta["scene"])].update([pred[0]], [sample.masks[0]], pred[0].shape)
+        losses += pixel_losses(pred[0], parts, sample.meta["scene"])
         outcomes[got] += 1
         by_rel[(parts.relation, got)] += 1
         by_words[(parts.target_words, got)] += 1
@@ -193,6 +232,11 @@ def main(argv: list[str] | None = None) -> None:
     n = sum(outcomes.values())
     print(f"{n} relation samples, cIoU {metric.compute()['cIoU (LISA)']:.1f} %; outcomes: "
           + ", ".join(f"{o} {100 * outcomes[o] / n:.1f} %" for o in OUTCOMES))
+    print("  of the union of masks and targets: "
+          + ", ".join(f"{name} {100 * c / max(losses[0], 1):.1f} %" for name, c in zip(PIXEL_LOSSES, losses[1:])))
+    for key, name in ((False, "alone"), (True, "touched or partly hidden by another object")):
+        if touched[key].count:
+            print(f"  target {name}: {touched[key].count} samples, cIoU {touched[key].compute()['cIoU (LISA)']:.1f} %")
     _table("relation", by_rel, RELATIONS)
     _table("target named by", by_words, sorted({k for k, _ in by_words}))
     _table("candidates", by_count, (2, 3, 4))

@@ -67,3 +67,38 @@ def test_relation_gallery_runs_on_a_saved_model_with_a_box_head(tmp_path, capsys
     assert "the box head's centre is nearest the target in" in out
     assert (tmp_path / "fails.png").exists() or "every target found" in out
     assert len(OUTCOMES) == 7
+
+
+def test_pixel_losses_split_the_union_by_what_the_extra_pixels_lie_on():
+    from benchmarks.relation_gallery import pixel_losses, relation_parts, target_touched
+
+    s = _relation_samples(1)[0]
+    scene = s.meta["scene"]
+    parts = relation_parts(s.turns[0][0], scene, s.meta["target_index"][0])
+    target, anchor, other = parts.target.mask, parts.anchor.mask, parts.others[0].mask
+    assert pixel_losses(target, parts, scene).tolist() == [target.sum(), 0, 0, 0, 0, 0]
+    both = target | anchor
+    got = pixel_losses(both, parts, scene)
+    assert got.tolist() == [both.sum(), 0, (anchor & ~target).sum(), 0, 0, 0]
+    got = pixel_losses(other, parts, scene)
+    assert got[1] == target.sum() and got[3] == (other & ~target & ~anchor).sum() and got[0] == (target | other).sum()
+    assert pixel_losses(~np.zeros_like(target), parts, scene)[5] > 0
+
+
+def test_target_touched_means_hidden_in_part_or_bordered_by_another_object():
+    from types import SimpleNamespace
+
+    from benchmarks.relation_gallery import target_touched
+
+    def obj(rows, cols, full=None):
+        m = np.zeros((8, 8), dtype=bool)
+        m[rows, cols] = True
+        return SimpleNamespace(mask=m, full_mask=m if full is None else full)
+
+    target = obj(slice(2, 4), slice(2, 4))
+    parts = SimpleNamespace(target=target)
+    assert not target_touched(parts, SimpleNamespace(visible_objects=[target, obj(slice(6, 8), slice(6, 8))]))
+    assert target_touched(parts, SimpleNamespace(visible_objects=[target, obj(slice(2, 4), slice(4, 6))]))
+    assert not target_touched(parts, SimpleNamespace(visible_objects=[target, obj(slice(4, 6), slice(4, 6))]))  # corner
+    hidden = obj(slice(2, 4), slice(2, 4), full=np.ones((8, 8), dtype=bool))
+    assert target_touched(SimpleNamespace(target=hidden), SimpleNamespace(visible_objects=[hidden]))
