@@ -73,7 +73,8 @@ class PixelSailConfig:
     mask_prompts: bool = False
     # every mask-feature cell also gets a learned function of the raw pixels it covers (zero-initialised; not in the
     # paper, whose mask features come from the 16 x 16 patch tokens alone: edges of small and touching objects;
-    # see model/image_skip.py)
+    # see model/image_skip.py); off: in the shipped recipe it cost robustness (perturbed referring 70.8 against
+    # 76.7) and grounded conversations (63.0 against 78.6), docs/TRAINING.md session 31
     mask_image_skip: bool = False
     # at inference a predicted mask covering less than this share of the image comes back empty (0 = off; not in the
     # paper, a post-processing floor like SAM's minimum region area). A decoder that finds nothing often leaves a few
