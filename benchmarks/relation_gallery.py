@@ -34,7 +34,8 @@ from benchmarks.grounding import _encode, _hidden, _masks
 from benchmarks.ladder import RUNGS, rung_samples
 from benchmarks.list_gallery import gallery_arguments, save_failures
 from pixelsail.data.shapes_scene import COLOR_NAMES, RELATIONS, SHAPES, SIZES, Scene, ShapeObject
-from pixelsail.metrics import LisaMaskMetric
+from pixelsail.data.shapes_language import matches
+from pixelsail.metrics import LisaMaskMetric, intersection_union, sample_iou
 from pixelsail.processing import IGNORE_INDEX
 
 OUTCOMES = ("found", "other candidate", "anchor", "spread", "partly", "elsewhere", "empty")
@@ -72,20 +73,18 @@ def relation_parts(expression: str, scene: Scene, target_index: int) -> Relation
         raise ValueError(f"no relation word in {expression!r}")
     want, where = _attrs(head.split()), _attrs(tail.split())
     vis = scene.visible_objects
-    anchors = [o for o in vis if all(getattr(o, k) == v for k, v in where.items())]
+    anchors = [o for o in vis if matches(o, where)]
     if len(anchors) != 1:
         raise ValueError(f"the anchor of {expression!r} is not unique in its scene ({len(anchors)} match)")
     target = next(o for o in vis if o.index == target_index)
-    others = [o for o in vis if o is not target and o is not anchors[0]
-              and all(getattr(o, k) == v for k, v in want.items())]
+    others = [o for o in vis if o is not target and o is not anchors[0] and matches(o, want)]
     names = {"size": "size", "color": "colour", "shape": "shape"}
     words = " + ".join(names[k] for k in ("size", "color", "shape") if k in want)
     return RelationParts(rel, target, anchors[0], others, words)
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.count_nonzero(a | b)
-    return np.count_nonzero(a & b) / union if union else 0.0
+    return sample_iou(*intersection_union(a, b))
 
 
 def relation_outcome(pred: np.ndarray, parts: RelationParts) -> str:
