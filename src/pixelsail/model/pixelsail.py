@@ -22,6 +22,7 @@ from pixelsail.model.patch_embed import PATCH_STEMS, ConvPatchEmbed, PatchEmbed,
 from pixelsail.model.patch_position import PatchPosition
 from pixelsail.model.prompt_geometry import VP_GEOMETRY, PromptGeometry
 from pixelsail.model.pretrained import CONFIG_FILE, WEIGHTS_FILE, PretrainedIO
+from pixelsail.model.box_readout import BoxWindowReadout
 from pixelsail.model.image_readout import MaskFeatureReadout
 from pixelsail.model.question_pool import QuestionPool, pool_sources, question_key_mask
 from pixelsail.model.set_matching import list_joiner_ids, matched_targets, seg_lists
@@ -114,6 +115,9 @@ class PixelSail(PretrainedIO, PromptInputs, Generation, nn.Module):
         if config.seg_box_weight < 0:
             raise ValueError(f"seg_box_weight is a loss weight (>= 0), got {config.seg_box_weight}")
         self.seg_box = SegBoxHead(hidden_size=hidden) if config.seg_box_weight > 0 else None
+        if config.seg_query_box_read and self.seg_box is None:
+            raise ValueError("seg_query_box_read reads where the box head puts the target: set seg_box_weight > 0")
+        self.box_readout = BoxWindowReadout(mask_dim=config.mask_dim) if config.seg_query_box_read else None
         # the tokens that join the [SEG]s of one list ("Sure, [SEG], [SEG] and [SEG]."), whose targets are matched
         self.list_joiners = (list_joiner_ids(self.processor.encode, self.processor.ids["seg"])
                              if config.mask_set_matching or config.seg_list_ordinal else frozenset())
@@ -280,7 +284,8 @@ class PixelSail(PretrainedIO, PromptInputs, Generation, nn.Module):
         The paper's query is an MLP of the [SEG] state; with ``seg_query_pool`` the MLP also sees an attention
         read-out of the question that [SEG] answers (text_start (B,): where each sequence's text begins), and with
         ``seg_query_image_read`` one of the mask features of its image: ``features`` (M, mask_dim, h, w), one map per
-        query, or [(query indices, their maps)] when the batch's images differ in size (:meth:`_features_per_query`).
+        query, or [(query indices, their maps)] when the batch's images differ in size (:meth:`_features_per_query`);
+        with ``seg_query_box_read`` the features under the box head's box are added to the query.
         With ``seg_query_stop_grad`` the mask loss does not reach the [SEG] states themselves.
         """
         states = hidden[seg_b, seg_t]
@@ -295,16 +300,23 @@ class PixelSail(PretrainedIO, PromptInputs, Generation, nn.Module):
                      for pool, source in zip(pools, self.pool_sources)]
             inputs += reads
             asker = states + sum(reads)
+        if (self.image_readout is not None or self.box_readout is not None) and features is None:
+            raise ValueError("seg_query_image_read / seg_query_box_read: the queries need their images' mask features")
+        if isinstance(features, torch.Tensor):
+            features = [(torch.arange(len(seg_b), device=seg_b.device), features)]
         if self.image_readout is not None:
-            if features is None:
-                raise ValueError("seg_query_image_read: the queries need their images' mask features")
-            if isinstance(features, torch.Tensor):
-                features = [(torch.arange(len(seg_b), device=seg_b.device), features)]
             seen = asker.new_zeros(len(seg_b), self.config.mask_dim)
             for rows, maps in features:
                 seen[rows] = self.image_readout(asker[rows], maps)
             inputs.append(seen)
-        return self.seg_query(torch.cat(inputs, dim=-1))
+        queries = self.seg_query(torch.cat(inputs, dim=-1))
+        if self.box_readout is not None:
+            boxes = self.seg_box(hidden[seg_b, seg_t])
+            looks = torch.zeros_like(queries)
+            for rows, maps in features:
+                looks[rows] = self.box_readout(boxes[rows], maps).to(queries.dtype)
+            queries = queries + looks
+        return queries
 
     def seg_bow_loss(self, hidden: torch.Tensor, input_ids: torch.Tensor, text_start: torch.Tensor,
                      seg_b: torch.Tensor, seg_t: torch.Tensor) -> torch.Tensor:
