@@ -87,15 +87,25 @@ def _masks(model, oracle, batch: dict, chunk: list, hidden, text_start, features
 
 
 @torch.no_grad()
-def teacher_forced_masks(model, samples: list, batch_size: int = 32):
-    """(sample, its [SEG]s' masks (k, H, W) bool) for each of ``samples``, the answers teacher-forced."""
+def teacher_forced_masks(model, samples: list, batch_size: int = 32, with_boxes: bool = False):
+    """(sample, its [SEG]s' masks (k, H, W) bool) for each of ``samples``, the answers teacher-forced; with
+    ``with_boxes`` also the box head's (k, 4) boxes (cx, cy, w, h as shares of the image), None without a box head."""
     model.eval()
     try:
         for start in range(0, len(samples), batch_size):
             chunk = samples[start:start + batch_size]
             batch = _encode(model, chunk)
             hidden, features, text_start = _hidden(model, batch)
-            yield from zip(chunk, _masks(model, None, batch, chunk, hidden, text_start, features))
+            masks = _masks(model, None, batch, chunk, hidden, text_start, features)
+            if not with_boxes:
+                yield from zip(chunk, masks)
+                continue
+            boxes = [None] * len(chunk)
+            if getattr(model, "seg_box", None) is not None:
+                seg = (batch["input_ids"] == model.processor.ids["seg"]) & (batch["labels"] != IGNORE_INDEX)
+                seg_b, seg_t = seg.nonzero(as_tuple=True)
+                boxes = list(model.seg_box(hidden[seg_b, seg_t]).split(seg.sum(1).tolist()))
+            yield from zip(chunk, masks, boxes)
     finally:
         model.train()
 

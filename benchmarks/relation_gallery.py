@@ -30,13 +30,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.grounding import _encode, _hidden, _masks
+from benchmarks.grounding import teacher_forced_masks
 from benchmarks.ladder import RUNGS, rung_samples
 from benchmarks.list_gallery import gallery_arguments, save_failures
 from pixelsail.data.shapes_scene import COLOR_NAMES, RELATIONS, SHAPES, SIZES, Scene, ShapeObject
 from pixelsail.data.shapes_language import matches
 from pixelsail.metrics import LisaMaskMetric, intersection_union, sample_iou
-from pixelsail.processing import IGNORE_INDEX
 
 OUTCOMES = ("found", "other candidate", "anchor", "spread", "partly", "elsewhere", "empty")
 
@@ -153,23 +152,6 @@ def gap_bin(gap: float) -> str:
     return "< 0.2" if gap < 0.2 else "0.2-0.4" if gap < 0.4 else ">= 0.4"
 
 
-@torch.no_grad()
-def masks_and_boxes(model, samples: list, batch_size: int = 32):
-    """(sample, masks (k, H, W) bool, predicted boxes (k, 4) or None) per sample, teacher-forced."""
-    model.eval()
-    for start in range(0, len(samples), batch_size):
-        chunk = samples[start:start + batch_size]
-        batch = _encode(model, chunk)
-        hidden, features, text_start = _hidden(model, batch)
-        masks = _masks(model, None, batch, chunk, hidden, text_start, features)
-        boxes = [None] * len(chunk)
-        if getattr(model, "seg_box", None) is not None:
-            seg = (batch["input_ids"] == model.processor.ids["seg"]) & (batch["labels"] != IGNORE_INDEX)
-            seg_b, seg_t = seg.nonzero(as_tuple=True)
-            boxes = list(model.seg_box(hidden[seg_b, seg_t]).split(seg.sum(1).tolist()))
-        yield from zip(chunk, masks, boxes)
-
-
 def box_picks_target(box: torch.Tensor, parts: RelationParts) -> bool:
     """Whether the predicted box's centre is nearer the target's centroid than any wrong candidate's."""
     h, w = parts.target.mask.shape
@@ -210,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     outcomes, by_rel, by_words, by_count, by_gap = Counter(), Counter(), Counter(), Counter(), Counter()
     box_right, box_n, metric, failing = 0, 0, LisaMaskMetric(), []
     losses, touched = np.zeros(6, dtype=np.int64), {True: LisaMaskMetric(), False: LisaMaskMetric()}
-    for sample, pred, box in masks_and_boxes(model, samples):
+    for sample, pred, box in teacher_forced_masks(model, samples, with_boxes=True):
         if len(pred) != 1:
             raise SystemExit(f"{len(pred)} masks for one target: not a teacher-forced relation sample")
         parts = relation_parts(sample.turns[0][0], sample.meta["scene"], sample.meta["target_index"][0])
