@@ -121,8 +121,9 @@ class PixelSailConfig:
     seg_bow_weight: float = 0.0
     # auxiliary loss: a small head reads each [SEG] state and predicts its target's box, L1 + generalised IoU as
     # DETR's (not in the paper; model/seg_box.py): a direct signal of where the target is, for relations, whose
-    # [SEG] state must carry the place of "left of the blue square"; training only; 0 = off. Ladder, session 30:
-    # relation earlier, not higher; multi-target with mask_image_skip 81.4 / 80.6 at 21,600 samples on two seeds
+    # [SEG] state must carry the place of "left of the blue square"; training only unless seg_query_box_read; 0 = off.
+    # Ladder, session 30: relation earlier, not higher; multi-target with mask_image_skip 81.4 / 80.6 at 21,600
+    # samples on two seeds
     seg_box_weight: float = 0.0
     # with seg_box_weight: the query also gets the mask features pooled in a window at the box head's box, what its
     # target looks like (not in the paper; model/box_readout.py): relation masks lose the target's edges where another
