@@ -67,7 +67,7 @@ def _queries(model, oracle: AttributeOracle | None, batch: dict, samples: list, 
     ids, labels = batch["input_ids"], batch["labels"]
     seg = (ids == model.processor.ids["seg"]) & (labels != IGNORE_INDEX)
     seg_b, seg_t = seg.nonzero(as_tuple=True)
-    reads = model.image_readout is not None or model.box_readout is not None
+    reads = model.image_readout is not None or model.target_look is not None
     seen = torch.stack([features[int(b)] for b in seg_b]) if reads and len(seg_b) else None
     queries = model.seg_queries(hidden, ids, text_start, seg_b, seg_t, features=seen)
     return list(queries.split(seg.sum(1).tolist()))

@@ -121,14 +121,16 @@ class PixelSailConfig:
     seg_bow_weight: float = 0.0
     # auxiliary loss: a small head reads each [SEG] state and predicts its target's box, L1 + generalised IoU as
     # DETR's (not in the paper; model/seg_box.py): a direct signal of where the target is, for relations, whose
-    # [SEG] state must carry the place of "left of the blue square"; training only unless seg_query_box_read; 0 = off.
+    # [SEG] state must carry the place of "left of the blue square"; training only unless seg_query_look is "box";
+    # 0 = off.
     # Ladder, session 30: relation earlier, not higher; multi-target with mask_image_skip 81.4 / 80.6 at 21,600
     # samples on two seeds
     seg_box_weight: float = 0.0
-    # with seg_box_weight: the query also gets the mask features pooled in a window at the box head's box, what its
-    # target looks like (not in the paper; model/box_readout.py): relation masks lose the target's edges where another
-    # object touches it although the box head places the target right (docs/TRAINING.md, session 31); off
-    seg_query_box_read: bool = False
+    # the query also gets the mask features averaged where its target is thought to be, what its target looks like
+    # (not in the paper; model/target_look.py): "mask" the cells of its own first mask, "box" a window at the box
+    # head's box (needs seg_box_weight); "" off. Why: relation masks lose the target's edges where another object
+    # touches it although the box head places the target right (docs/TRAINING.md, sessions 31-32)
+    seg_query_look: str = ""
     # improvement 2: visual-prompt injection (False: the baseline's pooled patch embeddings)
     vp_injection: bool = True
     # with vp_injection, <vp_k> text tokens also get their region's pooled patch embedding (through a zero-initialised

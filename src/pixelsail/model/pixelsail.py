@@ -22,11 +22,11 @@ from pixelsail.model.patch_embed import PATCH_STEMS, ConvPatchEmbed, PatchEmbed,
 from pixelsail.model.patch_position import PatchPosition
 from pixelsail.model.prompt_geometry import VP_GEOMETRY, PromptGeometry
 from pixelsail.model.pretrained import CONFIG_FILE, WEIGHTS_FILE, PretrainedIO
-from pixelsail.model.box_readout import BoxWindowReadout
 from pixelsail.model.image_readout import MaskFeatureReadout
 from pixelsail.model.question_pool import QuestionPool, pool_sources, question_key_mask
 from pixelsail.model.set_matching import list_joiner_ids, matched_targets, seg_lists
 from pixelsail.model.seg_box import SegBoxHead, seg_box_loss
+from pixelsail.model.target_look import LOOK_SOURCES, TargetLook, box_window, mask_window
 from pixelsail.model.seg_ordinal import SegOrdinalEmbedding, seg_ordinals
 from pixelsail.model.upsampler import MaskFeatures
 from pixelsail.model.visual_prompts import PromptInputs
@@ -115,9 +115,11 @@ class PixelSail(PretrainedIO, PromptInputs, Generation, nn.Module):
         if config.seg_box_weight < 0:
             raise ValueError(f"seg_box_weight is a loss weight (>= 0), got {config.seg_box_weight}")
         self.seg_box = SegBoxHead(hidden_size=hidden) if config.seg_box_weight > 0 else None
-        if config.seg_query_box_read and self.seg_box is None:
-            raise ValueError("seg_query_box_read reads where the box head puts the target: set seg_box_weight > 0")
-        self.box_readout = BoxWindowReadout(mask_dim=config.mask_dim) if config.seg_query_box_read else None
+        if config.seg_query_look not in LOOK_SOURCES:
+            raise ValueError(f"seg_query_look must be one of {LOOK_SOURCES}, got {config.seg_query_look!r}")
+        if config.seg_query_look == "box" and self.seg_box is None:
+            raise ValueError("seg_query_look: box reads where the box head puts the target: set seg_box_weight > 0")
+        self.target_look = TargetLook(mask_dim=config.mask_dim) if config.seg_query_look else None
         # the tokens that join the [SEG]s of one list ("Sure, [SEG], [SEG] and [SEG]."), whose targets are matched
         self.list_joiners = (list_joiner_ids(self.processor.encode, self.processor.ids["seg"])
                              if config.mask_set_matching or config.seg_list_ordinal else frozenset())
@@ -285,7 +287,7 @@ class PixelSail(PretrainedIO, PromptInputs, Generation, nn.Module):
         read-out of the question that [SEG] answers (text_start (B,): where each sequence's text begins), and with
         ``seg_query_image_read`` one of the mask features of its image: ``features`` (M, mask_dim, h, w), one map per
         query, or [(query indices, their maps)] when the batch's images differ in size (:meth:`_features_per_query`);
-        with ``seg_query_box_read`` the features under the box head's box are added to the query.
+        with ``seg_query_look`` the features where its target is thought to be are added to the query.
         With ``seg_query_stop_grad`` the mask loss does not reach the [SEG] states themselves.
         """
         states = hidden[seg_b, seg_t]
@@ -300,8 +302,8 @@ class PixelSail(PretrainedIO, PromptInputs, Generation, nn.Module):
                      for pool, source in zip(pools, self.pool_sources)]
             inputs += reads
             asker = states + sum(reads)
-        if (self.image_readout is not None or self.box_readout is not None) and features is None:
-            raise ValueError("seg_query_image_read / seg_query_box_read: the queries need their images' mask features")
+        if (self.image_readout is not None or self.target_look is not None) and features is None:
+            raise ValueError("seg_query_image_read / seg_query_look: the queries need their images' mask features")
         if isinstance(features, torch.Tensor):
             features = [(torch.arange(len(seg_b), device=seg_b.device), features)]
         if self.image_readout is not None:
@@ -310,11 +312,13 @@ class PixelSail(PretrainedIO, PromptInputs, Generation, nn.Module):
                 seen[rows] = self.image_readout(asker[rows], maps)
             inputs.append(seen)
         queries = self.seg_query(torch.cat(inputs, dim=-1))
-        if self.box_readout is not None:
-            boxes = self.seg_box(hidden[seg_b, seg_t])
+        if self.target_look is not None:
+            boxes = self.seg_box(hidden[seg_b, seg_t]) if self.config.seg_query_look == "box" else None
             looks = torch.zeros_like(queries)
             for rows, maps in features:
-                looks[rows] = self.box_readout(boxes[rows], maps).to(queries.dtype)
+                window = (box_window(boxes[rows], maps.shape[-2:]) if boxes is not None
+                          else mask_window(mask_logits(queries[rows], maps)))
+                looks[rows] = self.target_look(window, maps).to(queries.dtype)
             queries = queries + looks
         return queries
 

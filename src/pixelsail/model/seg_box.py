@@ -6,8 +6,8 @@ where the target is, and the mask loss says so only through a dot product with p
 says it directly, as MDETR and the referring detectors train their queries: a small head reads the ``[SEG]`` state
 and predicts the target's centre and size, scored by L1 plus generalised IoU (DETR's box loss). The targets are
 the boxes of the masks the data already give (a sample without an object, "No target.", has no box and no loss).
-The head is used in training only, unless ``seg_query_box_read`` places by its box the window the query reads its
-target's look from (model/box_readout.py). The loss reaches the ``[SEG]`` state even with ``seg_query_stop_grad``
+The head is used in training only, unless ``seg_query_look: box`` places by its box the window the query reads its
+target's look from (model/target_look.py). The loss reaches the ``[SEG]`` state even with ``seg_query_stop_grad``
 (it is the state this signal is for), and with ``mask_set_matching`` each ``[SEG]`` of a list is scored against
 the target its mask was matched to. Measured on the ladder (docs/TRAINING.md, session 30): relation learns earlier on
 two seeds but ends level (72.0 / 72.3 at 72,000); multi-target with ``mask_image_skip`` 81.4 / 80.6 at its allowance.

@@ -1,4 +1,5 @@
-"""seg_query_box_read: the query gets the mask features pooled where the box head puts its target."""
+"""seg_query_look: the query gets the mask features pooled where its target is thought to be (its first mask or
+the box head's box)."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +7,7 @@ import pytest
 import torch
 
 from model_utils import box_mask, random_image, res_sample, tiny_model
-from pixelsail.model.box_readout import BoxWindowReadout, box_window
+from pixelsail.model.target_look import TargetLook, box_window, mask_window
 
 
 def test_window_sums_to_one_peaks_at_the_box_centre_and_spreads_with_the_box():
@@ -22,30 +23,37 @@ def test_window_sums_to_one_peaks_at_the_box_centre_and_spreads_with_the_box():
     assert torch.isfinite(w[2]).all() and float(w[2].max()) < 1.0
 
 
-def test_readout_returns_the_features_of_the_object_under_the_box():
-    """Two flat objects in a feature map: a box on either reads that object's vector (the projection set to the
-    identity), a box half on each reads a mix."""
+def test_windows_read_the_features_of_the_object_under_them():
+    """Two flat objects in a feature map: a box or a first mask on either reads that object's vector (the projection
+    set to the identity), a box half on each reads a mix, an empty mask reads nothing."""
     feats = torch.zeros(1, 3, 16, 16)
     feats[0, 0, 2:8, 2:8] = 1.0              # object a: rows and columns 2-7
     feats[0, 1, 8:14, 8:14] = 1.0            # object b: rows and columns 8-13
-    readout = BoxWindowReadout(mask_dim=3).requires_grad_(False)
-    assert readout(torch.tensor([[0.3, 0.3, 0.4, 0.4]]), feats).abs().max() == 0.0   # zero at the start
+    look = TargetLook(mask_dim=3).requires_grad_(False)
+    assert look(box_window(torch.tensor([[0.3, 0.3, 0.4, 0.4]]), (16, 16)), feats).abs().max() == 0.0  # zero at start
     with torch.no_grad():
-        readout.proj.weight.copy_(torch.eye(3))
-    on_a = readout(torch.tensor([[5 / 16, 5 / 16, 6 / 16, 6 / 16]]), feats)[0]
-    on_b = readout(torch.tensor([[11 / 16, 11 / 16, 6 / 16, 6 / 16]]), feats)[0]
+        look.proj.weight.copy_(torch.eye(3))
+    on_a = look(box_window(torch.tensor([[5 / 16, 5 / 16, 6 / 16, 6 / 16]]), (16, 16)), feats)[0]
+    on_b = look(box_window(torch.tensor([[11 / 16, 11 / 16, 6 / 16, 6 / 16]]), (16, 16)), feats)[0]
     assert on_a[0] > 0.9 and on_a[1] < 0.05 and on_b[1] > 0.9 and on_b[0] < 0.05
-    between = readout(torch.tensor([[0.5, 0.5, 0.5, 0.5]]), feats)[0]
+    between = look(box_window(torch.tensor([[0.5, 0.5, 0.5, 0.5]]), (16, 16)), feats)[0]
     assert float(between[0]) == pytest.approx(float(between[1]), abs=1e-5) and 0.1 < float(between[0]) < 0.5
+    # a first mask over object b and one background row: b's vector, diluted by the background cells only
+    logits = torch.full((2, 16, 16), -3.0)
+    logits[0, 8:14, 8:14] = 2.0
+    logits[0, 0, :] = 0.5
+    window = mask_window(logits)
+    assert window[0].sum() == pytest.approx(1.0) and window[1].abs().sum() == 0.0
+    read = look(window, feats.expand(2, -1, -1, -1))
+    assert read[0].tolist() == pytest.approx([0.0, 36 / 52, 0.0], abs=1e-5) and read[1].abs().max() == 0.0
 
 
-def test_switch_needs_the_box_head_starts_as_without_it_and_learns(tmp_path):
-    with pytest.raises(ValueError, match="seg_box_weight"):
-        tiny_model(seg_query_box_read=True)
+@pytest.mark.parametrize("source", ["mask", "box"])
+def test_switch_starts_as_without_it_learns_and_survives_save_and_load(tmp_path, source):
     plain = tiny_model(seg_box_weight=1.0).eval()
-    model = tiny_model(seg_box_weight=1.0, seg_query_box_read=True).eval()
+    model = tiny_model(seg_box_weight=1.0, seg_query_look=source).eval()
     missing, unexpected = model.load_state_dict(plain.state_dict(), strict=False)
-    assert not unexpected and missing == ["box_readout.proj.weight"]
+    assert not unexpected and missing == ["target_look.proj.weight"]
     image = random_image(64, 96)
     ask = dict(max_new_tokens=0, answer_prefix="Sure, [SEG]")
     a = plain.respond(plain.prefill_image(image), "Please segment the red circle.", **ask)
@@ -56,13 +64,20 @@ def test_switch_needs_the_box_head_starts_as_without_it_and_learns(tmp_path):
                res_sample(random_image(64, 96, seed=1), box_mask(64, 96, 20, 40, 50, 90))]
     model.train()
     model(**model.processor.collate([model.processor(s) for s in samples])).loss.backward()
-    assert model.box_readout.proj.weight.grad.abs().sum() > 0
+    assert model.target_look.proj.weight.grad.abs().sum() > 0
     with torch.no_grad():
-        model.box_readout.proj.weight.normal_()
+        model.target_look.proj.weight.normal_()
     model.eval().save_pretrained(tmp_path)
     loaded = type(model).from_pretrained(tmp_path).eval()
     c = model.respond(model.prefill_image(image), "Please segment the red circle.", **ask)
     d = model.respond(model.prefill_image(image), "Please segment the red circle.", use_cache=False, **ask)
     e = loaded.respond(loaded.prefill_image(image), "Please segment the red circle.", **ask)
-    assert c.mask_scores != pytest.approx(a.mask_scores, abs=1e-4)            # the read-out now moves the masks
+    assert c.mask_scores != pytest.approx(a.mask_scores, abs=1e-4)            # the look now moves the masks
     assert np.array_equal(c.masks[0], d.masks[0]) and c.mask_scores == pytest.approx(e.mask_scores, abs=1e-5)
+
+
+def test_unknown_source_and_box_without_its_head_are_clear_errors():
+    with pytest.raises(ValueError, match="seg_query_look must be one of"):
+        tiny_model(seg_query_look="colour")
+    with pytest.raises(ValueError, match="seg_box_weight"):
+        tiny_model(seg_query_look="box")
