@@ -125,18 +125,18 @@ def pixel_losses(pred: np.ndarray, parts: RelationParts, scene: Scene) -> np.nda
                      np.count_nonzero(extra & objects & ~anchor & ~others), np.count_nonzero(extra & ~objects)])
 
 
-def target_touched(parts: RelationParts, scene: Scene) -> bool:
+def target_touched(target_object: ShapeObject, scene: Scene) -> bool:
     """Whether another object hides part of the target or borders it (4-neighbours): where a mask must stop at an
     edge between two objects rather than at the background."""
-    target = parts.target.mask
-    if np.count_nonzero(parts.target.full_mask & ~target):
+    target = target_object.mask
+    if np.count_nonzero(target_object.full_mask & ~target):
         return True
     grown = target.copy()
     grown[1:] |= target[:-1]
     grown[:-1] |= target[1:]
     grown[:, 1:] |= target[:, :-1]
     grown[:, :-1] |= target[:, 1:]
-    return any(np.count_nonzero(grown & o.mask) for o in scene.visible_objects if o is not parts.target)
+    return any(np.count_nonzero(grown & o.mask) for o in scene.visible_objects if o is not target_object)
 
 
 def nearest_gap(parts: RelationParts) -> float:
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
         parts = relation_parts(sample.turns[0][0], sample.meta["scene"], sample.meta["target_index"][0])
         got = relation_outcome(pred[0], parts)
         metric.update([pred[0]], [sample.masks[0]], pred[0].shape)
-        touched[target_touched(parts, sample.meta["scene"])].update([pred[0]], [sample.masks[0]], pred[0].shape)
+        touched[target_touched(parts.target, sample.meta["scene"])].update([pred[0]], [sample.masks[0]], pred[0].shape)
         losses += pixel_losses(pred[0], parts, sample.meta["scene"])
         outcomes[got] += 1
         by_rel[(parts.relation, got)] += 1

@@ -96,9 +96,8 @@ def test_target_touched_means_hidden_in_part_or_bordered_by_another_object():
         return SimpleNamespace(mask=m, full_mask=m if full is None else full)
 
     target = obj(slice(2, 4), slice(2, 4))
-    parts = SimpleNamespace(target=target)
-    assert not target_touched(parts, SimpleNamespace(visible_objects=[target, obj(slice(6, 8), slice(6, 8))]))
-    assert target_touched(parts, SimpleNamespace(visible_objects=[target, obj(slice(2, 4), slice(4, 6))]))
-    assert not target_touched(parts, SimpleNamespace(visible_objects=[target, obj(slice(4, 6), slice(4, 6))]))  # corner
+    assert not target_touched(target, SimpleNamespace(visible_objects=[target, obj(slice(6, 8), slice(6, 8))]))
+    assert target_touched(target, SimpleNamespace(visible_objects=[target, obj(slice(2, 4), slice(4, 6))]))
+    assert not target_touched(target, SimpleNamespace(visible_objects=[target, obj(slice(4, 6), slice(4, 6))]))  # corner
     hidden = obj(slice(2, 4), slice(2, 4), full=np.ones((8, 8), dtype=bool))
-    assert target_touched(SimpleNamespace(target=hidden), SimpleNamespace(visible_objects=[hidden]))
+    assert target_touched(hidden, SimpleNamespace(visible_objects=[hidden]))
