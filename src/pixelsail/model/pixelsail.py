@@ -14,6 +14,7 @@ from pixelsail.model.batch_inputs import (ImageGroup, batch_positions, first_que
                                           vision_lengths)
 from pixelsail.model.distill import DistillAdapters
 from pixelsail.model.generation import Generation, ImagePrefix, Response
+from pixelsail.model.seg_queries import SegQueries
 from pixelsail.model.mask_head import SegQuery, mask_logits, mask_losses
 from pixelsail.model.image_skip import ImageSkip
 from pixelsail.model.mask_prompts import PromptMaps
@@ -23,10 +24,10 @@ from pixelsail.model.patch_position import PatchPosition
 from pixelsail.model.prompt_geometry import VP_GEOMETRY, PromptGeometry
 from pixelsail.model.pretrained import CONFIG_FILE, WEIGHTS_FILE, PretrainedIO
 from pixelsail.model.image_readout import MaskFeatureReadout
-from pixelsail.model.question_pool import QuestionPool, pool_sources, question_key_mask
+from pixelsail.model.question_pool import QuestionPool, pool_sources
 from pixelsail.model.set_matching import list_joiner_ids, matched_targets, seg_lists
 from pixelsail.model.seg_box import SegBoxHead, seg_box_loss
-from pixelsail.model.target_look import LOOK_SOURCES, TargetLook, box_window, mask_window
+from pixelsail.model.target_look import LOOK_SOURCES, TargetLook
 from pixelsail.model.seg_ordinal import SegOrdinalEmbedding, seg_ordinals
 from pixelsail.model.upsampler import MaskFeatures
 from pixelsail.model.visual_prompts import PromptInputs
@@ -53,11 +54,12 @@ def build_llm(config: PixelSailConfig) -> Qwen2ForCausalLM:
     return Qwen2ForCausalLM._from_config(llm_cfg, attn_implementation="sdpa")
 
 
-class PixelSail(PretrainedIO, PromptInputs, Generation, nn.Module):
+class PixelSail(PretrainedIO, PromptInputs, Generation, SegQueries, nn.Module):
     """Pixel-SAIL. ``config.upsample`` / ``config.vp_injection`` / ``config.distill.enabled`` switch the paper's three
     improvements; all off is the plain baseline of the ablation. This file builds the model and trains it
     (:meth:`embed_batch`, :meth:`forward`); the visual prompts' paths are in
-    :mod:`pixelsail.model.visual_prompts`, answering in :mod:`pixelsail.model.generation`."""
+    :mod:`pixelsail.model.visual_prompts`, answering in :mod:`pixelsail.model.generation`, the [SEG] queries in
+    :mod:`pixelsail.model.seg_queries`."""
 
     def __init__(self, config: PixelSailConfig, tokenizer: PreTrainedTokenizerBase, llm: nn.Module | None = None):
         super().__init__()
@@ -277,64 +279,6 @@ class PixelSail(PretrainedIO, PromptInputs, Generation, nn.Module):
             losses.update(distill)
             total = total + self.config.distill.weight * sum(distill.values())
         return PixelSailOutput(loss=total, losses={k: torch.as_tensor(v).detach() for k, v in losses.items()})
-
-    def seg_queries(self, hidden: torch.Tensor, input_ids: torch.Tensor, text_start: torch.Tensor,
-                    seg_b: torch.Tensor, seg_t: torch.Tensor,
-                    features: torch.Tensor | list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
-        """Mask queries (M, mask_dim) of the [SEG] tokens at (seg_b, seg_t) of hidden (B, L, C) / input_ids (B, L).
-
-        The paper's query is an MLP of the [SEG] state; with ``seg_query_pool`` the MLP also sees an attention
-        read-out of the question that [SEG] answers (text_start (B,): where each sequence's text begins), and with
-        ``seg_query_image_read`` one of the mask features of its image: ``features`` (M, mask_dim, h, w), one map per
-        query, or [(query indices, their maps)] when the batch's images differ in size (:meth:`_features_per_query`);
-        with ``seg_query_look`` the features where its target is thought to be are added to the query.
-        With ``seg_query_stop_grad`` the mask loss does not reach the [SEG] states themselves.
-        """
-        states = hidden[seg_b, seg_t]
-        if self.config.seg_query_stop_grad:
-            states = states.detach()
-        inputs, asker = [states], states
-        if self.question_pool is not None:
-            seg_id = self.processor.ids["seg"] if self.config.seg_query_reads_answer else None
-            keys = question_key_mask(input_ids, self.processor.ids["turn_end"], text_start, seg_b, seg_t, seg_id)
-            pools = (self.question_pool, self.hidden_pool)
-            reads = [pool(states, hidden[seg_b] if source == "hidden" else self.backbone.embed(input_ids[seg_b]), keys)
-                     for pool, source in zip(pools, self.pool_sources)]
-            inputs += reads
-            asker = states + sum(reads)
-        if (self.image_readout is not None or self.target_look is not None) and features is None:
-            raise ValueError("seg_query_image_read / seg_query_look: the queries need their images' mask features")
-        if isinstance(features, torch.Tensor):
-            features = [(torch.arange(len(seg_b), device=seg_b.device), features)]
-        if self.image_readout is not None:
-            seen = asker.new_zeros(len(seg_b), self.config.mask_dim)
-            for rows, maps in features:
-                seen[rows] = self.image_readout(asker[rows], maps)
-            inputs.append(seen)
-        queries = self.seg_query(torch.cat(inputs, dim=-1))
-        if self.target_look is not None:
-            boxes = self.seg_box(hidden[seg_b, seg_t]) if self.config.seg_query_look == "box" else None
-            looks = torch.zeros_like(queries)
-            for rows, maps in features:
-                window = (box_window(boxes[rows], maps.shape[-2:]) if boxes is not None
-                          else mask_window(mask_logits(queries[rows], maps)))
-                looks[rows] = self.target_look(window, maps).to(queries.dtype)
-            queries = queries + looks
-        return queries
-
-    def seg_bow_loss(self, hidden: torch.Tensor, input_ids: torch.Tensor, text_start: torch.Tensor,
-                     seg_b: torch.Tensor, seg_t: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy of a linear read-out of each [SEG] state (through the LM head) against the words of its
-        question, averaged over those words: a dense signal that asks the [SEG] state to carry the expression."""
-        keys = question_key_mask(input_ids, self.processor.ids["turn_end"], text_start, seg_b, seg_t)
-        words = input_ids[seg_b]                                                  # (M, L)
-        ids = self.processor.ids
-        special = torch.tensor([ids[n] for n in ("vision_start", "vpatch", "vision_end", "seg", "turn_end", "pad")],
-                               device=words.device)
-        keys = keys & ~torch.isin(words, special)
-        logp = F.log_softmax(self.backbone.logits(self.seg_bow(hidden[seg_b, seg_t])).float(), dim=-1)  # (M, V)
-        picked = logp.gather(1, words)                                            # (M, L)
-        return (-(picked * keys).sum(1) / keys.sum(1).clamp(min=1)).mean()
 
     def distill_losses(self, hidden: torch.Tensor, images: list, features: dict[int, torch.Tensor],
                        teacher_features: list[dict]) -> dict[str, torch.Tensor]:
