@@ -15,6 +15,8 @@ from pixelsail.model.target_look import box_window, mask_window
 
 
 class SegQueries:
+    """The [SEG] queries and the seg_bow loss of :class:`~pixelsail.model.pixelsail.PixelSail`."""
+
     def seg_queries(self, hidden: torch.Tensor, input_ids: torch.Tensor, text_start: torch.Tensor,
                     seg_b: torch.Tensor, seg_t: torch.Tensor,
                     features: torch.Tensor | list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
@@ -23,8 +25,9 @@ class SegQueries:
         The paper's query is an MLP of the [SEG] state; with ``seg_query_pool`` the MLP also sees an attention
         read-out of the question that [SEG] answers (text_start (B,): where each sequence's text begins), and with
         ``seg_query_image_read`` one of the mask features of its image: ``features`` (M, mask_dim, h, w), one map per
-        query, or [(query indices, their maps)] when the batch's images differ in size (:meth:`PixelSail._features_per_query`);
-        with ``seg_query_look`` the features where its target is thought to be are added to the query.
+        query, or [(query indices, their maps)] when the batch's images differ in size
+        (:meth:`PixelSail._features_per_query`); with ``seg_query_look`` the features where its target is thought to
+        be are added to the query.
         With ``seg_query_stop_grad`` the mask loss does not reach the [SEG] states themselves.
         """
         states = hidden[seg_b, seg_t]
