@@ -81,3 +81,21 @@ def test_unknown_source_and_box_without_its_head_are_clear_errors():
         tiny_model(seg_query_look="colour")
     with pytest.raises(ValueError, match="seg_box_weight"):
         tiny_model(seg_query_look="box")
+
+
+def test_first_mask_loss_is_logged_weighted_and_needs_the_look():
+    """seg_look_first_weight scores the first query's mask too: a loss of its own, in the total at its weight."""
+    with pytest.raises(ValueError, match="seg_look_first_weight"):
+        tiny_model(seg_look_first_weight=0.5)
+    with pytest.raises(ValueError, match="seg_look_first_weight"):
+        tiny_model(seg_query_look="mask", seg_look_first_weight=-1.0)
+    sample = res_sample(random_image(64, 64), box_mask(64, 64, 8, 30, 8, 30))
+    parts = {}
+    for weight in (0.0, 0.5):
+        model = tiny_model(seg_query_look="mask", seg_look_first_weight=weight).train()
+        torch.manual_seed(3)
+        parts[weight] = model(**model.processor.collate([model.processor(sample)]))
+    assert "first_mask" not in parts[0.0].losses and float(parts[0.5].losses["first_mask"]) > 0
+    assert float(parts[0.5].losses["mask_dice"]) == float(parts[0.0].losses["mask_dice"])   # same points drawn
+    extra = float(parts[0.5].loss.detach() - parts[0.0].loss.detach())
+    assert extra == pytest.approx(0.5 * float(parts[0.5].losses["first_mask"]), rel=1e-4)

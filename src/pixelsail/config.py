@@ -132,6 +132,9 @@ class PixelSailConfig:
     # touches it although the box head places the target right. Ladder, session 32 (docs/TRAINING.md): "mask" lifts
     # relation to 79.6 / 78.9 at 72,000 samples on two seeds (72.0 / 72.3 without); "box" is too imprecise a window
     seg_query_look: str = ""
+    # with seg_query_look: the first query's own mask (the one the look reads) is also scored, BCE + Dice at this
+    # weight (deep supervision, as Mask2Former scores every layer's masks; not in the paper); 0 = off
+    seg_look_first_weight: float = 0.0
     # improvement 2: visual-prompt injection (False: the baseline's pooled patch embeddings)
     vp_injection: bool = True
     # with vp_injection, <vp_k> text tokens also get their region's pooled patch embedding (through a zero-initialised

@@ -122,6 +122,9 @@ class PixelSail(PretrainedIO, PromptInputs, Generation, SegQueries, nn.Module):
         if config.seg_query_look == "box" and self.seg_box is None:
             raise ValueError("seg_query_look: box reads where the box head puts the target: set seg_box_weight > 0")
         self.target_look = TargetLook(mask_dim=config.mask_dim) if config.seg_query_look else None
+        if config.seg_look_first_weight < 0 or (config.seg_look_first_weight > 0 and self.target_look is None):
+            raise ValueError(f"seg_look_first_weight ({config.seg_look_first_weight}) is a loss weight (>= 0) for the "
+                             "first mask of seg_query_look, which is off")
         # the tokens that join the [SEG]s of one list ("Sure, [SEG], [SEG] and [SEG]."), whose targets are matched
         self.list_joiners = (list_joiner_ids(self.processor.encode, self.processor.ids["seg"])
                              if config.mask_set_matching or config.seg_list_ordinal else frozenset())
@@ -251,15 +254,20 @@ class PixelSail(PretrainedIO, PromptInputs, Generation, SegQueries, nn.Module):
             seg_b, seg_t = seg.nonzero(as_tuple=True)
             text_start = layout.vision_lens.to(dev)
             per_grid = self._features_per_query(seg_b, grouped, len(masks))
-            # (M, mask_dim), ordered by sample then position
-            queries = self.seg_queries(hidden, input_ids, text_start, seg_b, seg_t,
-                                       features=[(picked, feats) for _, picked, feats in per_grid])
-            if self.seg_bow is not None:
-                losses["seg_bow"] = self.seg_bow_loss(hidden, input_ids, text_start, seg_b, seg_t)
             seg_id = self.processor.ids["seg"]
             lists = seg_lists(input_ids, seg_b, seg_t, seg_id, self.list_joiners) if self.list_joiners else []
+            first_weight = self.config.seg_look_first_weight
+            # (M, mask_dim), ordered by sample then position
+            queries = self.seg_queries(hidden, input_ids, text_start, seg_b, seg_t,
+                                       features=[(picked, feats) for _, picked, feats in per_grid],
+                                       with_first=first_weight > 0)
+            queries, first = queries if first_weight > 0 else (queries, None)
+            if self.seg_bow is not None:
+                losses["seg_bow"] = self.seg_bow_loss(hidden, input_ids, text_start, seg_b, seg_t)
             losses["mask_bce"], losses["mask_dice"], assigned = self._mask_losses(queries, per_grid, masks, num_masks,
                                                                                   lists)
+            if first is not None:   # the look's first mask scored too (deep supervision, as Mask2Former's layers)
+                losses["first_mask"] = sum(self._mask_losses(first, per_grid, masks, num_masks, lists)[:2])
             if self.seg_box is not None:
                 losses["seg_box"] = seg_box_loss(self.seg_box(hidden[seg_b, seg_t]), masks, assigned)
             lm_weight = self.config.lm_weight_with_masks
@@ -273,6 +281,8 @@ class PixelSail(PretrainedIO, PromptInputs, Generation, SegQueries, nn.Module):
             total = total + self.config.seg_bow_weight * losses["seg_bow"]
         if "seg_box" in losses:
             total = total + self.config.seg_box_weight * losses["seg_box"]
+        if "first_mask" in losses:
+            total = total + self.config.seg_look_first_weight * losses["first_mask"]
         if self.distill is not None and teacher_features:
             features = {i: f for group, feats in grouped for i, f in zip(group.rows, feats.unbind(0))}
             distill = self.distill_losses(hidden, images, features, teacher_features)

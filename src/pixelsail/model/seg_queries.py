@@ -19,7 +19,8 @@ class SegQueries:
 
     def seg_queries(self, hidden: torch.Tensor, input_ids: torch.Tensor, text_start: torch.Tensor,
                     seg_b: torch.Tensor, seg_t: torch.Tensor,
-                    features: torch.Tensor | list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
+                    features: torch.Tensor | list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+                    with_first: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Mask queries (M, mask_dim) of the [SEG] tokens at (seg_b, seg_t) of hidden (B, L, C) / input_ids (B, L).
 
         The paper's query is an MLP of the [SEG] state; with ``seg_query_pool`` the MLP also sees an attention
@@ -27,7 +28,7 @@ class SegQueries:
         ``seg_query_image_read`` one of the mask features of its image: ``features`` (M, mask_dim, h, w), one map per
         query, or [(query indices, their maps)] when the batch's images differ in size
         (:meth:`PixelSail._features_per_query`); with ``seg_query_look`` the features where its target is thought to
-        be are added to the query.
+        be are added to the query (``with_first`` also returns the query before that, whose mask the look read).
         With ``seg_query_stop_grad`` the mask loss does not reach the [SEG] states themselves.
         """
         states = hidden[seg_b, seg_t]
@@ -51,7 +52,7 @@ class SegQueries:
             for rows, maps in features:
                 seen[rows] = self.image_readout(asker[rows], maps)
             inputs.append(seen)
-        queries = self.seg_query(torch.cat(inputs, dim=-1))
+        queries = first = self.seg_query(torch.cat(inputs, dim=-1))
         if self.target_look is not None:
             boxes = self.seg_box(hidden[seg_b, seg_t]) if self.config.seg_query_look == "box" else None
             looks = torch.zeros_like(queries)
@@ -60,7 +61,7 @@ class SegQueries:
                           else mask_window(mask_logits(queries[rows], maps)))
                 looks[rows] = self.target_look(window, maps).to(queries.dtype)
             queries = queries + looks
-        return queries
+        return (queries, first) if with_first else queries
 
     def seg_bow_loss(self, hidden: torch.Tensor, input_ids: torch.Tensor, text_start: torch.Tensor,
                      seg_b: torch.Tensor, seg_t: torch.Tensor) -> torch.Tensor:
