@@ -29,6 +29,7 @@ from benchmarks.grounding import _encode, _hidden
 from benchmarks.ladder import RUNGS, rung_samples
 from benchmarks.relation_gallery import target_touched
 from pixelsail.metrics import LisaMaskMetric
+from pixelsail.model.mask_head import mask_logits
 from pixelsail.model.seg_box import mask_boxes
 from pixelsail.model.target_look import box_window, mask_window
 from pixelsail.processing import IGNORE_INDEX
@@ -65,7 +66,7 @@ def collect(model, samples: list, batch_size: int = 32) -> list[Row]:
         seg_b, seg_t = seg.nonzero(as_tuple=True)
         feats = torch.stack([features[int(b)] for b in seg_b]).float()                  # (M, D, h, w)
         queries = model.seg_queries(hidden, batch["input_ids"], text_start, seg_b, seg_t, features=feats).float()
-        own = torch.einsum("md,mdhw->mhw", queries, feats)                             # (M, h, w)
+        own = mask_logits(queries, feats)                                               # (M, h, w)
         boxes = model.seg_box(hidden[seg_b, seg_t]) if getattr(model, "seg_box", None) is not None else None
         for j, s in enumerate(chunk):
             target = torch.from_numpy(s.masks[0])
