@@ -20,7 +20,7 @@ another object touches or partly hides:
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -46,10 +46,10 @@ class Row:
     windows: dict
     target: torch.Tensor
     touched: bool
+    cells: torch.Tensor = field(init=False)   # the target's share of each feature cell (h, w), what the fits predict
 
-    def small_target(self) -> torch.Tensor:
-        """The target's share of each feature cell (h, w)."""
-        return F.adaptive_avg_pool2d(self.target[None, None].float(), self.own.shape)[0, 0]
+    def __post_init__(self):
+        self.cells = F.adaptive_avg_pool2d(self.target[None, None].float(), self.own.shape)[0, 0]
 
 
 @torch.no_grad()
@@ -71,15 +71,14 @@ def collect(model, samples: list, batch_size: int = 32) -> list[Row]:
         for j, s in enumerate(chunk):
             target = torch.from_numpy(s.masks[0])
             size = own.shape[-2:]
-            small = F.adaptive_avg_pool2d(target[None, None].float(), size)[0, 0]
             windows = {"none": torch.zeros(size), "mask": mask_window(own[j:j + 1])[0],
-                       "truth-box": box_window(mask_boxes(target[None])[0], size)[0],
-                       "truth-mask": small / small.sum().clamp(min=1e-6)}
+                       "truth-box": box_window(mask_boxes(target[None])[0], size)[0]}
             if boxes is not None:
                 windows["box"] = box_window(boxes[j:j + 1], size)[0]
             scene = s.meta["scene"]
             obj = next(o for o in scene.visible_objects if o.index == s.meta["target_index"][0])
             rows.append(Row(own[j], feats[j], windows, target, target_touched(obj, scene)))
+            rows[-1].windows["truth-mask"] = rows[-1].cells / rows[-1].cells.sum().clamp(min=1e-6)
     model.train()
     return rows
 
@@ -117,7 +116,7 @@ def _fit(params: list[torch.Tensor], loss_of, steps: int, lbfgs: bool) -> None:
 def best_query(row: Row, steps: int = 100) -> torch.Tensor:
     """The logits (h, w) of the best linear query of the row's own features for its own target."""
     x = row.features.flatten(1).T                                                       # (h*w, D)
-    y = row.small_target().flatten()
+    y = row.cells.flatten()
     lin = torch.nn.Linear(x.shape[1], 1)
     _fit(list(lin.parameters()), lambda _: F.binary_cross_entropy_with_logits(lin(x)[:, 0], y), steps, True)
     with torch.no_grad():
@@ -137,7 +136,7 @@ def fit_look(train: list[Row], window: str, steps: int = 1200, batch: int = 16) 
     def loss_of(step: int) -> torch.Tensor:
         first = (step * batch) % len(train)
         part = train[first:first + batch]
-        return sum(F.binary_cross_entropy_with_logits(logits(r), r.small_target()) for r in part) / len(part)
+        return sum(F.binary_cross_entropy_with_logits(logits(r), r.cells) for r in part) / len(part)
 
     _fit([w, ac], loss_of, steps, False)
     return lambda r: logits(r).detach()
