@@ -58,18 +58,30 @@ def _next_tokens(model, batch: dict, hidden: torch.Tensor) -> tuple[torch.Tensor
     return model.backbone.logits(hidden[:, :-1]).argmax(-1), batch["labels"][:, 1:]
 
 
+def answer_seg_positions(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The teacher-forced answers' [SEG] tokens: a (B, L) bool mask and its (sample, position) index pairs."""
+    seg = (batch["input_ids"] == model.processor.ids["seg"]) & (batch["labels"] != IGNORE_INDEX)
+    seg_b, seg_t = seg.nonzero(as_tuple=True)
+    return seg, seg_b, seg_t
+
+
+def seg_boxes(model, hidden: torch.Tensor, seg_b: torch.Tensor, seg_t: torch.Tensor) -> torch.Tensor | None:
+    """The box head's (M, 4) boxes (cx, cy, w, h as shares of the image) at those [SEG]s; None without a box head."""
+    if getattr(model, "seg_box", None) is None:
+        return None
+    return model.seg_box(hidden[seg_b, seg_t])
+
+
 def _queries(model, oracle: AttributeOracle | None, batch: dict, samples: list, hidden, text_start,
              features) -> list:
     """Per sample, its [SEG] queries (k_i, mask_dim): the model's own, or the oracle's (``features``: each sample's
     mask features (mask_dim, h, w), which a query with ``seg_query_image_read`` reads)."""
     if oracle is not None:
         return [oracle(torch.tensor(s.meta["oracle"], dtype=torch.long).reshape(-1, 3)) for s in samples]
-    ids, labels = batch["input_ids"], batch["labels"]
-    seg = (ids == model.processor.ids["seg"]) & (labels != IGNORE_INDEX)
-    seg_b, seg_t = seg.nonzero(as_tuple=True)
+    seg, seg_b, seg_t = answer_seg_positions(model, batch)
     reads = model.image_readout is not None or model.target_look is not None
     seen = torch.stack([features[int(b)] for b in seg_b]) if reads and len(seg_b) else None
-    queries = model.seg_queries(hidden, ids, text_start, seg_b, seg_t, features=seen)
+    queries = model.seg_queries(hidden, batch["input_ids"], text_start, seg_b, seg_t, features=seen)
     return list(queries.split(seg.sum(1).tolist()))
 
 
@@ -100,11 +112,9 @@ def teacher_forced_masks(model, samples: list, batch_size: int = 32, with_boxes:
             if not with_boxes:
                 yield from zip(chunk, masks)
                 continue
-            boxes = [None] * len(chunk)
-            if getattr(model, "seg_box", None) is not None:
-                seg = (batch["input_ids"] == model.processor.ids["seg"]) & (batch["labels"] != IGNORE_INDEX)
-                seg_b, seg_t = seg.nonzero(as_tuple=True)
-                boxes = list(model.seg_box(hidden[seg_b, seg_t]).split(seg.sum(1).tolist()))
+            seg, seg_b, seg_t = answer_seg_positions(model, batch)
+            boxes = seg_boxes(model, hidden, seg_b, seg_t)
+            boxes = [None] * len(chunk) if boxes is None else list(boxes.split(seg.sum(1).tolist()))
             yield from zip(chunk, masks, boxes)
     finally:
         model.train()

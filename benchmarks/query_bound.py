@@ -25,14 +25,13 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from benchmarks.grounding import _encode, _hidden
+from benchmarks.grounding import _encode, _hidden, answer_seg_positions, seg_boxes
 from benchmarks.ladder import RUNGS, rung_samples
 from benchmarks.relation_gallery import target_touched
 from pixelsail.metrics import LisaMaskMetric
 from pixelsail.model.mask_head import mask_logits
 from pixelsail.model.seg_box import mask_boxes
 from pixelsail.model.target_look import box_window, mask_window
-from pixelsail.processing import IGNORE_INDEX
 
 LOOKS = ("none", "mask", "box", "truth-box", "truth-mask")
 
@@ -60,14 +59,13 @@ def collect(model, samples: list, batch_size: int = 32) -> list[Row]:
         chunk = samples[start:start + batch_size]
         batch = _encode(model, chunk)
         hidden, features, text_start = _hidden(model, batch)
-        seg = (batch["input_ids"] == model.processor.ids["seg"]) & (batch["labels"] != IGNORE_INDEX)
+        seg, seg_b, seg_t = answer_seg_positions(model, batch)
         if seg.sum(1).ne(1).any():
             raise SystemExit("a sample with other than one [SEG]: query_bound reads single-target rungs")
-        seg_b, seg_t = seg.nonzero(as_tuple=True)
         feats = torch.stack([features[int(b)] for b in seg_b]).float()                  # (M, D, h, w)
         queries = model.seg_queries(hidden, batch["input_ids"], text_start, seg_b, seg_t, features=feats).float()
         own = mask_logits(queries, feats)                                               # (M, h, w)
-        boxes = model.seg_box(hidden[seg_b, seg_t]) if getattr(model, "seg_box", None) is not None else None
+        boxes = seg_boxes(model, hidden, seg_b, seg_t)
         for j, s in enumerate(chunk):
             target = torch.from_numpy(s.masks[0])
             size = own.shape[-2:]
