@@ -211,7 +211,9 @@ class TrainConfig:
     save_every: int = 200
     log_every: int = 10
     tensorboard: bool = False
-    init_from: str | None = None      # a pixelsail checkpoint dir or a local HF LLM dir
+    # a pixelsail checkpoint dir (its weights, built with the model section's switches; its decoder's shape and
+    # tokenizer) or a local HF LLM dir
+    init_from: str | None = None
     tokenizer: str | None = None      # local tokenizer dir (default: the LLM's, or the built-in tiny one)
 
 

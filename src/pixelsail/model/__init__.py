@@ -21,13 +21,16 @@ def tiny_tokenizer_corpus() -> list[str]:
 def build_model(config: PixelSailConfig, *, init_from: str | None = None, tokenizer: str | None = None) -> PixelSail:
     """A model for training: resume a pixelsail checkpoint, start from a local HF LLM, or build from scratch.
 
+    From a pixelsail checkpoint the model takes ``config``'s settings (a switch turned on for a fine-tune takes
+    effect, its new parameters fresh), except the decoder's shape and the tokenizer, which stay the checkpoint's.
+
     From scratch, the tokenizer is ``tokenizer`` (a local directory) or the tiny BPE trained on the shapes world.
     """
     if init_from:
         path = Path(init_from)
         cfg_file = path / CONFIG_FILE
         if cfg_file.is_file() and "pixelsail" in json.loads(cfg_file.read_text()):
-            return PixelSail.from_pretrained(path).train()
+            return PixelSail.from_pretrained(path, config=config).train()
         return PixelSail.from_llm(path, config)
     from pixelsail.tokenizer import build_tiny_tokenizer, load_tokenizer
 

@@ -3,10 +3,12 @@ to start from (the ``from_pretrained`` / ``save_pretrained`` pair of transformer
 from __future__ import annotations
 
 import json
+import logging
+from dataclasses import fields
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_model, save_file, save_model
+from safetensors.torch import load_file, load_model, save_file, save_model
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from pixelsail.config import PixelSailConfig, from_dict, to_dict
@@ -14,6 +16,27 @@ from pixelsail.tokenizer import load_tokenizer
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+# a checkpoint's decoder is rebuilt as it was saved and its tokenizer read back, so these settings are always the
+# checkpoint's, whatever settings it is loaded with
+CHECKPOINT_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                     "intermediate_size", "rope_theta", "rms_norm_eps", "max_position_embeddings",
+                     "tie_word_embeddings", "initializer_range", "num_vp_tokens", "token_ids")
+log = logging.getLogger("pixelsail.model")
+
+
+def changed_settings(saved: PixelSailConfig, wanted: PixelSailConfig) -> dict[str, tuple]:
+    """{setting: (saved, wanted)} for each model setting ``wanted`` changes, the checkpoint's own fields left out;
+    a section's settings by dotted name ("distill.enabled")."""
+    a, b = to_dict(saved), to_dict(wanted)
+    return {k: v for f in fields(PixelSailConfig) if f.name not in CHECKPOINT_FIELDS
+            for k, v in _differences(f.name, a[f.name], b[f.name]).items()}
+
+
+def _differences(name: str, a, b) -> dict[str, tuple]:
+    if isinstance(a, dict) and isinstance(b, dict) and name != "distill.teachers":
+        return {k: v for key in dict.fromkeys([*a, *b])
+                for k, v in _differences(f"{name}.{key}", a.get(key), b.get(key)).items()}
+    return {} if a == b else {name: (a, b)}
 
 
 class PretrainedIO:
@@ -41,7 +64,12 @@ class PretrainedIO:
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, *, device: str | torch.device = "cpu",
-                        attn_implementation: str | None = None) -> "PretrainedIO":
+                        attn_implementation: str | None = None,
+                        config: PixelSailConfig | None = None) -> "PretrainedIO":
+        """The model saved in ``directory``. ``config``: build it with these settings instead of the saved ones (a
+        fine-tune that turns a switch on or off; the decoder's shape and the tokenizer stay the checkpoint's,
+        ``CHECKPOINT_FIELDS``): the parameters of modules the new settings add keep their fresh initialisation and
+        the saved ones they drop are left out, both logged; a parameter whose shape would change is an error."""
         directory = Path(directory)
         cfg_path = directory / CONFIG_FILE
         if not directory.is_dir():
@@ -52,7 +80,13 @@ class PretrainedIO:
         if "pixelsail" not in meta:
             raise ValueError(f"{cfg_path} is not a pixelsail config (no 'pixelsail' section); "
                              "to start from a plain LLM use PixelSail.from_llm")
-        config = from_dict(PixelSailConfig, meta["pixelsail"])
+        saved = from_dict(PixelSailConfig, meta["pixelsail"])
+        changed = changed_settings(saved, config) if config is not None else {}
+        if changed:
+            config = from_dict(PixelSailConfig, {**to_dict(config),
+                                                 **{k: meta["pixelsail"][k] for k in CHECKPOINT_FIELDS}})
+        else:
+            config = saved
         if attn_implementation:
             config.attn_implementation = attn_implementation
         llm_meta = dict(meta["llm"])
@@ -63,10 +97,13 @@ class PretrainedIO:
         weights = directory / WEIGHTS_FILE
         if not weights.is_file():
             raise FileNotFoundError(f"{weights} is missing")
-        missing, unexpected = load_model(model, str(weights), strict=False)
-        if missing or unexpected:
-            raise ValueError(f"{weights} does not match the config: missing {sorted(missing)[:5]}, "
-                             f"unexpected {sorted(unexpected)[:5]}")
+        if changed:
+            _load_changed(model, weights, changed)
+        else:
+            missing, unexpected = load_model(model, str(weights), strict=False)
+            if missing or unexpected:
+                raise ValueError(f"{weights} does not match the config: missing {sorted(missing)[:5]}, "
+                                 f"unexpected {sorted(unexpected)[:5]}")
         return model.to(device).eval()
 
     @classmethod
@@ -95,4 +132,39 @@ class PretrainedIO:
         return cls(config, tokenizer, llm)
 
 
-__all__ = ["CONFIG_FILE", "PretrainedIO", "WEIGHTS_FILE"]
+def _load_changed(model: torch.nn.Module, weights: Path, changed: dict[str, tuple]) -> None:
+    """Load saved ``weights`` into a model built with ``changed`` settings: added parameters stay fresh, dropped ones
+    are skipped (both logged), a changed shape is an error naming the settings."""
+    saved = load_file(str(weights))
+    own = model.state_dict()
+    for names in _tied(own):          # tied weights (the word embeddings and the LM head) are saved under one name
+        found = next((saved[n] for n in names if n in saved), None)
+        saved.update({n: found for n in names if found is not None})
+    settings = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+    reshaped = [k for k in own if k in saved and saved[k].shape != own[k].shape]
+    if reshaped:
+        raise ValueError(f"{weights} cannot be loaded with the changed settings ({settings}): "
+                         f"{len(reshaped)} parameters change shape, e.g. {reshaped[0]}")
+    added = sorted(k for k in own if k not in saved)
+    dropped = sorted(k for k in saved if k not in own)
+    model.load_state_dict({k: v for k, v in saved.items() if k in own}, strict=False)
+    log.warning("%s loaded with changed settings (%s); %d parameters start fresh%s; %d saved ones are left out%s",
+                weights.parent, settings, len(added), f" ({_modules(added)})" if added else "",
+                len(dropped), f" ({_modules(dropped)})" if dropped else "")
+
+
+def _tied(state: dict[str, torch.Tensor]) -> list[list[str]]:
+    """Groups of state-dict names that share one tensor."""
+    groups: dict[int, list[str]] = {}
+    for name, tensor in state.items():
+        if tensor.numel():
+            groups.setdefault(tensor.data_ptr(), []).append(name)
+    return [names for names in groups.values() if len(names) > 1]
+
+
+def _modules(keys: list[str]) -> str:
+    """The distinct modules of parameter names, e.g. "target_look.proj, seg_box.mlp"."""
+    return ", ".join(dict.fromkeys(k.rsplit(".", 1)[0] for k in keys))
+
+
+__all__ = ["CHECKPOINT_FIELDS", "CONFIG_FILE", "PretrainedIO", "WEIGHTS_FILE", "changed_settings"]
