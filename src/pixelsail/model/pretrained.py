@@ -84,7 +84,7 @@ class PretrainedIO:
         changed = changed_settings(saved, config) if config is not None else {}
         if changed:
             config = from_dict(PixelSailConfig, {**to_dict(config),
-                                                 **{k: meta["pixelsail"][k] for k in CHECKPOINT_FIELDS}})
+                                                 **{k: v for k, v in meta["pixelsail"].items() if k in CHECKPOINT_FIELDS}})
         else:
             config = saved
         if attn_implementation:
