@@ -134,7 +134,7 @@ class PixelSailConfig:
     seg_query_look: str = ""
     # with seg_query_look: the first query's own mask (the one the look reads) is also scored, BCE + Dice at this
     # weight (deep supervision, as Mask2Former scores every layer's masks; not in the paper); 0 = off. Ladder,
-    # session 33: at weight 1 level with the look alone on two seeds (relation 79.3 / 78.9 at 67,200 samples)
+    # session 33: at weight 1 level with the look alone on two seeds (relation 79.1 / 78.6 at 72,000 samples)
     seg_look_first_weight: float = 0.0
     # improvement 2: visual-prompt injection (False: the baseline's pooled patch embeddings)
     vp_injection: bool = True
