@@ -8,7 +8,8 @@ from dataclasses import fields
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, load_model, save_file, save_model
+from safetensors import safe_open
+from safetensors.torch import load_model, save_file, save_model
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from pixelsail.config import PixelSailConfig, from_dict, to_dict
@@ -83,8 +84,8 @@ class PretrainedIO:
         saved = from_dict(PixelSailConfig, meta["pixelsail"])
         changed = changed_settings(saved, config) if config is not None else {}
         if changed:
-            config = from_dict(PixelSailConfig, {**to_dict(config),
-                                                 **{k: v for k, v in meta["pixelsail"].items() if k in CHECKPOINT_FIELDS}})
+            own = {k: v for k, v in meta["pixelsail"].items() if k in CHECKPOINT_FIELDS}
+            config = from_dict(PixelSailConfig, {**to_dict(config), **own})
         else:
             config = saved
         if attn_implementation:
@@ -135,31 +136,17 @@ class PretrainedIO:
 def _load_changed(model: torch.nn.Module, weights: Path, changed: dict[str, tuple]) -> None:
     """Load saved ``weights`` into a model built with ``changed`` settings: added parameters stay fresh, dropped ones
     are skipped (both logged), a changed shape is an error naming the settings."""
-    saved = load_file(str(weights))
     own = model.state_dict()
-    for names in _tied(own):          # tied weights (the word embeddings and the LM head) are saved under one name
-        found = next((saved[n] for n in names if n in saved), None)
-        saved.update({n: found for n in names if found is not None})
+    with safe_open(str(weights), framework="pt") as f:
+        reshaped = [k for k in f.keys() if k in own and tuple(f.get_slice(k).get_shape()) != tuple(own[k].shape)]
     settings = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
-    reshaped = [k for k in own if k in saved and saved[k].shape != own[k].shape]
     if reshaped:
         raise ValueError(f"{weights} cannot be loaded with the changed settings ({settings}): "
                          f"{len(reshaped)} parameters change shape, e.g. {reshaped[0]}")
-    added = sorted(k for k in own if k not in saved)
-    dropped = sorted(k for k in saved if k not in own)
-    model.load_state_dict({k: v for k, v in saved.items() if k in own}, strict=False)
+    added, dropped = load_model(model, str(weights), strict=False)   # tied weights saved under one name count once
     log.warning("%s loaded with changed settings (%s); %d parameters start fresh%s; %d saved ones are left out%s",
-                weights.parent, settings, len(added), f" ({_modules(added)})" if added else "",
-                len(dropped), f" ({_modules(dropped)})" if dropped else "")
-
-
-def _tied(state: dict[str, torch.Tensor]) -> list[list[str]]:
-    """Groups of state-dict names that share one tensor."""
-    groups: dict[int, list[str]] = {}
-    for name, tensor in state.items():
-        if tensor.numel():
-            groups.setdefault(tensor.data_ptr(), []).append(name)
-    return [names for names in groups.values() if len(names) > 1]
+                weights.parent, settings, len(added), f" ({_modules(sorted(added))})" if added else "",
+                len(dropped), f" ({_modules(sorted(dropped))})" if dropped else "")
 
 
 def _modules(keys: list[str]) -> str:
