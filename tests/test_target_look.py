@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from model_utils import box_mask, random_image, res_sample, tiny_model
-from pixelsail.model.target_look import TargetLook, box_window, mask_window
+from pixelsail.model.target_look import TargetLook, box_window, core_window, mask_window
 
 
 def test_window_sums_to_one_peaks_at_the_box_centre_and_spreads_with_the_box():
@@ -46,9 +46,15 @@ def test_windows_read_the_features_of_the_object_under_them():
     assert window[0].sum() == pytest.approx(1.0) and window[1].abs().sum() == 0.0
     read = look(window, feats.expand(2, -1, -1, -1))
     assert read[0].tolist() == pytest.approx([0.0, 36 / 52, 0.0], abs=1e-5) and read[1].abs().max() == 0.0
+    # the core window weights the same cells by their logits: the sure middle (2.0) outweighs the rim (0.5) 4 to 1
+    window = core_window(logits)
+    assert window[0].sum() == pytest.approx(1.0) and window[1].abs().sum() == 0.0
+    assert (window[0] > 0).equal(mask_window(logits)[0] > 0)
+    read = look(window, feats.expand(2, -1, -1, -1))
+    assert read[0].tolist() == pytest.approx([0.0, 72 / 80, 0.0], abs=1e-5)
 
 
-@pytest.mark.parametrize("source", ["mask", "box"])
+@pytest.mark.parametrize("source", ["mask", "core", "box"])
 def test_switch_starts_as_without_it_learns_and_survives_save_and_load(tmp_path, source):
     plain = tiny_model(seg_box_weight=1.0).eval()
     model = tiny_model(seg_box_weight=1.0, seg_query_look=source).eval()

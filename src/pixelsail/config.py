@@ -127,8 +127,8 @@ class PixelSailConfig:
     # samples on two seeds
     seg_box_weight: float = 0.0
     # the query also gets the mask features averaged where its target is thought to be, what its target looks like
-    # (not in the paper; model/target_look.py): "mask" the cells of its own first mask, "box" a window at the box
-    # head's box (needs seg_box_weight); "" off. Why: relation masks lose the target's edges where another object
+    # (not in the paper; model/target_look.py): "mask" the cells of its own first mask, "core" the same cells weighted
+    # by their logits, "box" a window at the box head's box (needs seg_box_weight); "" off. Why: relation masks lose the target's edges where another object
     # touches it although the box head places the target right. Ladder, session 32 (docs/TRAINING.md): "mask" lifts
     # relation to 79.6 / 78.9 at 72,000 samples on two seeds (72.0 / 72.3 without); "box" is too imprecise a window
     seg_query_look: str = ""

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from pixelsail.model.mask_head import mask_logits
 from pixelsail.model.question_pool import question_key_mask
-from pixelsail.model.target_look import box_window, mask_window
+from pixelsail.model.target_look import box_window, core_window, mask_window
 
 
 class SegQueries:
@@ -56,9 +56,10 @@ class SegQueries:
         if self.target_look is not None:
             boxes = self.seg_box(hidden[seg_b, seg_t]) if self.config.seg_query_look == "box" else None
             looks = torch.zeros_like(queries)
+            windowed = core_window if self.config.seg_query_look == "core" else mask_window
             for rows, maps in features:
                 window = (box_window(boxes[rows], maps.shape[-2:]) if boxes is not None
-                          else mask_window(mask_logits(queries[rows], maps)))
+                          else windowed(mask_logits(queries[rows], maps)))
                 looks[rows] = self.target_look(window, maps).to(queries.dtype)
             queries = queries + looks
         return (queries, first) if with_first else queries

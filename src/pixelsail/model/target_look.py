@@ -14,6 +14,8 @@ shapes world). Where the target is thought to be (``seg_query_look``):
 
 - ``"mask"``: the cells of the query's own first mask (probability above one half), as Mask2Former's masked
   attention reads the features under the previous layer's mask;
+- ``"core"``: the same cells, each weighted by its logit (how sure the first mask is there), so a rim that bleeds
+  onto a touching object, whose logits sit just above zero, counts less than the target's confident middle;
 - ``"box"``: a Gaussian window at the box head's box (needs ``seg_box_weight > 0``): its centre, a quarter of its
   size as the spread.
 
@@ -29,7 +31,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-LOOK_SOURCES = ("", "mask", "box")
+LOOK_SOURCES = ("", "mask", "core", "box")
 
 
 def box_window(boxes: torch.Tensor, size: tuple[int, int], spread: float = 0.25) -> torch.Tensor:
@@ -56,6 +58,13 @@ def mask_window(logits: torch.Tensor) -> torch.Tensor:
     return inside / inside.flatten(1).sum(1).clamp(min=1.0)[:, None, None]
 
 
+def core_window(logits: torch.Tensor) -> torch.Tensor:
+    """(M, h, w) mask logits -> (M, h, w) weights proportional to the positive logits (the cells of
+    :func:`mask_window`, the surest weighted most), summing to 1; all zero for an empty mask."""
+    sure = logits.detach().float().clamp(min=0.0)
+    return sure / sure.flatten(1).sum(1).clamp(min=1e-6)[:, None, None]
+
+
 class TargetLook(nn.Module):
     """(M, h, w) windows over the images' mask features (M, mask_dim, h, w) -> (M, mask_dim) additions to the
     queries: a projection of the window-weighted mean feature."""
@@ -70,4 +79,4 @@ class TargetLook(nn.Module):
         return self.proj(pooled.to(self.proj.weight.dtype))
 
 
-__all__ = ["LOOK_SOURCES", "TargetLook", "box_window", "mask_window"]
+__all__ = ["LOOK_SOURCES", "TargetLook", "box_window", "core_window", "mask_window"]
