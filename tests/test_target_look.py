@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from model_utils import box_mask, random_image, res_sample, tiny_model
+from pixelsail.model.mask_head import mask_logits
 from pixelsail.model.target_look import TargetLook, box_window, core_window, mask_window
 
 
@@ -105,3 +106,31 @@ def test_first_mask_loss_is_logged_weighted_and_needs_the_look():
     assert float(parts[0.5].losses["mask_dice"]) == float(parts[0.0].losses["mask_dice"])   # same points drawn
     extra = float(parts[0.5].loss.detach() - parts[0.0].loss.detach())
     assert extra == pytest.approx(0.5 * float(parts[0.5].losses["first_mask"]), rel=1e-4)
+
+
+@pytest.mark.parametrize("source", ["mask", "core"])
+def test_second_round_reads_under_the_refined_querys_mask(source):
+    """seg_look_rounds: 2 is the look taken again, its window from the mask of the first round's refined query, with
+    the same projection: equal to composing the pieces by hand; more rounds than one need a mask window."""
+    with pytest.raises(ValueError, match="seg_look_rounds"):
+        tiny_model(seg_box_weight=1.0, seg_query_look="box", seg_look_rounds=2)
+    with pytest.raises(ValueError, match="seg_look_rounds"):
+        tiny_model(seg_query_look=source, seg_look_rounds=0)
+    once, twice = (tiny_model(seg_query_look=source, seg_look_rounds=n).eval() for n in (1, 2))
+    with torch.no_grad():
+        once.target_look.proj.weight.normal_(std=0.5)
+    twice.load_state_dict(once.state_dict())
+    proc = once.processor
+    ids = torch.tensor([proc.conversation_ids([("Please segment the red circle.", "Sure, [SEG].")])[0]])
+    seg_t = (ids[0] == proc.ids["seg"]).nonzero().flatten()
+    torch.manual_seed(0)
+    hidden = torch.randn(1, ids.shape[1], 64)
+    features = torch.randn(1, once.config.mask_dim, 8, 8)
+    b, start = torch.tensor([0]), torch.zeros(1, dtype=torch.long)
+    with torch.no_grad():
+        first_round, first = once.seg_queries(hidden, ids, start, b, seg_t, features=features, with_first=True)
+        second_round = twice.seg_queries(hidden, ids, start, b, seg_t, features=features)
+        windowed = core_window if source == "core" else mask_window
+        by_hand = first + once.target_look(windowed(mask_logits(first_round, features)), features)
+    assert torch.allclose(second_round, by_hand, atol=1e-5)
+    assert not torch.allclose(second_round, first_round, atol=1e-3)   # the refined mask moved the window

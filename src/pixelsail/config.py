@@ -136,6 +136,9 @@ class PixelSailConfig:
     # weight (deep supervision, as Mask2Former scores every layer's masks; not in the paper); 0 = off. Ladder,
     # session 33: at weight 1 level with the look alone on two seeds (relation 79.1 / 78.6 at 72,000 samples)
     seg_look_first_weight: float = 0.0
+    # with seg_query_look mask / core: the look is taken this many times, each round's window from the mask of the
+    # query the round before refined (the same projection; Mask2Former refines its masks layer by layer); 1 = once
+    seg_look_rounds: int = 1
     # improvement 2: visual-prompt injection (False: the baseline's pooled patch embeddings)
     vp_injection: bool = True
     # with vp_injection, <vp_k> text tokens also get their region's pooled patch embedding (through a zero-initialised

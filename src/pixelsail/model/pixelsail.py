@@ -125,6 +125,9 @@ class PixelSail(PretrainedIO, PromptInputs, Generation, SegQueries, nn.Module):
         if config.seg_look_first_weight < 0 or (config.seg_look_first_weight > 0 and self.target_look is None):
             raise ValueError(f"seg_look_first_weight ({config.seg_look_first_weight}) is a loss weight (>= 0) for the "
                              "first mask of seg_query_look, which is off")
+        if config.seg_look_rounds < 1 or (config.seg_look_rounds > 1 and config.seg_query_look not in ("mask", "core")):
+            raise ValueError(f"seg_look_rounds ({config.seg_look_rounds}) counts the rounds of seg_query_look mask or "
+                             f"core (>= 1; more than one needs a mask window, got {config.seg_query_look!r})")
         # the tokens that join the [SEG]s of one list ("Sure, [SEG], [SEG] and [SEG]."), whose targets are matched
         self.list_joiners = (list_joiner_ids(self.processor.encode, self.processor.ids["seg"])
                              if config.mask_set_matching or config.seg_list_ordinal else frozenset())

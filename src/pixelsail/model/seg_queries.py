@@ -55,13 +55,14 @@ class SegQueries:
         queries = first = self.seg_query(torch.cat(inputs, dim=-1))
         if self.target_look is not None:
             boxes = self.seg_box(hidden[seg_b, seg_t]) if self.config.seg_query_look == "box" else None
-            looks = torch.zeros_like(queries)
             windowed = core_window if self.config.seg_query_look == "core" else mask_window
-            for rows, maps in features:
-                window = (box_window(boxes[rows], maps.shape[-2:]) if boxes is not None
-                          else windowed(mask_logits(queries[rows], maps)))
-                looks[rows] = self.target_look(window, maps).to(queries.dtype)
-            queries = queries + looks
+            for _ in range(self.config.seg_look_rounds):   # each round reads under the mask of the last round's query
+                looks = torch.zeros_like(queries)
+                for rows, maps in features:
+                    window = (box_window(boxes[rows], maps.shape[-2:]) if boxes is not None
+                              else windowed(mask_logits(queries[rows], maps)))
+                    looks[rows] = self.target_look(window, maps).to(queries.dtype)
+                queries = first + looks
         return (queries, first) if with_first else queries
 
     def seg_bow_loss(self, hidden: torch.Tensor, input_ids: torch.Tensor, text_start: torch.Tensor,
