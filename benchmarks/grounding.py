@@ -21,6 +21,7 @@ reach 50 % and 80 % per rung and variant, and the curves.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 from pathlib import Path
@@ -30,7 +31,8 @@ import torch
 from torch import nn
 
 from benchmarks.ladder import (
-    DESTINATIONS, LIST_OUTCOMES, RUNGS, AttributeOracle, Rung, chance_level, list_outcomes, list_shares, rung_samples,
+    DESTINATIONS, LIST_OUTCOMES, RUNGS, AttributeOracle, Rung, chance_level, iter_rung_samples, list_outcomes,
+    list_shares, rung_samples,
 )
 from benchmarks.oracle_query import dense_features, optimizer_step
 from pixelsail.config import apply_overrides, load_yaml
@@ -270,7 +272,7 @@ def run_one(rung: Rung, args, seed: int, use_oracle: bool) -> dict:
     params, optimizer = ladder_optimizer(model, oracle, run.train, lr, backbone_lr)
     steps = args.samples // args.batch
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps, run.train.warmup_ratio))
-    train = rung_samples(rung, "train", steps * args.batch, args.image_size, start=seed * 1_000_003 % 900_000)
+    train = iter_rung_samples(rung, "train", args.image_size, start=seed * 1_000_003 % 900_000)   # drawn per batch
     val = rung_samples(rung, "val", args.eval_samples, args.image_size)
     every = max(1, args.eval_every // args.batch)
     # an exponential moving average of the weights, scored beside the live ones (its own curve in the record)
@@ -279,7 +281,7 @@ def run_one(rung: Rung, args, seed: int, use_oracle: bool) -> dict:
     curve, ema_curve, option_curve, destination_curve, t0 = [], [], [], [], time.perf_counter()
     list_curve = []
     for step in range(1, steps + 1):
-        chunk = train[(step - 1) * args.batch: step * args.batch]
+        chunk = list(itertools.islice(train, args.batch))
         batch = _encode(model, chunk)
         maps = teacher_maps(teacher, chunk)
         if oracle is not None:

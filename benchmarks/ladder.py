@@ -7,6 +7,8 @@ query may use; ``Rung.oracle_keys`` says which of the three the oracle of that r
 """
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Callable
 
@@ -346,9 +348,15 @@ def rung_samples(rung: Rung, split: str, count: int, image_size: int, start: int
                  keep_scene: bool = False) -> list[Sample]:
     """``count`` samples of ``rung`` from consecutive scenes of ``split`` (scenes that cannot serve are redrawn);
     ``keep_scene`` puts each sample's :class:`Scene` in ``meta["scene"]`` (for tools that read its objects)."""
-    out = []
+    return list(itertools.islice(iter_rung_samples(rung, split, image_size, start, keep_scene), count))
+
+
+def iter_rung_samples(rung: Rung, split: str, image_size: int, start: int = 0,
+                      keep_scene: bool = False) -> Iterator[Sample]:
+    """The samples of :func:`rung_samples`, one at a time and without end: a training run draws each batch as it
+    needs it instead of holding 72,000 images (~4 GB, minutes to build) before its first step."""
     index = start
-    while len(out) < count:
+    while True:
         for attempt in range(20):
             scene, rng = scene_and_rng(split, index, 0, image_size, attempt)
             sample = rung.build(scene, rng)
@@ -357,7 +365,6 @@ def rung_samples(rung: Rung, split: str, count: int, image_size: int, start: int
                     sample.meta["destinations"] = destination_map(scene, scene.objects[sample.meta["target_index"][0]])
                 if keep_scene:
                     sample.meta["scene"] = scene
-                out.append(sample)
+                yield sample
                 break
         index += 1
-    return out
