@@ -14,8 +14,8 @@ another object touches or partly hides:
 - **looks**: logit = a (q . F) + (W p) . F + c, with p the features averaged over a window and W (mask_dim x
   mask_dim), a, c fitted on ``--fit`` training-split scenes, scored on the validation scenes: what
   ``model.seg_query_look`` could learn on these frozen features. Windows: ``none`` (p = 0: q refitted alone),
-  ``mask`` (the model's first mask), ``box`` (its box head's box), ``truth-box`` / ``truth-mask`` (the target's own:
-  how much a perfect place would give).
+  ``mask`` (the model's first mask), ``core`` (the same cells weighted by their logits), ``box`` (its box head's
+  box), ``truth-box`` / ``truth-mask`` (the target's own: how much a perfect place would give).
 """
 from __future__ import annotations
 
@@ -31,9 +31,9 @@ from benchmarks.relation_gallery import target_touched
 from pixelsail.metrics import LisaMaskMetric
 from pixelsail.model.mask_head import mask_logits
 from pixelsail.model.seg_box import mask_boxes
-from pixelsail.model.target_look import box_window, mask_window
+from pixelsail.model.target_look import box_window, core_window, mask_window
 
-LOOKS = ("none", "mask", "box", "truth-box", "truth-mask")
+LOOKS = ("none", "mask", "core", "box", "truth-box", "truth-mask")
 
 
 @dataclass
@@ -70,6 +70,7 @@ def collect(model, samples: list, batch_size: int = 32) -> list[Row]:
             target = torch.from_numpy(s.masks[0])
             size = own.shape[-2:]
             windows = {"none": torch.zeros(size), "mask": mask_window(own[j:j + 1])[0],
+                       "core": core_window(own[j:j + 1])[0],
                        "truth-box": box_window(mask_boxes(target[None])[0], size)[0]}
             if boxes is not None:
                 windows["box"] = box_window(boxes[j:j + 1], size)[0]

@@ -128,9 +128,10 @@ class PixelSailConfig:
     seg_box_weight: float = 0.0
     # the query also gets the mask features averaged where its target is thought to be, what its target looks like
     # (not in the paper; model/target_look.py): "mask" the cells of its own first mask, "core" the same cells weighted
-    # by their logits, "box" a window at the box head's box (needs seg_box_weight); "" off. Why: relation masks lose the target's edges where another object
-    # touches it although the box head places the target right. Ladder, session 32 (docs/TRAINING.md): "mask" lifts
-    # relation to 79.6 / 78.9 at 72,000 samples on two seeds (72.0 / 72.3 without); "box" is too imprecise a window
+    # by their logits, "box" a window at the box head's box (needs seg_box_weight); "" off. Why: relation masks lose
+    # the target's edges where another object touches it although the box head places the target right. Ladder,
+    # session 32 (docs/TRAINING.md): "mask" lifts relation to 79.6 / 78.9 at 72,000 samples on two seeds (72.0 /
+    # 72.3 without); "box" is too imprecise a window
     seg_query_look: str = ""
     # with seg_query_look: the first query's own mask (the one the look reads) is also scored, BCE + Dice at this
     # weight (deep supervision, as Mask2Former scores every layer's masks; not in the paper); 0 = off. Ladder,
