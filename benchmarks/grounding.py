@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from benchmarks.ladder import (
     list_shares, rung_samples,
 )
 from benchmarks.oracle_query import dense_features, optimizer_step
+from pixelsail.checkpoints import publish
 from pixelsail.config import apply_overrides, load_yaml
 from pixelsail.metrics import LisaMaskMetric
 from pixelsail.model import build_model
@@ -260,6 +262,18 @@ def ladder_optimizer(model, oracle: AttributeOracle | None, train_config, lr: fl
     return params, build_optimizer(params, lr, train_config.betas, train_config.weight_decay, backbone_lr=backbone_lr)
 
 
+def save_latest(model, directory: str, rung: Rung, label: str, seed: int) -> Path:
+    """The model as it is now, under ``directory/<rung>-<label>-seed<seed>``, replacing the last one in one rename:
+    a run stopped between evaluations leaves its model of the last evaluation, for a look at its masks
+    (``benchmarks.list_gallery``, ``benchmarks.query_bound``)."""
+    where = Path(directory) / f"{rung.name}-{label}-seed{seed}"
+    partial = where.with_name(f".partial-{where.name}")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial)
+    publish(partial, where)
+    return where
+
+
 def run_one(rung: Rung, args, seed: int, use_oracle: bool) -> dict:
     run = apply_overrides(load_yaml(args.config), list(args.set))
     run.model.mask_num_points = min(run.model.mask_num_points, args.image_size ** 2 // 4)
@@ -313,14 +327,14 @@ def run_one(rung: Rung, args, seed: int, use_oracle: bool) -> dict:
             if rung.scores_letters and oracle is None:
                 option_curve.append((step * args.batch, round(option_accuracy(model, val), 1)))
                 tail += f", option {option_curve[-1][1]:.1f}"
+            if args.save_model and oracle is None and step < steps:
+                save_latest(model, args.save_model, rung, args.label, seed)
             print(f"  {rung.name} {'oracle' if oracle else args.label} seed {seed}: {step * args.batch} samples "
                   f"({time.perf_counter() - t0:.0f} s) loss {float(loss.detach()):.3f} {rung.metric} {value:.1f}"
                   f"{tail}", flush=True)
     variant = args.label if not use_oracle else ("oracle" if args.label == "own" else f"oracle {args.label}")
-    if args.save_model and oracle is None:   # the trained model, for a look at its masks (benchmarks.list_gallery)
-        where = Path(args.save_model) / f"{rung.name}-{args.label}-seed{seed}"
-        model.save_pretrained(where)
-        print(f"  model saved to {where}", flush=True)
+    if args.save_model and oracle is None:
+        print(f"  model saved to {save_latest(model, args.save_model, rung, args.label, seed)}", flush=True)
     extra = {"destination_curve": destination_curve} if destination_curve else {}
     if list_curve:
         extra["list_curve"] = list_curve
@@ -412,7 +426,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help="the colour rung, 4,800 samples, 128 val samples")
     ap.add_argument("--out", default="runs/ladder")
     ap.add_argument("--save-model", default=None, metavar="DIR",
-                    help="save each own-path run's final model under DIR/<rung>-<label>-seed<seed>")
+                    help="keep each own-path run's model under DIR/<rung>-<label>-seed<seed>, replaced at every "
+                         "evaluation (a stopped run leaves its last one) and at the end")
     args = ap.parse_args(argv)
     out = Path(args.out_dir or args.out)
     if args.command == "report":

@@ -294,3 +294,27 @@ def test_ladder_weight_average_with_decay_zero_is_the_live_model_and_is_recorded
     run = json.loads((tmp_path / "runs.jsonl").read_text().splitlines()[0])
     assert run["ema"] == 0.0 and [n for n, _ in run["ema_curve"]] == [n for n, _ in run["curve"]] == [16, 32]
     assert [v for _, v in run["ema_curve"]] == [round(v, 1) for _, v in run["curve"]]
+
+
+def test_ladder_keeps_its_latest_model_at_every_evaluation(tmp_path, monkeypatch):
+    """--save-model replaces the run's model at every evaluation (a run stopped between two leaves the last one) and
+    at the end; what is on disk loads as the model that was trained, with no partial directory left beside it."""
+    import torch
+
+    from benchmarks import grounding
+    from pixelsail.model import PixelSail
+
+    states, save = [], grounding.save_latest
+
+    def keep(model, *args):
+        states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return save(model, *args)
+
+    monkeypatch.setattr(grounding, "save_latest", keep)
+    models = tmp_path / "models"
+    grounding.main(["--rungs", "colour", "--samples", "48", "--eval-every", "16", "--eval-samples", "8",
+                    "--threads", "1", "--save-model", str(models), "--out", str(tmp_path)])
+    assert len(states) == 3 and any(not torch.equal(states[0][k], v) for k, v in states[2].items())  # it trained
+    assert [p.name for p in models.iterdir()] == ["colour-own-seed0"]
+    loaded = PixelSail.from_pretrained(models / "colour-own-seed0").state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in states[-1].items())
