@@ -131,14 +131,16 @@ class PixelSailConfig:
     # by their logits, "box" a window at the box head's box (needs seg_box_weight); "" off. Why: relation masks lose
     # the target's edges where another object touches it although the box head places the target right. Ladder,
     # session 32 (docs/TRAINING.md): "mask" lifts relation to 79.6 / 78.9 at 72,000 samples on two seeds (72.0 /
-    # 72.3 without); "box" is too imprecise a window
+    # 72.3 without); "box" is too imprecise a window; session 34: "core" ahead of "mask" on two seeds, 81.5 / 80.2
+    # at 57,600 samples (the runs stopped there)
     seg_query_look: str = ""
     # with seg_query_look: the first query's own mask (the one the look reads) is also scored, BCE + Dice at this
     # weight (deep supervision, as Mask2Former scores every layer's masks; not in the paper); 0 = off. Ladder,
     # session 33: at weight 1 level with the look alone on two seeds (relation 79.1 / 78.6 at 72,000 samples)
     seg_look_first_weight: float = 0.0
     # with seg_query_look mask / core: the look is taken this many times, each round's window from the mask of the
-    # query the round before refined (the same projection; Mask2Former refines its masks layer by layer); 1 = once
+    # query the round before refined (the same projection; Mask2Former refines its masks layer by layer); 1 = once.
+    # Not yet measured on the ladder (session 34)
     seg_look_rounds: int = 1
     # improvement 2: visual-prompt injection (False: the baseline's pooled patch embeddings)
     vp_injection: bool = True
