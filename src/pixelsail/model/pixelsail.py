@@ -27,7 +27,7 @@ from pixelsail.model.image_readout import MaskFeatureReadout
 from pixelsail.model.question_pool import QuestionPool, pool_sources
 from pixelsail.model.set_matching import list_joiner_ids, matched_targets, seg_lists
 from pixelsail.model.seg_box import SegBoxHead, seg_box_loss
-from pixelsail.model.target_look import LOOK_SOURCES, TargetLook
+from pixelsail.model.target_look import LOOK_SOURCES, MASK_WINDOWS, TargetLook
 from pixelsail.model.seg_ordinal import SegOrdinalEmbedding, seg_ordinals
 from pixelsail.model.upsampler import MaskFeatures
 from pixelsail.model.visual_prompts import PromptInputs
@@ -125,7 +125,7 @@ class PixelSail(PretrainedIO, PromptInputs, Generation, SegQueries, nn.Module):
         if config.seg_look_first_weight < 0 or (config.seg_look_first_weight > 0 and self.target_look is None):
             raise ValueError(f"seg_look_first_weight ({config.seg_look_first_weight}) is a loss weight (>= 0) for the "
                              "first mask of seg_query_look, which is off")
-        if config.seg_look_rounds < 1 or (config.seg_look_rounds > 1 and config.seg_query_look not in ("mask", "core")):
+        if config.seg_look_rounds < 1 or (config.seg_look_rounds > 1 and config.seg_query_look not in MASK_WINDOWS):
             raise ValueError(f"seg_look_rounds ({config.seg_look_rounds}) counts the rounds of seg_query_look mask or "
                              f"core (>= 1; more than one needs a mask window, got {config.seg_query_look!r})")
         # the tokens that join the [SEG]s of one list ("Sure, [SEG], [SEG] and [SEG]."), whose targets are matched

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from pixelsail.model.mask_head import mask_logits
 from pixelsail.model.question_pool import question_key_mask
-from pixelsail.model.target_look import box_window, core_window, mask_window
+from pixelsail.model.target_look import MASK_WINDOWS, box_window
 
 
 class SegQueries:
@@ -55,7 +55,7 @@ class SegQueries:
         queries = first = self.seg_query(torch.cat(inputs, dim=-1))
         if self.target_look is not None:
             boxes = self.seg_box(hidden[seg_b, seg_t]) if self.config.seg_query_look == "box" else None
-            windowed = core_window if self.config.seg_query_look == "core" else mask_window
+            windowed = MASK_WINDOWS.get(self.config.seg_query_look)
             for _ in range(self.config.seg_look_rounds):   # each round reads under the mask of the last round's query
                 looks = torch.zeros_like(queries)
                 for rows, maps in features:

@@ -67,6 +67,10 @@ def core_window(logits: torch.Tensor) -> torch.Tensor:
     return sure / sure.flatten(1).sum(1).clamp(min=1e-6)[:, None, None]
 
 
+# the windows read from the query's own first mask (a look with more than one round needs one of them)
+MASK_WINDOWS = {"mask": mask_window, "core": core_window}
+
+
 class TargetLook(nn.Module):
     """(M, h, w) windows over the images' mask features (M, mask_dim, h, w) -> (M, mask_dim) additions to the
     queries: a projection of the window-weighted mean feature."""
@@ -81,4 +85,4 @@ class TargetLook(nn.Module):
         return self.proj(pooled.to(self.proj.weight.dtype))
 
 
-__all__ = ["LOOK_SOURCES", "TargetLook", "box_window", "core_window", "mask_window"]
+__all__ = ["LOOK_SOURCES", "MASK_WINDOWS", "TargetLook", "box_window", "core_window", "mask_window"]
