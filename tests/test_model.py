@@ -445,3 +445,25 @@ def test_masks_smaller_than_the_area_floor_come_back_empty_and_larger_ones_uncha
     assert not above.masks[0].any() and above.mask_scores == [0.0]
     with pytest.raises(ValueError, match="mask_min_area is a share of the image"):
         tiny_model(mask_min_area=1.5)
+
+
+def test_a_look_does_not_grow_a_first_mask_under_the_area_floor_into_a_mask():
+    """With seg_query_look the floor also applies to the first mask, the one the look read: a query whose first mask
+    is stray pixels answers an empty mask, however much its look grows them (absent targets got masks otherwise)."""
+    model = tiny_model(seg_query_look="core").eval()
+    image = random_image(64, 80)
+    prefix = model.prefill_image(image)
+
+    def answer(floor: float):
+        model.config.mask_min_area = floor
+        return model.respond(prefix, "Please segment the red circle.", max_new_tokens=0, answer_prefix="Sure, [SEG]")
+
+    (first,) = answer(0.0).masks                      # the look's projection starts at zero: the first mask itself
+    with torch.no_grad():
+        model.target_look.proj.weight.copy_(5.0 * torch.eye(model.config.mask_dim))
+    (looked,) = answer(0.0).masks
+    assert 0 < first.sum() < looked.sum()              # the look grows this first mask
+    kept = answer(int(first.sum()) / (64 * 80))        # first mask at the floor: the looked mask stands
+    assert np.array_equal(kept.masks[0], looked)
+    dropped = answer((int(first.sum()) + 1) / (64 * 80))   # first mask under it, the looked one above: empty
+    assert not dropped.masks[0].any() and dropped.mask_scores == [0.0]

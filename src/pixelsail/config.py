@@ -79,7 +79,8 @@ class PixelSailConfig:
     # at inference a predicted mask covering less than this share of the image comes back empty (0 = off; not in the
     # paper, a post-processing floor like SAM's minimum region area). A decoder that finds nothing often leaves a few
     # stray pixels, and an answer that keeps them reads as "found it" (the shapes recipe's 25 / 128^2 is the world's
-    # smallest visible object; docs/TRAINING.md, session 18)
+    # smallest visible object; docs/TRAINING.md, session 18). With seg_query_look it also holds for the first mask, the
+    # one the look reads: a look grows stray pixels into whatever resembles them (session 35)
     mask_min_area: float = 0.0
     # every token inside a multiple-choice option ("(B) red") also gets a learned vector of its letter (zero-
     # initialised; not in the paper): the answer's letter is then one content match from its word (see

@@ -166,14 +166,20 @@ class Generation:
         n = text_hidden.shape[0]
         seg_t = torch.tensor(seg_at, device=dev)
         feats = prefix.features.expand(len(seg_at), -1, -1, -1)
-        queries = self.seg_queries(text_hidden[None], torch.tensor(ids[:n], device=dev)[None],
-                                   torch.zeros(1, dtype=torch.long, device=dev), torch.zeros_like(seg_t), seg_t,
-                                   features=feats)
+        queries, first = self.seg_queries(text_hidden[None], torch.tensor(ids[:n], device=dev)[None],
+                                          torch.zeros(1, dtype=torch.long, device=dev), torch.zeros_like(seg_t), seg_t,
+                                          features=feats, with_first=True)
         logits = mask_logits(queries, feats).float()
         probs = mask_probabilities(logits, (h, w))
         masks = probs > MASK_THRESHOLD                                                   # (S, H, W)
         if self.config.mask_min_area > 0:   # a few stray pixels are no object: return them as an empty mask
-            masks &= (masks.flatten(1).sum(1) >= self.config.mask_min_area * h * w)[:, None, None]
+            floor = self.config.mask_min_area * h * w
+            masks &= (masks.flatten(1).sum(1) >= floor)[:, None, None]
+            if self.target_look is not None:
+                # ... also where the query's first mask, the one its look read, was stray pixels: the look would
+                # grow them into whatever resembles them (absent targets then got masks, docs/TRAINING.md session 35)
+                first_found = mask_probabilities(mask_logits(first, feats).float(), (h, w)) > MASK_THRESHOLD
+                masks &= (first_found.flatten(1).sum(1) >= floor)[:, None, None]
         scores = [float(p[m].mean()) if m.any() else 0.0 for p, m in zip(probs, masks)]
         return [m.cpu().numpy() for m in masks], scores
 
