@@ -10,7 +10,7 @@ import pixelsail.commands.use as use
 from fake_pixelsail import FakePixelSail, FakeResponse, scene
 from pixelsail.cli import app
 from pixelsail.data.shapes import generate_scene
-from pixelsail.predictor import Predictor
+from pixelsail.predictor import Predictor, shipped_model_dir
 from pixelsail.tokens import SEG
 from pixelsail.web import DemoApp
 from test_domain import pink_noise
@@ -320,3 +320,27 @@ def test_a_visual_prompt_on_plain_background_is_said_to_mark_no_object():
     assert p.describe(scene.image, on_object).background_prompts == []
     assert p.describe(PHOTO, (10, 10)).background_prompts == []
     assert Predictor(model=tiny_model().eval(), domain=None).describe(scene.image, empty).background_prompts == []
+
+
+@pytest.mark.skipif(not (shipped_model_dir() / "config.json").is_file(), reason="the shipped shapes model is absent")
+def test_the_shipped_model_overrules_a_no_target_its_masks_contradict_and_says_so():
+    """Test sample 565: the shipped model's answer to "the large green square" is "No target." (6 of 54 test
+    expressions naming size, colour and shape were denied so); with no_target_check, on in its config, the answer
+    begun "Sure, [SEG]" finds the square and the notes say how the answer came about."""
+    from pixelsail.data.shapes import ShapesDataset
+    from pixelsail.result import RECHECKED_NOTE
+
+    sample = ShapesDataset(split="test", size=2450, image_size=128)[565]
+    assert sample.turns[-1][0] == "Please segment the large green square."
+    p = Predictor()
+    assert p.model.config.no_target_check
+    r = p.segment(sample.image, "the large green square")
+    (target,) = sample.masks
+    assert r.text == "Sure, [SEG]." and r.rechecked and r.notes[-1:] == [RECHECKED_NOTE]
+    assert (r.masks[0] & target).sum() / (r.masks[0] | target).sum() > 0.9
+    p.model.config.no_target_check = False
+    try:
+        denied = p.segment(sample.image, "the large green square")
+    finally:
+        p.model.config.no_target_check = True
+    assert denied.text == "No target." and not denied.masks and not denied.rechecked

@@ -9,6 +9,8 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 from pixelsail.data.sample import Sample
 from pixelsail.model import PixelSail
 from pixelsail.model.backbone import ATTENTION_IMPLEMENTATIONS
+from pixelsail.model.generation import Response
+from pixelsail.tokens import NO_TARGET_ANSWER
 
 torch.set_grad_enabled(True)
 
@@ -467,3 +469,34 @@ def test_a_look_does_not_grow_a_first_mask_under_the_area_floor_into_a_mask():
     assert np.array_equal(kept.masks[0], looked)
     dropped = answer((int(first.sum()) + 1) / (64 * 80))   # first mask under it, the looked one above: empty
     assert not dropped.masks[0].any() and dropped.mask_scores == [0.0]
+
+
+def test_no_target_check_lets_the_masks_overrule_a_no_target_answer(monkeypatch):
+    """With no_target_check a free "No target." is asked again begun as "Sure, [SEG]": a mask over the area floor
+    makes that answer stand (flagged), masks all under the floor leave "No target."; off, or under an answer prefix,
+    nothing is asked again."""
+    model = tiny_model(no_target_check=True).eval()
+    prefix = model.prefill_image(random_image(64, 80))
+    real = model._answer
+    asked: list[str] = []
+
+    def denies_first(prefix, question, history, max_new_tokens, answer_prefix, use_cache):
+        asked.append(answer_prefix)
+        if not answer_prefix:
+            return Response(text=NO_TARGET_ANSWER)
+        return real(prefix, question, history, max_new_tokens, answer_prefix, use_cache)
+
+    monkeypatch.setattr(model, "_answer", denies_first)
+    question = "Please segment the red circle."
+    found = model.respond(prefix, question, max_new_tokens=0)
+    assert asked == ["", "Sure, [SEG]"] and found.rechecked
+    assert found.text == "Sure, [SEG]" and len(found.masks) == 1 and found.masks[0].any()
+    model.config.mask_min_area = (int(found.masks[0].sum()) + 1) / (64 * 80)   # the mask now falls under the floor
+    kept = model.respond(prefix, question, max_new_tokens=0)
+    assert kept.text == NO_TARGET_ANSWER and not kept.masks and not kept.rechecked
+    model.config.mask_min_area, model.config.no_target_check = 0.0, False
+    asked.clear()
+    assert model.respond(prefix, question, max_new_tokens=0).text == NO_TARGET_ANSWER and asked == [""]
+    model.config.no_target_check = True
+    model.respond(prefix, question, max_new_tokens=0, answer_prefix="It is")
+    assert asked == ["", "It is"]

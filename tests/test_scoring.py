@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from pixelsail.cli import app
 from pixelsail.data.export import mask_to_rle
 from pixelsail.evaluate import write_jsonl
+from pixelsail.metrics import RECHECKED_KEY
 from pixelsail.metrics_authors import AuthorsCaptionMetric, AuthorsVtresMetric, nltk_meteor_bleu
 from pixelsail.scoring import score_records
 from pixelsail.wordnet import LEXNAMES, build_nltk_wordnet
@@ -52,6 +53,14 @@ def test_gres_first_mask_against_union_of_masks():
                                                    "gIoU (authors, first mask)": 100 * 3 / (7 + 1e-5) / 2,
                                                    "samples": 2})
     assert first.per_record == {0: 3 / 7, 1: 0.0} and first.convention == "authors"
+
+
+def test_answers_the_masks_overruled_are_counted_in_a_labelled_row_under_both_conventions():
+    """model.no_target_check: a "No target." the masks overruled is flagged on its record and counted per task."""
+    flagged = [dict(GRES[0], rechecked=True), GRES[1]]
+    for convention in ("standard", "authors"):
+        assert score_records(flagged, convention=convention).results["gres"][RECHECKED_KEY] == 1
+        assert RECHECKED_KEY not in score_records(GRES, convention=convention).results["gres"]
 
 
 # V-T RES, two samples: 0 predicts its 4-px target exactly; 1 predicts nothing (target 5 px)

@@ -82,6 +82,11 @@ class PixelSailConfig:
     # smallest visible object; docs/TRAINING.md, session 18). With seg_query_look it also holds for the first mask, the
     # one the look reads: a look grows stray pixels into whatever resembles them (session 35)
     mask_min_area: float = 0.0
+    # inference only: an answer of "No target." is asked again begun as "Sure, [SEG]", and if a mask survives the
+    # area floor that answer stands (not in the paper). The mask path tells present from absent better than the
+    # answer's first words: the shapes model denied 19 of 198 multi-target lists ("all large stars") that the
+    # masks then find (docs/TRAINING.md, session 35)
+    no_target_check: bool = False
     # every token inside a multiple-choice option ("(B) red") also gets a learned vector of its letter (zero-
     # initialised; not in the paper): the answer's letter is then one content match from its word (see
     # model/option_marks.py)

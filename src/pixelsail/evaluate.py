@@ -19,7 +19,7 @@ import numpy as np
 
 from pixelsail.data.export import mask_to_rle
 from pixelsail.data.sample import Sample
-from pixelsail.metrics import RESTRICTED_KEY, union_mask
+from pixelsail.metrics import RECHECKED_KEY, RESTRICTED_KEY, union_mask
 from pixelsail.scoring import (CONVENTIONS, STANDARD, Scores, check_convention, perbench_row,  # noqa: F401
                                record_masks, score_records)
 from pixelsail.tokens import SEG
@@ -108,6 +108,8 @@ def predict_sample(model: EvalModel, prefix: Any, sample: Sample, index: int, ma
     }
     if reasked:
         record["reasked"] = True
+    if getattr(resp, "rechecked", False):
+        record["rechecked"] = True       # "No target." overruled by the masks (model.no_target_check)
     if getattr(resp, "restricted", False):
         record["decoding"] = "options"   # the answer was restricted to the question's options (scored as such)
     return record
@@ -219,7 +221,7 @@ def read_jsonl(path: str | Path) -> list[dict]:
 # reporting
 
 
-COUNT_KEYS = ("samples", "unpredicted", RESTRICTED_KEY)
+COUNT_KEYS = ("samples", "unpredicted", RESTRICTED_KEY, RECHECKED_KEY)
 
 
 def _fmt(name: str, v: float) -> str:

@@ -233,6 +233,19 @@ def mcq_correct(answer: str, output: str) -> bool:
 RESTRICTED_KEY = "answers restricted to the options"
 
 
+# the row that labels mask answers whose "No target." the masks overruled (model.no_target_check; inference only, not
+# in the paper)
+RECHECKED_KEY = "'No target.' overruled by the masks"
+
+
+@dataclass
+class RecheckCount(Summable):
+    count: int = 0   # answers of "No target." asked again as "Sure, [SEG]" whose masks found something
+
+    def compute(self) -> dict[str, float]:
+        return {RECHECKED_KEY: self.count} if self.count else {}
+
+
 @dataclass
 class McqMetric(Summable):
     correct: int = 0

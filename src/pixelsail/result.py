@@ -15,6 +15,8 @@ from pixelsail.tokens import MCQ_INSTRUCTION, NO_TARGET_ANSWER, vp_token
 from pixelsail.viz import contrasting_colors, draw_prompts, overlay_masks
 
 RESTRICTED_NOTE = "answered with one of the question's options (model.option_decoding)"
+RECHECKED_NOTE = (f"the model first answered {NO_TARGET_ANSWER!r}; asked again as 'Sure, [SEG]', its masks found "
+                  "something (model.no_target_check)")
 INSTRUCTED_NOTE = f"asked as the model was trained to read a multiple choice, closed with {MCQ_INSTRUCTION!r}"
 CAPITALISED_NOTE = "asked with a capital first letter, as every question the model read in training begins"
 ARTICLE_NOTE = "asked with 'the' before the expression, as every expression the model read in training begins"
@@ -35,6 +37,7 @@ class Result:
     prefix_reused: bool = False
     domain: DomainCheck | None = None   # how the image compares with the model's training images (when known)
     restricted: bool = False   # the answer had to be one of the question's "(A) ... (B) ..." options
+    rechecked: bool = False    # a first "No target." was overruled by the masks (model.no_target_check)
     instructed: bool = False   # the question's options were closed with MCQ_INSTRUCTION (Predictor.choice_question)
     # how the typed question was rewritten into the form of the model's training questions (question_form)
     capitalised: bool = False     # its first letter was made a capital
@@ -113,6 +116,8 @@ class Result:
             out.append(INSTRUCTED_NOTE)
         if self.restricted:
             out.append(RESTRICTED_NOTE)
+        if self.rechecked:
+            out.append(RECHECKED_NOTE)
         return out
 
     @property
@@ -149,6 +154,7 @@ def make_result(resp: Any, image: np.ndarray, question: str, prompts: dict[int, 
     masks = [np.asarray(m, dtype=bool) for m in resp.masks]
     return Result(text=resp.text, masks=masks, mask_scores=[float(s) for s in resp.mask_scores], image=image,
                   prompts=prompts, question=question, seconds=seconds, prefix_reused=reused, domain=domain,
-                  restricted=bool(getattr(resp, "restricted", False)), instructed=instructed,
+                  restricted=bool(getattr(resp, "restricted", False)),
+                  rechecked=bool(getattr(resp, "rechecked", False)), instructed=instructed,
                   capitalised=bool(form and form.capitalised), question_mark=bool(form and form.question_mark),
                   article=bool(form and form.article), unknown_words=unknown_words or [])

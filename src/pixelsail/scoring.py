@@ -22,8 +22,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from pixelsail.data.annotations import decode_segmentation
-from pixelsail.metrics import (METEOR_KEY, CaptionMetric, LisaMaskMetric, McqMetric, RelaMaskMetric,
-                               perbench_overall, predicted_no_target, sample_iou)
+from pixelsail.metrics import (METEOR_KEY, CaptionMetric, LisaMaskMetric, McqMetric, RecheckCount,
+                               RelaMaskMetric, perbench_overall, predicted_no_target, sample_iou)
 from pixelsail.metrics_authors import (NLTK_METEOR_KEY, VTRES_CIOU_KEY, VTRES_GIOU_KEY, AuthorsCaptionMetric,
                                        AuthorsVtresMetric, first_mask_keys)
 from pixelsail.metrics_gcg import GcgMaskMetric
@@ -88,10 +88,11 @@ class _Scorer:
     def __init__(self) -> None:
         self.mcq: dict[str, McqMetric] = defaultdict(McqMetric)
         self.text: dict[str, CaptionMetric] = defaultdict(self.caption_metric)
+        self.rechecked: dict[str, RecheckCount] = defaultdict(RecheckCount)
 
     def sources(self) -> list[dict[str, Any]]:
         """Per-task accumulators (anything with ``compute()``), in the order their rows are listed."""
-        return [self.mcq, self.text]
+        return [self.mcq, self.text, self.rechecked]
 
     def add_masks(self, record: dict) -> float | None:
         raise NotImplementedError
@@ -103,6 +104,8 @@ class _Scorer:
                                                    record.get("decoding") == "options"))
         if task in self.caption_tasks and captions:
             self.text[task].update(str(record["index"]), record["text"], _references(record))
+        if record.get("rechecked"):
+            self.rechecked[task].count += 1
         return quality
 
 

@@ -106,8 +106,9 @@ def respond_batch(model, prefixes: Sequence, questions: Sequence[str],
             seg_at = [t for t in range(len(prompts[i]), len(seq)) if seq[t] == seg_id]
             masks, scores = model._masks_from(torch.cat(text_hidden[i]), seq, seg_at, prefixes[i])
             text = proc.tokenizer.decode(answers[i], skip_special_tokens=False)
-            out.append(Response(text=text, masks=masks, mask_scores=scores, token_ids=answers[i],
-                                restricted=choices[i] is not None))
+            resp = Response(text=text, masks=masks, mask_scores=scores, token_ids=answers[i],
+                            restricted=choices[i] is not None)
+            out.append(model._check_no_target(resp, prefixes[i], questions[i], list(histories[i]), max_new_tokens))
     return out
 
 

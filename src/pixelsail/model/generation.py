@@ -15,6 +15,10 @@ from pixelsail.model.batch_inputs import text_positions, vision_positions
 from pixelsail.model.mask_head import MASK_THRESHOLD, mask_logits, mask_probabilities
 from pixelsail.model.option_choice import OptionConstraint
 from pixelsail.processing import ImageInputs
+from pixelsail.tokens import NO_TARGET_ANSWER, SEG
+
+# the answer a "No target." is checked with (model.no_target_check): the list a referring answer opens with
+NO_TARGET_CHECK_PREFIX = f"Sure, {SEG}"
 
 
 @dataclass
@@ -37,6 +41,7 @@ class Response:
     mask_scores: list[float] = field(default_factory=list)
     token_ids: list[int] = field(default_factory=list)
     restricted: bool = False   # the answer was restricted to the question's options (option_decoding)
+    rechecked: bool = False    # a "No target." overruled by the masks of "Sure, [SEG]" (no_target_check)
 
 
 class Generation:
@@ -81,7 +86,24 @@ class Generation:
     @torch.no_grad()
     def respond(self, prefix: ImagePrefix, question: str, history: list[tuple[str, str]] = (),
                 max_new_tokens: int = 64, answer_prefix: str = "", use_cache: bool = True) -> Response:
-        """Greedy answer to ``question`` about the prefixed image; one mask per [SEG] in the answer."""
+        """Greedy answer to ``question`` about the prefixed image; one mask per [SEG] in the answer.
+
+        With ``no_target_check`` a free answer of "No target." is asked again, begun as "Sure, [SEG]", and the
+        masks decide: if one survives the area floor that answer stands, else "No target." does."""
+        resp = self._answer(prefix, question, history, max_new_tokens, answer_prefix, use_cache)
+        return resp if answer_prefix else self._check_no_target(resp, prefix, question, history, max_new_tokens)
+
+    def _check_no_target(self, resp: Response, prefix: ImagePrefix, question: str, history: list[tuple[str, str]],
+                         max_new_tokens: int, use_cache: bool = True) -> Response:
+        """``resp`` (a free answer), or with ``no_target_check`` the answer begun "Sure, [SEG]" where ``resp`` says
+        "No target." and a mask of that answer survives the area floor."""
+        if not self.config.no_target_check or resp.text.strip() != NO_TARGET_ANSWER:
+            return resp
+        found = self._answer(prefix, question, history, max_new_tokens, NO_TARGET_CHECK_PREFIX, use_cache)
+        return replace(found, rechecked=True) if any(m.any() for m in found.masks) else resp
+
+    def _answer(self, prefix: ImagePrefix, question: str, history: list[tuple[str, str]], max_new_tokens: int,
+                answer_prefix: str, use_cache: bool) -> Response:
         proc = self.processor
         ids = proc.prompt_ids(question, history, answer_prefix)
         answer_start = len(ids) - len(proc.encode(answer_prefix)) if answer_prefix else len(ids)
