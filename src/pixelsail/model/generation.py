@@ -93,6 +93,7 @@ class Generation:
         resp = self._answer(prefix, question, history, max_new_tokens, answer_prefix, use_cache)
         return resp if answer_prefix else self._check_no_target(resp, prefix, question, history, max_new_tokens)
 
+    @torch.no_grad()
     def _check_no_target(self, resp: Response, prefix: ImagePrefix, question: str, history: list[tuple[str, str]],
                          max_new_tokens: int, use_cache: bool = True) -> Response:
         """``resp`` (a free answer), or with ``no_target_check`` the answer begun "Sure, [SEG]" where ``resp`` says
