@@ -189,8 +189,9 @@ def test_quick_ablation_writes_table_and_chart_and_a_rerun_skips_finished_runs(t
     assert all(f"| {v.title} | 1 |" in md for v in VARIANTS)
     assert (docs / "ablation_masks.png").read_bytes() == masks_before and "](ablation_masks.png)" in md
 
-    # the inference-only option_decoding is no recipe difference: the ablation always answers freely
-    same = CliRunner().invoke(app, args + ["model.option_decoding=false"])
+    # the inference-only option_decoding and no_target_check are no recipe difference: the ablation always answers
+    # freely, once
+    same = CliRunner().invoke(app, args + ["model.option_decoding=false", "model.no_target_check=false"])
     assert same.exit_code == 0 and "4 runs (4 skipped as finished)" in same.output, same.output
     # a changed recipe does not silently join runs of the old one
     changed = CliRunner().invoke(app, args + ["train.lr=1e-3"])

@@ -263,6 +263,7 @@ def train_and_evaluate(run_dict: dict, variant: str, settings_dict: dict, log_fi
     t0 = time.perf_counter()
     model = PixelSail.from_pretrained(model_dir).eval()
     model.config.option_decoding = False   # the paper's protocol: multiple-choice answers generated freely
+    model.config.no_target_check = False   # ... and every answer generated once
     dataset = EvalSet(settings.eval_split, settings.eval_per_task, training_image_size(run), settings.eval_seed)
     with torch.inference_mode():
         records = predict(model, dataset, max_new_tokens=settings.max_new_tokens, progress=False)
