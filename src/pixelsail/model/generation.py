@@ -91,7 +91,8 @@ class Generation:
         With ``no_target_check`` a free answer of "No target." is asked again, begun as "Sure, [SEG]", and the
         masks decide: if one survives the area floor that answer stands, else "No target." does."""
         resp = self._answer(prefix, question, history, max_new_tokens, answer_prefix, use_cache)
-        return resp if answer_prefix else self._check_no_target(resp, prefix, question, history, max_new_tokens)
+        return resp if answer_prefix else self._check_no_target(resp, prefix, question, history, max_new_tokens,
+                                                                use_cache)
 
     @torch.no_grad()
     def _check_no_target(self, resp: Response, prefix: ImagePrefix, question: str, history: list[tuple[str, str]],
