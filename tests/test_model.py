@@ -473,8 +473,8 @@ def test_a_look_does_not_grow_a_first_mask_under_the_area_floor_into_a_mask():
 
 def test_no_target_check_lets_the_masks_overrule_a_no_target_answer(monkeypatch):
     """With no_target_check a free "No target." is asked again begun as "Sure, [SEG]": a mask over the area floor
-    makes that answer stand (flagged), masks all under the floor leave "No target."; off, or under an answer prefix,
-    nothing is asked again."""
+    makes that answer stand (flagged), masks all under the floor, or under no_target_check_min_area, leave "No
+    target."; off, or under an answer prefix, nothing is asked again."""
     model = tiny_model(no_target_check=True).eval()
     prefix = model.prefill_image(random_image(64, 80))
     real = model._answer
@@ -491,7 +491,14 @@ def test_no_target_check_lets_the_masks_overrule_a_no_target_answer(monkeypatch)
     found = model.respond(prefix, question, max_new_tokens=0)
     assert asked == ["", "Sure, [SEG]"] and found.rechecked
     assert found.text == "Sure, [SEG]" and len(found.masks) == 1 and found.masks[0].any()
-    model.config.mask_min_area = (int(found.masks[0].sum()) + 1) / (64 * 80)   # the mask now falls under the floor
+    area = int(found.masks[0].sum())
+    model.config.no_target_check_min_area = (area + 1) / (64 * 80)    # the re-asked mask is too small to overrule
+    small = model.respond(prefix, question, max_new_tokens=0)
+    assert small.text == NO_TARGET_ANSWER and not small.masks and not small.rechecked
+    model.config.no_target_check_min_area = area / (64 * 80)          # exactly at the check's least area: it stands
+    assert model.respond(prefix, question, max_new_tokens=0).rechecked
+    model.config.no_target_check_min_area = 0.0
+    model.config.mask_min_area = (area + 1) / (64 * 80)   # the mask now falls under the floor
     kept = model.respond(prefix, question, max_new_tokens=0)
     assert kept.text == NO_TARGET_ANSWER and not kept.masks and not kept.rechecked
     model.config.mask_min_area, model.config.no_target_check = 0.0, False
@@ -500,3 +507,5 @@ def test_no_target_check_lets_the_masks_overrule_a_no_target_answer(monkeypatch)
     model.config.no_target_check = True
     model.respond(prefix, question, max_new_tokens=0, answer_prefix="It is")
     assert asked == ["", "It is"]
+    with pytest.raises(ValueError, match="no_target_check_min_area is a share of the image"):
+        tiny_model(no_target_check_min_area=-0.1)

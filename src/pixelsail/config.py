@@ -87,6 +87,12 @@ class PixelSailConfig:
     # answer's first words: the shapes model denied 19 of 198 multi-target lists ("all large stars") that the
     # masks then find (docs/TRAINING.md, session 35)
     no_target_check: bool = False
+    # with no_target_check: the answer asked again stands only where one of its masks covers at least this share of
+    # the image (0: any mask over mask_min_area will do). The re-asked answer finds an absent target's look-alike as
+    # a blob smaller than the objects it finds when they are there (the shapes model, validation split: a fiftieth of
+    # the image keeps all 31 present targets it was asked again about and 3 of 66 absent ones, against 19 of 66 at
+    # the area floor; docs/TRAINING.md, session 36)
+    no_target_check_min_area: float = 0.0
     # every token inside a multiple-choice option ("(B) red") also gets a learned vector of its letter (zero-
     # initialised; not in the paper): the answer's letter is then one content match from its word (see
     # model/option_marks.py)

@@ -89,7 +89,8 @@ class Generation:
         """Greedy answer to ``question`` about the prefixed image; one mask per [SEG] in the answer.
 
         With ``no_target_check`` a free answer of "No target." is asked again, begun as "Sure, [SEG]", and the
-        masks decide: if one survives the area floor that answer stands, else "No target." does."""
+        masks decide: if one survives the area floor (and covers ``no_target_check_min_area`` of the image) that
+        answer stands, else "No target." does."""
         resp = self._answer(prefix, question, history, max_new_tokens, answer_prefix, use_cache)
         return resp if answer_prefix else self._check_no_target(resp, prefix, question, history, max_new_tokens,
                                                                 use_cache)
@@ -98,11 +99,13 @@ class Generation:
     def _check_no_target(self, resp: Response, prefix: ImagePrefix, question: str, history: list[tuple[str, str]],
                          max_new_tokens: int, use_cache: bool = True) -> Response:
         """``resp`` (a free answer), or with ``no_target_check`` the answer begun "Sure, [SEG]" where ``resp`` says
-        "No target." and a mask of that answer survives the area floor."""
+        "No target." and a mask of that answer survives the area floor (and covers ``no_target_check_min_area``)."""
         if not self.config.no_target_check or resp.text.strip() != NO_TARGET_ANSWER:
             return resp
         found = self._answer(prefix, question, history, max_new_tokens, NO_TARGET_CHECK_PREFIX, use_cache)
-        return replace(found, rechecked=True) if any(m.any() for m in found.masks) else resp
+        h, w = prefix.image.orig_size
+        least = max(self.config.no_target_check_min_area * h * w, 1)
+        return replace(found, rechecked=True) if any(m.sum() >= least for m in found.masks) else resp
 
     def _answer(self, prefix: ImagePrefix, question: str, history: list[tuple[str, str]], max_new_tokens: int,
                 answer_prefix: str, use_cache: bool) -> Response:
