@@ -224,6 +224,18 @@ def test_relations_multi_and_no_target_are_exercised():
     assert {"attribute", "relation", "multi", "no_target"} <= kinds
 
 
+def test_relation_rate_sets_the_share_of_relations_among_referring_samples():
+    """relation_rate: the default (0.4) gives the same samples as before; 1.0 makes every referring sample of a
+    scene with a relation a relation, 0.0 none; out of [0, 1] is refused at construction."""
+    kinds = {r: [s.meta["expression_kind"] for s in ShapesDataset("train", tasks=["res"], size=120, relation_rate=r)]
+             for r in (0.0, 0.4, 1.0)}
+    assert kinds[0.4] == [s.meta["expression_kind"] for s in ShapesDataset("train", tasks=["res"], size=120)]
+    assert kinds[0.0].count("relation") == 0
+    assert kinds[1.0].count("relation") > 2 * kinds[0.4].count("relation") > 0
+    with pytest.raises(ValueError, match="relation_rate is a share"):
+        ShapesDataset(relation_rate=1.5)
+
+
 def test_scene_pixels_match_visible_masks_exactly():
     """Every visible-mask pixel has its object's exact colour and every other pixel is unsaturated background,
     so a mask shifted by one pixel fails (shown at the end)."""

@@ -36,10 +36,10 @@ from pixelsail.data.shapes_language import (  # noqa: F401
     Referral, attribute_referrals, describe, matches, multi_referrals, no_target_referral, reading_order,
     relation_holds, relation_referrals, seg_answer, unique_descriptions)
 from pixelsail.data.shapes_tasks import (  # noqa: F401
-    ANSWER_STYLES, CAPTION_QUESTIONS, GCG_QUESTIONS, MCQ_LETTERS, PROMPT_KINDS, RES_TEMPLATES, SHAPES_TASKS,
-    TASK_BUILDERS, VP_QA_KINDS, VT_RES_KINDS, check_answer_style, gcg_answer, listed_options, make_gcg, make_gres,
-    make_region_caption, make_res, make_sample, make_vp_mcq, make_vp_qa, make_vt_res, mcq_question, prompt_mask_for,
-    prompt_objects, region_caption, spell_out, target_name, vt_res_options)
+    ANSWER_STYLES, CAPTION_QUESTIONS, GCG_QUESTIONS, MCQ_LETTERS, PROMPT_KINDS, RELATION_RATE, RES_TEMPLATES,
+    SHAPES_TASKS, TASK_BUILDERS, VP_QA_KINDS, VT_RES_KINDS, check_answer_style, check_relation_rate, gcg_answer,
+    listed_options, make_gcg, make_gres, make_region_caption, make_res, make_sample, make_vp_mcq, make_vp_qa,
+    make_vt_res, mcq_question, prompt_mask_for, prompt_objects, region_caption, spell_out, target_name, vt_res_options)
 from pixelsail.tokens import (DEFAULT_NUM_VP_TOKENS, MCQ_INSTRUCTION, NO_TARGET_ANSWER, PHRASE_END, PHRASE_START, SEG,
                               vp_token)
 
@@ -69,10 +69,13 @@ class ShapesDataset:
     """Map-style dataset of shapes-world Samples; ``ds[i]`` depends only on (split, seed, image_size, tasks, i)."""
 
     def __init__(self, split: str = "train", tasks: Mapping[str, float] | Sequence[str] | None = None,
-                 image_size: int = 128, size: int = 10000, seed: int = 0, answer_style: str = "short"):
+                 image_size: int = 128, size: int = 10000, seed: int = 0, answer_style: str = "short",
+                 relation_rate: float = RELATION_RATE):
         if size < 0:
             raise ValueError(f"size must be >= 0, got {size}")
         check_answer_style(answer_style)   # at construction, not at the first sample
+        check_relation_rate(relation_rate)
+        self.relation_rate = float(relation_rate)
         self.split, self.image_size, self.size, self.seed = split, int(image_size), int(size), int(seed)
         self.answer_style = answer_style
         self.task_names, self.task_probs = _task_weights(tasks)
@@ -88,7 +91,7 @@ class ShapesDataset:
         if not 0 <= index < self.size:
             raise IndexError(f"index {index} out of range for ShapesDataset of size {self.size}")
         return make_sample(self.split, int(index), self.task_of(index), self.seed, self.image_size,
-                           answer_style=self.answer_style)
+                           answer_style=self.answer_style, relation_rate=self.relation_rate)
 
 
 def _trainable_split(kwargs: Mapping) -> None:

@@ -7,6 +7,7 @@ scene cannot support the task (:func:`make_sample` then draws the scene again).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -90,9 +91,13 @@ def _referral_sample(scene: Scene, task: str, ref: Referral, rng: np.random.Gene
                    target_ids=[t.index for t in ref.targets])
 
 
-def make_res(scene: Scene, rng: np.random.Generator) -> Sample | None:
+# the share of referring samples that are relations ("the circle left of the blue star") where the scene has one
+RELATION_RATE = 0.4
+
+
+def make_res(scene: Scene, rng: np.random.Generator, relation_rate: float = RELATION_RATE) -> Sample | None:
     relations = relation_referrals(scene)
-    pool = relations if relations and rng.random() < 0.4 else attribute_referrals(scene)
+    pool = relations if relations and rng.random() < relation_rate else attribute_referrals(scene)
     if not pool:
         return None
     return _referral_sample(scene, "res", _pick(rng, pool), rng)
@@ -281,6 +286,11 @@ TASK_BUILDERS: dict[str, Callable[[Scene, np.random.Generator], Sample | None]] 
 ANSWER_STYLES = ("short", "spelled_out", "named_target")
 
 
+def check_relation_rate(relation_rate: float) -> None:
+    if not 0.0 <= relation_rate <= 1.0:
+        raise ValueError(f"relation_rate is a share of the referring samples in [0, 1], got {relation_rate}")
+
+
 def check_answer_style(answer_style: str) -> None:
     if answer_style not in ANSWER_STYLES:
         raise ValueError(f"unknown answer_style {answer_style!r}; expected one of {ANSWER_STYLES}")
@@ -315,15 +325,19 @@ def spell_out(scene: Scene, sample: Sample, answer_style: str = "spelled_out") -
 
 
 def make_sample(split: str, index: int, task: str, seed: int = 0, image_size: int = 128,
-                max_attempts: int = 50, plain: bool = False, answer_style: str = "short") -> Sample:
-    """A ``task`` sample for scene ``index`` of ``split``; scenes that cannot support the task are re-drawn."""
+                max_attempts: int = 50, plain: bool = False, answer_style: str = "short",
+                relation_rate: float = RELATION_RATE) -> Sample:
+    """A ``task`` sample for scene ``index`` of ``split``; scenes that cannot support the task are re-drawn.
+    ``relation_rate``: the share of referring ("res") samples that are relations, where the scene has one."""
     if task not in TASK_BUILDERS:
         raise ValueError(f"unknown shapes task {task!r}; expected one of {SHAPES_TASKS}")
     check_answer_style(answer_style)
+    check_relation_rate(relation_rate)
+    build = partial(make_res, relation_rate=relation_rate) if task == "res" else TASK_BUILDERS[task]
     for attempt in range(max_attempts):
         # the sample draws from where the scene's stream stopped: the scene never depends on the task
         scene, rng = scene_and_rng(split, index, seed, image_size, attempt, plain)
-        sample = TASK_BUILDERS[task](scene, rng)
+        sample = build(scene, rng)
         if sample is not None:
             return sample if answer_style == "short" else spell_out(scene, sample, answer_style)
     raise RuntimeError(f"no scene for task {task!r} at {split}[{index}] after {max_attempts} attempts")
