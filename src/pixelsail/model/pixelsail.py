@@ -76,11 +76,9 @@ class PixelSail(PretrainedIO, PromptInputs, Generation, SegQueries, nn.Module):
         self.backbone = Backbone(llm, config.attn_implementation, text_only_heads=config.text_only_heads)
         hidden = self.backbone.hidden_size
         embed_std = float(self.backbone.llm.get_input_embeddings().weight.detach().float().std())
-        if not 0.0 <= config.mask_min_area < 1.0:
-            raise ValueError(f"mask_min_area is a share of the image in [0, 1), got {config.mask_min_area}")
-        if not 0.0 <= config.no_target_check_min_area < 1.0:
-            raise ValueError("no_target_check_min_area is a share of the image in [0, 1), "
-                             f"got {config.no_target_check_min_area}")
+        for name in ("mask_min_area", "no_target_check_min_area"):
+            if not 0.0 <= getattr(config, name) < 1.0:
+                raise ValueError(f"{name} is a share of the image in [0, 1), got {getattr(config, name)}")
         if config.patch_stem not in PATCH_STEMS:
             raise ValueError(f"patch_stem must be one of {PATCH_STEMS}, got {config.patch_stem!r}")
         stem = ConvPatchEmbed if config.patch_stem == "conv" else PatchEmbed
