@@ -177,13 +177,13 @@ if ensure_module pycocotools; then
     EVAL=(--limit 200 --gallery 0)
   fi
   rm -rf "$OUT_DIR/shapes"
-  stage train 110 train "$OUT_DIR/shapes/metrics.jsonl" -- \
+  stage train 170 train "$OUT_DIR/shapes/metrics.jsonl" -- \
     "$PY" -m pixelsail.cli train configs/shapes-tiny.yaml "${TRAIN[@]}" train.save_every=0 \
     "train.output_dir=$OUT_DIR/shapes"
   if [ -d "$OUT_DIR/shapes/model" ]; then
     stage eval 55 eval "$OUT_DIR/shapes-eval/results.json" -- \
       "$PY" -m pixelsail.cli eval --model "$OUT_DIR/shapes/model" --task shapes --split val --device "$DEVICE" \
-      "${EVAL[@]}" --out "$OUT_DIR/shapes-eval"
+      "${EVAL[@]}" --no-captions --out "$OUT_DIR/shapes-eval"
   else
     skip eval "training wrote no model"
   fi

@@ -348,3 +348,40 @@ def test_shapes_eval_set_can_be_restricted_to_tasks_and_a_scene_size():
     assert all(s.image.shape == (64, 64, 3) for s in samples)
     with pytest.raises(ValueError, match="unknown shapes task 'bogus'"):
         build_eval_dataset("shapes", None, shapes_tasks=["bogus"])
+
+
+def test_eval_without_caption_scorers_stops_before_the_model_runs(tmp_path, monkeypatch):
+    from model_utils import tiny_model
+
+    import pixelsail.metrics
+
+    tiny_model().save_pretrained(tmp_path / "model")
+    monkeypatch.setattr(pixelsail.metrics, "caption_scorer_problem", lambda: "caption metrics need pycocoevalcap")
+    base = ["eval", "--model", str(tmp_path / "model"), "--task", "shapes", "--limit", "2", "--max-new-tokens", "3",
+            "--gallery", "0"]
+    runner = CliRunner()
+    result = runner.invoke(app, base + ["--shapes-tasks", "res,region_caption", "--out", str(tmp_path / "a")])
+    assert result.exit_code == 2
+    assert "caption metrics need pycocoevalcap; or pass --no-captions" in result.output
+    assert not (tmp_path / "a" / "predictions.jsonl").exists()
+    result = runner.invoke(app, base + ["--shapes-tasks", "res,region_caption", "--no-captions",
+                                        "--out", str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    assert len(read_jsonl(tmp_path / "b" / "predictions.jsonl")) == 2
+    # no text task asked for: nothing to check
+    result = runner.invoke(app, base + ["--shapes-tasks", "res", "--out", str(tmp_path / "c")])
+    assert result.exit_code == 0, result.output
+
+
+def test_a_scorer_that_fails_loses_no_prediction(tmp_path, monkeypatch):
+    import pixelsail.evaluate
+
+    ds = ReferEvalDataset(make_grefcoco(tmp_path / "grefcoco"), split="val")
+
+    def no_java(*args, **kwargs):
+        raise RuntimeError("caption metrics need Java")
+
+    monkeypatch.setattr(pixelsail.evaluate, "score_records", no_java)
+    with pytest.raises(RuntimeError, match="need Java"):
+        evaluate(oracle(ds), ds, tmp_path / "out", show=False, gallery=0)
+    assert len(read_jsonl(tmp_path / "out" / "predictions.jsonl")) == len(ds)

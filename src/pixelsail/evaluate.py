@@ -410,12 +410,13 @@ def evaluate(model: EvalModel, dataset: Any, out_dir: str | Path, *, limit: int 
     records = predict_distributed(model, dataset, indices=list(range(n)), max_new_tokens=max_new_tokens,
                                   progress=progress)
     records.sort(key=lambda r: r["index"])
+    files = {"predictions": out / "predictions.jsonl"}
+    if _is_main_process():  # first, so that a scorer that fails (Java) loses no prediction: `pixelsail score`
+        write_jsonl(records, files["predictions"])
     by_convention = {c: score_records(records, captions=captions, convention=c) for c in dict.fromkeys(conventions)}
     scores = by_convention[conventions[0]]
     if not _is_main_process():
         return EvalRun(records, scores, {}, by_convention)
-    files = {"predictions": out / "predictions.jsonl"}
-    write_jsonl(records, files["predictions"])
     for c, sc in by_convention.items():
         suffix = "" if c == conventions[0] else f" ({c})"
         files["json" + suffix], files["markdown" + suffix] = report(sc, out, info, title, show)

@@ -328,20 +328,29 @@ class CaptionMetric:
         return {**named, "samples": len(self.predictions)}
 
 
+def caption_scorer_problem() -> str | None:
+    """What the caption metrics lack on this machine (pycocoevalcap, Java), in one line; None when nothing."""
+    import importlib.util
+    import shutil
+
+    if importlib.util.find_spec("pycocoevalcap") is None:
+        return "caption metrics need pycocoevalcap: pip install 'pixelsail[captions]'"
+    if shutil.which("java") is None:
+        return "caption metrics need Java (the PTB tokenizer and METEOR 1.5 are Java programs)"
+    return None
+
+
 def coco_tokenize(predictions: dict[str, list[str]], references: dict[str, list[str]]
                   ) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
     """COCOEvalCap's PTB tokenisation of predictions and references in one Java run: ``(res, gts)``.
 
     Needs ``pycocoevalcap`` (``pip install pixelsail[captions]``) and Java.
     """
-    try:
-        from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise RuntimeError("caption metrics need pycocoevalcap: pip install 'pixelsail[captions]'") from e
-    import shutil
+    problem = caption_scorer_problem()
+    if problem:
+        raise RuntimeError(problem)
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-    if shutil.which("java") is None:
-        raise RuntimeError("caption metrics need Java (the PTB tokenizer and METEOR 1.5 are Java programs)")
     keys = sorted(predictions)
     missing = [k for k in keys if k not in references]
     if missing:

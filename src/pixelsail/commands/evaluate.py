@@ -21,9 +21,21 @@ def _conventions(names: List[str]) -> List[str]:
         raise typer.BadParameter(str(e), param_hint="--convention") from None
 
 
-def _check_caption_scorers(conventions: List[str], task: str) -> None:
-    """Fail before the model runs when the authors' caption scores cannot be computed (no WordNet)."""
-    if "authors" not in conventions or task not in ("perbench", "region-caption", "shapes"):
+def _check_caption_scorers(conventions: List[str], task: str, shapes_tasks: Optional[List[str]]) -> None:
+    """Fail before the model runs when the caption scores cannot be computed (pycocoevalcap, Java; WordNet under
+    the authors' convention), not after every sample has been predicted."""
+    from pixelsail.metrics import caption_scorer_problem
+    from pixelsail.scoring import TEXT_TASKS
+
+    if task not in ("perbench", "region-caption", "shapes"):
+        return
+    if task == "shapes" and shapes_tasks is not None and not set(shapes_tasks) & set(TEXT_TASKS):
+        return
+    problem = caption_scorer_problem()
+    if problem:
+        typer.echo(f"error: {problem}; or pass --no-captions to score everything else", err=True)
+        raise typer.Exit(2)
+    if "authors" not in conventions:
         return
     from pixelsail.wordnet import ensure_wordnet
 
@@ -53,6 +65,8 @@ def eval_command(
     shapes_tasks: Optional[str] = typer.Option(None, "--shapes-tasks", help="shapes only: comma-separated tasks "
                                                "(e.g. res,gres; default: all seven)"),
     image_size: int = typer.Option(128, "--image-size", min=32, help="shapes only: scene size in pixels"),
+    captions: bool = typer.Option(True, "--captions/--no-captions", help="compute the caption metrics "
+                                  "(BLEU/METEOR/CIDEr: pycocoevalcap and Java; NLTK too under --convention authors)"),
 ) -> None:
     """Evaluate a model on an evaluation set: predictions JSONL, results JSON + Markdown, a gallery."""
     from pixelsail.evaluate import build_eval_dataset, evaluate
@@ -66,7 +80,8 @@ def eval_command(
     if not model.is_dir():
         raise typer.BadParameter(f"--model {model} is not a directory")
     conventions = _conventions(convention)
-    _check_caption_scorers(conventions, task)
+    if captions:
+        _check_caption_scorers(conventions, task, shapes_tasks.split(",") if shapes_tasks else None)
     try:
         dataset = build_eval_dataset(task, data, split=split, split_by=split_by, image_dir=image_dir,
                                      shapes_size=limit or 500,
@@ -91,7 +106,7 @@ def eval_command(
     info = {"model": str(model), "task": task, "data": data, "split": split, "limit": limit}
     with torch.inference_mode():
         run = evaluate(net, dataset, out, limit=limit, max_new_tokens=max_new_tokens, gallery=gallery, info=info,
-                       title=f"{task} {split} — {model.name}", conventions=conventions)
+                       captions=captions, title=f"{task} {split} — {model.name}", conventions=conventions)
     for name, path in run.files.items():
         typer.echo(f"{name}: {path}")
 
