@@ -576,3 +576,28 @@ def test_backbone_lr_trains_the_decoder_transformer_at_its_own_rate_and_keeps_th
     assert apply_overrides(RunConfig(), ["train.backbone_lr=5e-4"]).train.backbone_lr == 5e-4   # YAML's "5e-4"
     with pytest.raises(ValueError, match="has no .backbone"):
         build_optimizer(torch.nn.Linear(2, 2), 1e-3, (0.9, 0.999), 0.0, backbone_lr=1e-4)
+
+
+def test_relation_stage_is_the_recipe_with_only_its_stated_changes():
+    """configs/shapes-tiny-relations.yaml (stage 2) = stage 1's recipe but for what its header lists."""
+    from dataclasses import asdict
+
+    from pixelsail.config import load_yaml
+
+    configs = Path(__file__).parents[1] / "configs"
+    one = asdict(load_yaml(configs / "shapes-tiny.yaml", RunConfig))
+    two = asdict(load_yaml(configs / "shapes-tiny-relations.yaml", RunConfig))
+    assert two["train"]["init_from"] == one["train"]["output_dir"] + "/model"
+    changed = {"model": {"seg_query_look": "core", "seg_box_weight": 1.0, "seg_query_stop_grad": False},
+               "train": {"max_steps": 1500, "text_warmup_steps": 0, "lr": 1.0e-3, "backbone_lr": 2.5e-4,
+                         "output_dir": "runs/shapes-tiny-relations", "init_from": "runs/shapes-tiny/model"}}
+    for section, values in changed.items():
+        for key, value in values.items():
+            assert two[section][key] == value, (section, key)
+            two[section][key] = one[section][key]
+    shapes_args = two["data"]["datasets"][0]["args"]["dataset"]["args"]
+    assert shapes_args.pop("relation_rate") == 1.0 and shapes_args["tasks"]["res"] == 6.0
+    shapes_args["tasks"]["res"] = one["data"]["datasets"][0]["args"]["dataset"]["args"]["tasks"]["res"]
+    assert two["data"]["warmup_datasets"] == []
+    two["data"]["warmup_datasets"] = one["data"]["warmup_datasets"]
+    assert two == one
