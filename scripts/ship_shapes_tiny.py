@@ -1,6 +1,8 @@
 """Copy a finished shapes-tiny run into the package as the shipped default (maintainers only).
 
     python scripts/ship_shapes_tiny.py RUN_DIR --command "pixelsail train ..." --machine "2-core ..." --note "..."
+    python scripts/ship_shapes_tiny.py STAGE2_RUN_DIR --config configs/shapes-tiny-relations.yaml \
+        --init-record STAGE1_training.json --command ... --machine ...      # a second stage on top of the first
 
 Writes ``src/pixelsail/assets/shapes-tiny/``: the run's model with its weights stored in fp16 (half the size; they
 load back into fp32), its tokenizer and config, the resolved ``run.yaml``, and ``training.json`` (command, seed,
@@ -36,7 +38,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--machine", required=True, help="what it was trained on, in words")
     ap.add_argument("--note", default="", help="anything a reader of training.json should know")
     ap.add_argument("--wall-s", type=float, default=None, help="wall time if the run's log lacks it (resumed runs)")
+    ap.add_argument("--config", default="configs/shapes-tiny.yaml", help="the recipe file the run was made with")
+    ap.add_argument("--init-record", type=Path, default=None,
+                    help="a later stage: the training.json of the model the run started from (train.init_from); "
+                         "kept whole in the new record as 'init_from' (read before the asset is overwritten)")
     args = ap.parse_args(argv)
+    init_record = json.loads(args.init_record.read_text()) if args.init_record else None
     model_dir = args.run / "model"
     if not (model_dir / "model.safetensors").is_file():
         raise SystemExit(f"error: {model_dir} has no model.safetensors; is the run finished?")
@@ -52,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     steps = int(run["train"]["max_steps"])
     summary = {
         "command": args.command,
-        "config": "configs/shapes-tiny.yaml (copied beside this file as run.yaml)",
+        "config": f"{args.config} (copied beside this file as run.yaml)",
         "seed": run["train"]["seed"],
         "steps": steps,
         "samples_seen": steps * int(run["train"]["batch_size"]) * int(run["train"].get("grad_accum", 1)),
@@ -64,6 +71,8 @@ def main(argv: list[str] | None = None) -> None:
         "weights": "fp16 safetensors (trained with fp32 weights; loaded back into fp32)",
         "note": args.note,
     }
+    if init_record is not None:
+        summary["init_from"] = init_record
     (ASSET / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"shipped {args.run} -> {ASSET}: step {steps}, wall {summary['wall_s']} s")
 

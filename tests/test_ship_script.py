@@ -48,6 +48,20 @@ def test_ship_writes_fp16_weights_that_load_back_to_the_same_model_and_the_runs_
         assert a.dtype == b.dtype and torch.allclose(a, b.to(torch.float16).to(b.dtype)), name
 
 
+def test_a_second_stage_keeps_the_first_stages_record(tmp_path, monkeypatch):
+    ship = _ship_module()
+    asset = tmp_path / "asset"
+    monkeypatch.setattr(ship, "ASSET", asset)
+    run = _fake_run(tmp_path)
+    ship.main([str(run), "--command", "stage one", "--machine", "m"])
+    # the first stage's record is the asset's own file, which shipping the second overwrites
+    ship.main([str(run), "--command", "stage two", "--machine", "m", "--config", "configs/two.yaml",
+               "--init-record", str(asset / "training.json")])
+    record = json.loads((asset / "training.json").read_text())
+    assert record["command"] == "stage two" and record["config"].startswith("configs/two.yaml")
+    assert record["init_from"]["command"] == "stage one" and "init_from" not in record["init_from"]
+
+
 def test_ship_refuses_an_unfinished_run(tmp_path, monkeypatch):
     ship = _ship_module()
     monkeypatch.setattr(ship, "ASSET", tmp_path / "asset")
