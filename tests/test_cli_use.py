@@ -108,6 +108,9 @@ def test_demo_writes_a_grid_and_reports_prefix_reuse(fake, tmp_path):
     assert res.stdout.count("scene 0 ") == 7 and res.stdout.count("scene 1 ") == 7
     assert "'Segment the object with the same colour as <vp_0>.'" in res.stdout
     assert "expected: a mask of the small blue circle" in res.stdout
+    # scene 1 has relations: its second mask is one ("the circle right of the red diamond"), scene 0 has none
+    assert "'the circle right of the red diamond'" in res.stdout
+    assert "expected: a mask of the small purple circle" in res.stdout
     # a multiple choice about the boxed object's shape, its right option at a different letter per scene
     assert "What shape is <vp_0>? (A) square (B) circle (C) diamond (D) triangle." in res.stdout
     assert "expected: (A) square" in res.stdout and "expected: (B) circle" in res.stdout

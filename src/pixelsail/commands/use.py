@@ -253,7 +253,8 @@ def demo(out: Path = typer.Option(Path("outputs/demo"), "-o", "--out",
          model: Optional[Path] = ModelOpt, device: str = DeviceOpt) -> None:
     """Generate a few shapes scenes, segment / ask / describe on each, print answers and timings, save a grid."""
     from pixelsail.data.shapes import (MCQ_LETTERS, SHAPES, attribute_referrals, generate_scene, make_rng,
-                                       mcq_question, no_target_referral, region_caption, vt_res_options)
+                                       mcq_question, no_target_referral, region_caption, relation_referrals,
+                                       vt_res_options)
     from pixelsail.viz import image_grid
 
     t0 = time.perf_counter()
@@ -269,6 +270,11 @@ def demo(out: Path = typer.Option(Path("outputs/demo"), "-o", "--out",
         ys, xs = np.nonzero(small.mask)
         point = (float(xs[len(xs) // 2]) + 0.5, float(ys[len(ys) // 2]) + 0.5)
         refs = {r.targets[0].index: r.expression for r in attribute_referrals(scene)}
+        # the second mask: a relation ("the circle left of the red diamond") where the scene has one, else the
+        # smallest object
+        relation = next((r for r in relation_referrals(scene) if r.targets[0].index != big.index), None)
+        second = (relation.expression, relation.targets[0]) if relation else (
+            refs.get(small.index, "the " + small.phrase()), small)
         # a multiple choice about the boxed object's shape: the right one among three others, in a fixed shuffle
         shapes = [str(s) for s in make_rng(0, "test", i, 8).permutation([s for s in SHAPES if s != big.shape])[:3]]
         shapes.insert(i % 4, big.shape)
@@ -277,8 +283,7 @@ def demo(out: Path = typer.Option(Path("outputs/demo"), "-o", "--out",
         runs = [
             (refs.get(big.index, "the " + big.phrase()), lambda e: predictor.segment(scene.image, e),
              "a mask of the " + big.phrase()),
-            (refs.get(small.index, "the " + small.phrase()), lambda e: predictor.segment(scene.image, e),
-             "a mask of the " + small.phrase()),
+            (second[0], lambda e: predictor.segment(scene.image, e), "a mask of the " + second[1].phrase()),
             ("What colour is <vp_0>?", lambda q: predictor.ask(scene.image, q, prompts=[big.bbox]), big.color),
             (choice, lambda q: predictor.ask(scene.image, q, prompts=[big.bbox]),
              f"({MCQ_LETTERS[shapes.index(big.shape)]}) {big.shape}"),
