@@ -12,6 +12,8 @@
 #   batch      batched inference vs one question at a time (benchmarks/batch_inference.py)
 #   train      a short shapes-tiny training run (data workers, bf16 on GPUs), samples/s from metrics.jsonl
 #   eval       pixelsail eval --task shapes on what it trained
+#   finetune   stage 2 (configs/shapes-tiny-relations.yaml) from the shipped model at the recipe's batch of 16:
+#              its samples/s say how long the 1,500-step fine-tune takes on this machine
 # The report is OUT_DIR/gpu-check.md (logs in OUT_DIR/logs/); the script exits 1 if any stage failed.
 # The device machine needs no venv: the repository's src/ and root go on PYTHONPATH.
 set -uo pipefail
@@ -187,6 +189,15 @@ if ensure_module pycocotools; then
   else
     skip eval "training wrote no model"
   fi
+  if [ "$SMOKE" = 1 ]; then
+    TUNE=(train.max_steps=3 train.log_every=1 data.num_workers=2)
+  else
+    TUNE=(train.max_steps=120 train.log_every=40 data.num_workers=8)
+  fi
+  rm -rf "$OUT_DIR/finetune"
+  stage finetune 120 train "$OUT_DIR/finetune/metrics.jsonl" -- \
+    "$PY" -m pixelsail.cli train configs/shapes-tiny-relations.yaml "${TUNE[@]}" train.save_every=0 \
+    train.init_from=src/pixelsail/assets/shapes-tiny "train.output_dir=$OUT_DIR/finetune"
 else
   skip train "pycocotools is not installed (pass --wheels DIR holding its wheel)"
 fi

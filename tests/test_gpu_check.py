@@ -19,7 +19,7 @@ def test_gpu_check_cpu_smoke_runs_every_stage_and_writes_the_report(tmp_path):
     report = (tmp_path / "gpu-check.md").read_text()
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     rows = {line.split("|")[1].strip(): line for line in report.splitlines() if line.startswith("| ")}
-    expected = {"selfcheck", "tests", "bench", "train", "eval"}
+    expected = {"selfcheck", "tests", "bench", "train", "eval", "finetune"}
     if (ROOT / "benchmarks" / "batch_inference.py").is_file():
         expected.add("batch")
     assert expected <= rows.keys(), report
@@ -27,4 +27,5 @@ def test_gpu_check_cpu_smoke_runs_every_stage_and_writes_the_report(tmp_path):
         assert f"| {name} | ok |" in rows[name], rows[name]
     assert "6 cached answers == full forward" in rows["selfcheck"]
     assert "passed" in rows["tests"] and "samples_per_s" in rows["train"] and "cIoU" in rows["eval"]
+    assert "step 3," in rows["finetune"] and "samples_per_s" in rows["finetune"]
     assert (tmp_path / "shapes" / "model").is_dir() and (tmp_path / "shapes-eval" / "results.json").is_file()
