@@ -13,10 +13,13 @@ from pixelsail.model import PixelSail
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _ship_module():
+@pytest.fixture
+def ship(tmp_path, monkeypatch):
+    """scripts/ship_shapes_tiny.py as a module, writing its asset to tmp_path / "asset" instead of the package."""
     spec = importlib.util.spec_from_file_location("ship_shapes_tiny", REPO / "scripts" / "ship_shapes_tiny.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "ASSET", tmp_path / "asset")
     return module
 
 
@@ -31,10 +34,8 @@ def _fake_run(root: Path) -> Path:
     return run
 
 
-def test_ship_writes_fp16_weights_that_load_back_to_the_same_model_and_the_runs_record(tmp_path, monkeypatch):
-    ship = _ship_module()
-    asset = tmp_path / "asset"
-    monkeypatch.setattr(ship, "ASSET", asset)
+def test_ship_writes_fp16_weights_that_load_back_to_the_same_model_and_the_runs_record(tmp_path, ship):
+    asset = ship.ASSET
     run = _fake_run(tmp_path)
     ship.main([str(run), "--command", "pixelsail train x.yaml", "--machine", "a test box"])
     record = json.loads((asset / "training.json").read_text())
@@ -48,10 +49,8 @@ def test_ship_writes_fp16_weights_that_load_back_to_the_same_model_and_the_runs_
         assert a.dtype == b.dtype and torch.allclose(a, b.to(torch.float16).to(b.dtype)), name
 
 
-def test_a_second_stage_keeps_the_first_stages_record(tmp_path, monkeypatch):
-    ship = _ship_module()
-    asset = tmp_path / "asset"
-    monkeypatch.setattr(ship, "ASSET", asset)
+def test_a_second_stage_keeps_the_first_stages_record(tmp_path, ship):
+    asset = ship.ASSET
     run = _fake_run(tmp_path)
     ship.main([str(run), "--command", "stage one", "--machine", "m"])
     # the first stage's record is the asset's own file, which shipping the second overwrites
@@ -62,9 +61,7 @@ def test_a_second_stage_keeps_the_first_stages_record(tmp_path, monkeypatch):
     assert record["init_from"]["command"] == "stage one" and "init_from" not in record["init_from"]
 
 
-def test_ship_refuses_an_unfinished_run(tmp_path, monkeypatch):
-    ship = _ship_module()
-    monkeypatch.setattr(ship, "ASSET", tmp_path / "asset")
+def test_ship_refuses_an_unfinished_run(tmp_path, ship):
     (tmp_path / "run").mkdir()
     with pytest.raises(SystemExit, match="no model.safetensors"):
         ship.main([str(tmp_path / "run"), "--command", "c", "--machine", "m"])
